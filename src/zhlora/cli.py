@@ -1,0 +1,86 @@
+"""The ``zhlora`` command: one verb per experiment step.
+
+Each verb lives in ``zhlora.commands.<module>`` and exposes ``add_arguments(parser)`` and
+``main(args) -> int``. Command modules import torch and friends inside ``main`` only, so
+``zhlora --help`` and ``zhlora <verb> --help`` stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from zhlora import __version__
+from zhlora.errors import ZhloraError, did_you_mean
+
+# verb -> (module under zhlora.commands, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "download-data": ("download_data", "Step 1: download BELLE, C-Eval, CMMLU, MMLU, GSM8K and English text."),
+    "preprocess": ("preprocess", "Step 2: render, tokenize and mask the training and held-out sets."),
+    "download-model": ("download_model", "Step 3: fetch the base model (hub, ModelScope, local) or build the tiny one."),
+    "evaluate": ("evaluate", "Steps 4/6: evaluate a base model, or base + LoRA adapter, on the benchmarks."),
+    "train": ("train", "Step 5: LoRA fine-tune the base model on the processed data."),
+    "merge": ("merge", "Merge a LoRA adapter into its base model and save a full model."),
+    "compare": ("compare", "Step 6: forgetting analysis of baseline vs tuned results."),
+    "report": ("report", "Render the HTML/Markdown report of an experiment folder."),
+    "run": ("run", "Run all six steps into one work folder (resumable)."),
+    "sweep": ("sweep", "Run a grid of LoRA settings sharing one baseline (resumable, shardable)."),
+    "ls": ("ls", "List data sources, benchmarks, shipped configs, or runs in a work folder."),
+}
+
+
+def load_command(verb: str):
+    """Import the module that implements ``verb``."""
+    module_name, _ = COMMANDS[verb]
+    return importlib.import_module(f"zhlora.commands.{module_name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser (verbs are parsed by their own modules, lazily)."""
+    parser = argparse.ArgumentParser(
+        prog="zhlora",
+        description="Teach a Llama model Chinese with LoRA, and prove what it forgot.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="verbs:\n" + "\n".join(f"  {verb:<15} {summary}" for verb, (_, summary) in COMMANDS.items())
+        + "\n\nRun `zhlora <verb> --help` for the flags of one verb.",
+    )
+    parser.add_argument("--version", action="version", version=f"zhlora {__version__}")
+    parser.add_argument("verb", nargs="?", help="one of the verbs below")
+    return parser
+
+
+def run_command(verb: str, argv: list[str], prog: str | None = None) -> int:
+    """Parse ``argv`` for ``verb`` and run it, turning user errors into one-paragraph messages."""
+    module = load_command(verb)
+    parser = argparse.ArgumentParser(prog=prog or f"zhlora {verb}", description=COMMANDS[verb][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(module.main(args) or 0)
+    except ZhloraError as exc:
+        print(f"zhlora {verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"zhlora {verb}: interrupted.", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``zhlora`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] == "--version":
+        build_parser().parse_args(argv or ["--help"])
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in COMMANDS:
+        print(f'zhlora: error: unknown verb "{verb}".{did_you_mean(verb, COMMANDS)} '
+              f"Verbs: {', '.join(COMMANDS)}.", file=sys.stderr)
+        return 2
+    return run_command(verb, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""CLI verbs: glue that parses config, calls the library and writes artefacts."""

@@ -1,0 +1,429 @@
+"""Typed configuration: one schema for data, model, LoRA, training, evaluation and report.
+
+Precedence is ``defaults < YAML (--config) < command-line flags``. Every field of every
+group is also a command-line flag named after the field (``--lora_rank 16``), the names the
+seed scripts use; the dotted form (``--lora.lora_rank 16``) always works too and is the only
+form for names that two groups share within one command. Each field's help text is its
+``metadata["help"]``; ``zhlora <verb> --help`` shows it.
+
+Library modules never see these objects (commands unpack them into plain arguments), except
+inside a subsystem where the same many fields would otherwise be threaded through layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zhlora.errors import ConfigError, did_you_mean
+
+ALL_DATA_SOURCES = ["belle", "ceval", "cmmlu", "mmlu", "gsm8k", "english_text"]
+# Downloaded only when named (or when replay_ratio > 0): English instructions for replay.
+OPTIONAL_DATA_SOURCES = ["alpaca"]
+ALL_BENCHMARKS = ["ceval", "cmmlu", "mmlu", "gsm8k", "ppl_zh", "ppl_en"]
+LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass
+class DataConfig:
+    """Step 1 and 2: where the data comes from and how it is turned into training rows."""
+
+    data_dir: str = field(default="data", metadata=_help("Folder for the normalized data (data/<name>/<split>.jsonl)."))
+    source: str = field(
+        default="hf",
+        metadata=_help("Where to download from: hf (honours HF_ENDPOINT), modelscope, local:DIR, or sample (bundled)."),
+    )
+    datasets: list[str] = field(
+        default_factory=lambda: list(ALL_DATA_SOURCES), metadata=_help("Which sources to download (comma-separated).")
+    )
+    belle_dataset: str = field(
+        default="BelleGroup/train_0.5M_CN",
+        metadata=_help("BELLE hub id: BelleGroup/train_0.5M_CN, train_1M_CN, train_2M_CN or school_math_0.25M."),
+    )
+    belle_sample_size: int = field(default=50000, metadata=_help("Rows of BELLE to sample for training (seeded)."))
+    belle_heldout_size: int = field(
+        default=500, metadata=_help("Rows of BELLE held out (disjoint from training) for the Chinese perplexity probe.")
+    )
+    data_seed: int = field(default=42, metadata=_help("Seed of the BELLE sample and held-out cut."))
+    processed_dir: str = field(default="processed_data", metadata=_help("Folder for the tokenized datasets."))
+    prompt_template: str = field(
+        default="alpaca",
+        metadata=_help("Prompt template: alpaca (plain, for base models) or llama2_chat ([INST] ... [/INST])."),
+    )
+    max_seq_length: int = field(default=1024, metadata=_help("Longest training row in tokens."))
+    overlong: str = field(default="drop", metadata=_help("What to do with rows over max_seq_length: drop or truncate."))
+    replay_ratio: float = field(
+        default=0.0,
+        metadata=_help("Fraction of English instruction rows (alpaca) mixed into training to reduce forgetting (0-1)."),
+    )
+
+    def __post_init__(self) -> None:
+        if self.belle_sample_size <= 0:
+            raise ConfigError(f"--belle_sample_size must be a positive number of rows, got {self.belle_sample_size}.")
+        if self.belle_heldout_size < 0:
+            raise ConfigError(f"--belle_heldout_size must be >= 0, got {self.belle_heldout_size}.")
+        if self.max_seq_length < 16:
+            raise ConfigError(f"--max_seq_length must be at least 16 tokens, got {self.max_seq_length}.")
+        if self.overlong not in ("drop", "truncate"):
+            raise ConfigError(f'--overlong must be "drop" or "truncate", got "{self.overlong}".')
+        if self.prompt_template not in ("alpaca", "llama2_chat"):
+            raise ConfigError(
+                f'--prompt_template must be "alpaca" or "llama2_chat", got "{self.prompt_template}".'
+                + did_you_mean(self.prompt_template, ["alpaca", "llama2_chat"])
+            )
+        if not 0.0 <= self.replay_ratio < 1.0:
+            raise ConfigError(f"--replay_ratio must be in [0, 1), got {self.replay_ratio}.")
+        known = ALL_DATA_SOURCES + OPTIONAL_DATA_SOURCES
+        for name in self.datasets:
+            if name not in known:
+                raise ConfigError(
+                    f'--datasets: unknown source "{name}".{did_you_mean(name, known)} Known: {", ".join(known)}.'
+                )
+
+
+@dataclass
+class ModelConfig:
+    """Step 3: the base model and how it is loaded."""
+
+    model_name_or_path: str = field(
+        default="meta-llama/Llama-2-7b-hf",
+        metadata=_help("Base model: a hub id, a local folder, or 'tiny' (the built-in tiny Llama)."),
+    )
+    model_source: str = field(default="hf", metadata=_help("Where to download the model from: hf, modelscope or local."))
+    revision: str | None = field(default=None, metadata=_help("Hub revision (branch, tag or commit) of the model."))
+    torch_dtype: str = field(
+        default="auto", metadata=_help("auto (bf16 where supported, else fp32), bfloat16, float16 or float32.")
+    )
+    load_in_4bit: bool = field(default=False, metadata=_help("Load the base model in 4 bits for QLoRA (GPU only)."))
+    trust_remote_code: bool = field(
+        default=False, metadata=_help("Run code shipped inside a model repository (off unless you trust it).")
+    )
+
+    def __post_init__(self) -> None:
+        if self.torch_dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ConfigError(f'--torch_dtype must be auto, bfloat16, float16 or float32, got "{self.torch_dtype}".')
+        if self.model_source not in ("hf", "modelscope", "local"):
+            raise ConfigError(f'--model_source must be hf, modelscope or local, got "{self.model_source}".')
+
+
+@dataclass
+class LoraConfig:
+    """Step 5: the LoRA adapter (names follow PEFT's LoraConfig with a lora_ prefix)."""
+
+    lora_rank: int = field(default=16, metadata=_help("LoRA rank r (4-128 typical); higher means more parameters."))
+    lora_alpha: float = field(default=32, metadata=_help("LoRA alpha; the update is scaled by alpha/r (16, 32, 64)."))
+    lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input, in [0, 1) (0.05, 0.1)."))
+    target_modules: list[str] = field(
+        default_factory=lambda: list(LLAMA_TARGET_MODULES),
+        metadata=_help("Module names to adapt (comma-separated), e.g. q_proj,v_proj."),
+    )
+    use_rslora: bool = field(default=False, metadata=_help("Rank-stabilised LoRA: scale by alpha/sqrt(r)."))
+    use_dora: bool = field(default=False, metadata=_help("Weight-decomposed LoRA (DoRA)."))
+    init_lora_weights: str = field(
+        default="true", metadata=_help("Adapter initialisation: true, gaussian, pissa, olora, ... (PEFT's values).")
+    )
+
+    def __post_init__(self) -> None:
+        if self.lora_rank <= 0:
+            raise ConfigError(f"--lora_rank must be a positive integer, got {self.lora_rank}.")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"--lora_alpha must be positive, got {self.lora_alpha}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if not self.target_modules:
+            raise ConfigError("--target_modules must name at least one module, e.g. q_proj,v_proj.")
+
+
+@dataclass
+class TrainConfig:
+    """Step 5: the optimisation recipe. The defaults suit Llama-2-7B on one 24-80 GB GPU."""
+
+    learning_rate: float = field(default=2e-4, metadata=_help("Peak learning rate of AdamW."))
+    num_train_epochs: float = field(default=1.0, metadata=_help("Epochs over the training set (ignored if max_steps > 0)."))
+    max_steps: int = field(default=-1, metadata=_help("Optimizer steps to run; -1 means use num_train_epochs."))
+    per_device_train_batch_size: int = field(
+        default=4, metadata=_help("Packed sequences of max_seq_length tokens per device per micro-step.")
+    )
+    gradient_accumulation_steps: int = field(default=4, metadata=_help("Micro-steps per optimizer step."))
+    max_seq_length: int = field(default=1024, metadata=_help("Length of a packed training sequence in tokens."))
+    packing: bool = field(default=True, metadata=_help("Pack rows into full sequences (no attention across rows)."))
+    warmup_ratio: float = field(default=0.03, metadata=_help("Fraction of steps with linear warm-up."))
+    lr_scheduler_type: str = field(default="cosine", metadata=_help("cosine, linear or constant (after warm-up)."))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
+    max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm (0 disables)."))
+    seed: int = field(default=42, metadata=_help("Seed of data order, dropout and adapter initialisation."))
+    save_steps: int = field(default=200, metadata=_help("Save a checkpoint every N optimizer steps."))
+    save_total_limit: int = field(default=3, metadata=_help("Checkpoints kept on disk (oldest removed first)."))
+    logging_steps: int = field(default=10, metadata=_help("Log loss, lr, grad norm and tokens/s every N steps."))
+    gradient_checkpointing: bool = field(default=False, metadata=_help("Trade compute for activation memory."))
+    report_to: str = field(default="none", metadata=_help("none, tensorboard or wandb."))
+    monitor_every: int = field(
+        default=0, metadata=_help("Evaluate forgetting probes every N optimizer steps and at each checkpoint (0: off).")
+    )
+    forgetting_budget: str | None = field(
+        default=None,
+        metadata=_help("Allowed English loss, e.g. 'acc:2' (points of probe accuracy) or 'ppl:5%' (perplexity rise)."),
+    )
+    budget_action: str = field(default="stop", metadata=_help("When the budget is exceeded: stop or mark."))
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}.")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"--max_steps must be a positive number of steps or -1, got {self.max_steps}.")
+        if self.lr_scheduler_type not in ("cosine", "linear", "constant"):
+            raise ConfigError(f'--lr_scheduler_type must be cosine, linear or constant, got "{self.lr_scheduler_type}".')
+        if self.budget_action not in ("stop", "mark"):
+            raise ConfigError(f'--budget_action must be "stop" or "mark", got "{self.budget_action}".')
+
+
+@dataclass
+class EvalConfig:
+    """Steps 4 and 6: which benchmarks, with which protocol."""
+
+    benchmarks: list[str] = field(
+        default_factory=lambda: list(ALL_BENCHMARKS),
+        metadata=_help("Benchmarks to run (comma-separated): ceval, cmmlu, mmlu, gsm8k, ppl_zh, ppl_en."),
+    )
+    protocol: str = field(
+        default="lm-eval", metadata=_help("Prompt format: lm-eval (comparable with the field) or official.")
+    )
+    shots: int | None = field(
+        default=None, metadata=_help("Few-shot examples (multiple choice: 0 or 5, default 5; GSM8K keeps its spec's).")
+    )
+    gsm8k_variant: str = field(default="gsm8k_cot", metadata=_help("gsm8k_cot (8-shot chain of thought) or gsm8k (5-shot)."))
+    limit: int | None = field(default=None, metadata=_help("At most N scored items per subject (per benchmark for GSM8K)."))
+    subjects: list[str] | None = field(default=None, metadata=_help("Only these subjects (comma-separated)."))
+    batch_size: str = field(default="auto", metadata=_help("Sequences per forward pass, or auto (backs off on OOM)."))
+    max_new_tokens: int = field(default=256, metadata=_help("Generation budget per GSM8K answer."))
+    backend: str = field(default="hf", metadata=_help("hf (reference) or vllm (GPU generation)."))
+    adapter_scales: list[float] = field(
+        default_factory=lambda: [1.0], metadata=_help("Scales of the LoRA update to evaluate, e.g. 0,0.5,1.")
+    )
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("lm-eval", "official"):
+            raise ConfigError(f'--protocol must be "lm-eval" or "official", got "{self.protocol}".')
+        if self.shots is not None and self.shots < 0:
+            raise ConfigError(f"--shots must be >= 0, got {self.shots}.")
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"--limit must be a positive number of items, got {self.limit}.")
+        if self.backend not in ("hf", "vllm"):
+            raise ConfigError(f'--backend must be "hf" or "vllm", got "{self.backend}".')
+        for scale in self.adapter_scales:
+            if not 0.0 <= scale <= 1.0:
+                raise ConfigError(f"--adapter_scales values must be in [0, 1], got {scale}.")
+
+
+@dataclass
+class ReportConfig:
+    """Step 6 (analysis): statistics and charts of the forgetting comparison."""
+
+    bootstrap_samples: int = field(default=10000, metadata=_help("Paired bootstrap resamples for confidence intervals."))
+    confidence: float = field(default=0.95, metadata=_help("Confidence level of the intervals."))
+    significance: float = field(default=0.05, metadata=_help("Family-wise error rate (Holm-corrected McNemar tests)."))
+    stats_seed: int = field(default=0, metadata=_help("Seed of the bootstrap (results are reproducible)."))
+    chart_language: str = field(default="auto", metadata=_help("Chart labels: auto, zh or en."))
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.confidence < 1.0:
+            raise ConfigError(f"--confidence must be in (0.5, 1), got {self.confidence}.")
+        if self.bootstrap_samples < 100:
+            raise ConfigError(f"--bootstrap_samples must be at least 100, got {self.bootstrap_samples}.")
+
+
+@dataclass
+class ExperimentConfig:
+    """The whole experiment: every group, plus the work folder and the run's name."""
+
+    work_dir: str = field(default="zhlora_work", metadata=_help("Folder holding data/, models/, results/, ..."))
+    run_name: str = field(default="lora-chinese-llama", metadata=_help("Name of the LoRA run under results/."))
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+GROUPS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "lora": LoraConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "report": ReportConfig,
+}
+_TOP_LEVEL = {"work_dir", "run_name"}
+
+
+# ---------------------------------------------------------------------------------------
+# Value conversion
+# ---------------------------------------------------------------------------------------
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def convert_value(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML or command-line value to the field type ``tp``; ``where`` names the key."""
+    inner, optional = _strip_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ConfigError(f"{where}: a value is required.")
+    origin = typing.get_origin(inner)
+    try:
+        if origin is list:
+            (item_type,) = typing.get_args(inner)
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [convert_value(item.strip() if isinstance(item, str) else item, item_type, where) for item in items if item != ""]
+        if inner is bool:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(value)
+        if inner is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if inner is float:
+            return float(value)
+        if inner is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f'{where}: "{value}" is not a valid {getattr(inner, "__name__", inner)}.') from None
+    return value
+
+
+def _build_group(cls: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    types_ = _field_types(cls)
+    for key in values:
+        if key not in names:
+            raise ConfigError(f'{where}: unknown key "{key}".{did_you_mean(key, names)} Known keys: {", ".join(sorted(names))}.')
+    converted = {key: convert_value(value, types_[key], f"{where}.{key}") for key, value in values.items()}
+    return cls(**converted)
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "config") -> ExperimentConfig:
+    """Build an :class:`ExperimentConfig` from a nested dict (e.g. parsed YAML), rejecting unknown keys."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of groups ({', '.join(GROUPS)}), got {type(raw).__name__}.")
+    known = set(GROUPS) | _TOP_LEVEL
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f'{where}: unknown key "{key}".{did_you_mean(key, known)} Known keys: {", ".join(sorted(known))}.')
+    kwargs: dict[str, Any] = {key: str(raw[key]) for key in _TOP_LEVEL if key in raw}
+    for group, cls in GROUPS.items():
+        values = raw.get(group) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: `{group}` must be a mapping of keys to values.")
+        kwargs[group] = _build_group(cls, values, f"{where}: {group}")
+    return ExperimentConfig(**kwargs)
+
+
+def load_config(path: str | Path | None) -> ExperimentConfig:
+    """Load a YAML config file (or the defaults when ``path`` is None)."""
+    import yaml
+
+    if path is None:
+        return ExperimentConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: no such file {path}. Shipped configs: zhlora ls configs.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
+    return config_from_dict(raw, where=str(path))
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config as plain nested data (for YAML/JSON provenance files)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_config_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML text, the form saved beside every artefact."""
+    import yaml
+
+    return yaml.safe_dump(config_to_dict(cfg), allow_unicode=True, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Command-line flags
+# ---------------------------------------------------------------------------------------
+def add_config_flags(parser: argparse.ArgumentParser, groups: list[str]) -> None:
+    """Add ``--config`` and one flag per field of the named groups to ``parser``.
+
+    Flags default to "not given" so that only explicit flags override the YAML. A field
+    name shared by two of ``groups`` is offered only in the dotted form ``--group.field``.
+    """
+    parser.add_argument("--config", default=None, help="YAML config file (defaults < YAML < flags).")
+    counts: dict[str, int] = {}
+    for group in groups:
+        for f in dataclasses.fields(GROUPS[group]):
+            counts[f.name] = counts.get(f.name, 0) + 1
+    section = parser.add_argument_group("configuration (also settable in the YAML)")
+    for group in groups:
+        types_ = _field_types(GROUPS[group])
+        for f in dataclasses.fields(GROUPS[group]):
+            flags = [f"--{group}.{f.name}"]
+            if counts[f.name] == 1:
+                flags.insert(0, f"--{f.name}")
+            inner, _ = _strip_optional(types_[f.name])
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            help_text = f"{f.metadata.get('help', '')} (default: {default})"
+            dest = f"cfg__{group}__{f.name}"
+            if inner is bool:
+                section.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            else:
+                section.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+
+
+def add_top_level_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--work_dir`` and ``--run_name`` (used by the commands that run whole experiments)."""
+    for name in sorted(_TOP_LEVEL):
+        f = next(f for f in dataclasses.fields(ExperimentConfig) if f.name == name)
+        parser.add_argument(f"--{name}", dest=f"cfg____{name}", default=argparse.SUPPRESS, help=f.metadata["help"])
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """Resolve defaults < YAML (``args.config``) < the flags given on the command line."""
+    cfg = load_config(getattr(args, "config", None))
+    raw = config_to_dict(cfg)
+    for dest, value in vars(args).items():
+        if not dest.startswith("cfg__"):
+            continue
+        _, group, name = dest.split("__", 2)
+        if group == "":
+            raw[name] = value
+        else:
+            raw[group][name] = value
+    return config_from_dict(raw, where="command line")
