@@ -245,6 +245,21 @@ class ReportConfig:
 
 
 @dataclass
+class SweepConfig:
+    """A grid of LoRA settings evaluated against one shared baseline (``zhlora sweep``)."""
+
+    lora_ranks: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128], metadata=_help("Ranks to try."))
+    lora_alphas: list[float] = field(default_factory=lambda: [16, 32, 64], metadata=_help("Alphas to try."))
+    lora_dropouts: list[float] = field(default_factory=lambda: [0.05, 0.1], metadata=_help("Dropouts to try."))
+    replay_ratios: list[float] = field(default_factory=lambda: [0.0], metadata=_help("Replay ratios to try."))
+
+    def __post_init__(self) -> None:
+        for name in ("lora_ranks", "lora_alphas", "lora_dropouts", "replay_ratios"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name} must list at least one value.")
+
+
+@dataclass
 class ExperimentConfig:
     """The whole experiment: every group, plus the work folder and the run's name."""
 
@@ -256,6 +271,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 GROUPS: dict[str, type] = {
@@ -265,6 +281,7 @@ GROUPS: dict[str, type] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "report": ReportConfig,
+    "sweep": SweepConfig,
 }
 _TOP_LEVEL = {"work_dir", "run_name"}
 

@@ -1,0 +1,107 @@
+"""The typed config: defaults < YAML < flags, unknown keys refused, shipped YAMLs parse."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from zhlora.config import (
+    ExperimentConfig,
+    add_config_flags,
+    add_top_level_flags,
+    config_from_args,
+    config_from_dict,
+    dump_config_yaml,
+    load_config,
+)
+from zhlora.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _parse(argv: list[str], groups=("data", "model", "lora", "train", "eval", "report")) -> ExperimentConfig:
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, list(groups))
+    add_top_level_flags(parser)
+    return config_from_args(parser.parse_args(argv))
+
+
+def test_defaults_are_the_seed_experiment():
+    cfg = ExperimentConfig()
+    assert cfg.model.model_name_or_path == "meta-llama/Llama-2-7b-hf"
+    assert cfg.data.belle_sample_size == 50000
+    assert cfg.lora.lora_rank == 16
+
+
+def test_one_flag_overrides_yaml_and_keeps_the_other_yaml_fields(tmp_path):
+    yaml_file = tmp_path / "x.yaml"
+    yaml_file.write_text("lora:\n  lora_rank: 8\n  lora_alpha: 64\ntrain:\n  learning_rate: 0.001\n", encoding="utf-8")
+    cfg = _parse(["--config", str(yaml_file), "--lora_rank", "32"])
+    assert cfg.lora.lora_rank == 32  # flag wins
+    assert cfg.lora.lora_alpha == 64  # YAML kept
+    assert cfg.train.learning_rate == 0.001  # YAML kept
+    assert cfg.lora.lora_dropout == 0.05  # default kept
+
+
+def test_dotted_flags_and_lists_and_booleans():
+    cfg = _parse(["--lora.target_modules", "q_proj,v_proj", "--use_dora", "--benchmarks", "ceval,mmlu"])
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.lora.use_dora is True
+    assert cfg.eval.benchmarks == ["ceval", "mmlu"]
+
+
+def test_shared_field_names_need_the_dotted_form():
+    # max_seq_length lives in data and train: only --data.max_seq_length / --train.max_seq_length exist.
+    with pytest.raises(SystemExit):
+        _parse(["--max_seq_length", "128"])
+    cfg = _parse(["--train.max_seq_length", "128"])
+    assert cfg.train.max_seq_length == 128 and cfg.data.max_seq_length == 1024
+
+
+def test_flat_flag_when_the_command_has_one_group():
+    cfg = _parse(["--max_seq_length", "256"], groups=("train",))
+    assert cfg.train.max_seq_length == 256
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--lora_rank", "0"], "--lora_rank"),
+        (["--lora_alpha", "-1"], "--lora_alpha"),
+        (["--lora_dropout", "1.0"], "--lora_dropout"),
+        (["--learning_rate", "0"], "--learning_rate"),
+        (["--protocol", "helm"], "--protocol"),
+        (["--datasets", "belle,cevla"], "ceval"),
+    ],
+)
+def test_bad_values_name_the_flag(argv, flag):
+    with pytest.raises(ConfigError, match=flag):
+        _parse(argv)
+
+
+def test_non_numeric_value_names_the_key():
+    with pytest.raises(ConfigError, match="lora_rank"):
+        _parse(["--lora_rank", "sixteen"])
+
+
+def test_unknown_yaml_key_gets_did_you_mean(tmp_path):
+    yaml_file = tmp_path / "bad.yaml"
+    yaml_file.write_text("lora:\n  lora_rnak: 8\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match='Did you mean "lora_rank"'):
+        load_config(yaml_file)
+    with pytest.raises(ConfigError, match="unknown key"):
+        config_from_dict({"trian": {}})
+
+
+def test_yaml_round_trip():
+    cfg = ExperimentConfig()
+    import yaml
+
+    assert config_from_dict(yaml.safe_load(dump_config_yaml(cfg))) == cfg
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(path):
+    load_config(path)
