@@ -416,7 +416,7 @@ def add_config_flags(parser: argparse.ArgumentParser, groups: list[str]) -> None
                 flags.insert(0, f"--{f.name}")
             inner, _ = _strip_optional(types_[f.name])
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            help_text = f"{f.metadata.get('help', '')} (default: {default})"
+            help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help with %
             dest = f"cfg__{group}__{f.name}"
             if inner is bool:
                 section.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)

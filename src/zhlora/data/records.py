@@ -24,14 +24,15 @@ class Instruction:
 class ChoiceQuestion:
     """One four-option multiple-choice item (C-Eval, CMMLU, MMLU).
 
-    ``answer`` is a letter A-D; ``explanation`` is only set for C-Eval dev rows.
+    ``answer`` is a letter A-D, or None for C-Eval test rows (answers not released);
+    ``explanation`` is only set for C-Eval rows that carry one (dev).
     """
 
     id: str
     subject: str
     question: str
     choices: list[str]
-    answer: str
+    answer: str | None
     explanation: str | None = None
 
 

@@ -1,0 +1,433 @@
+"""Forgetting analysis: pair a base and a tuned evaluation item by item and test every change.
+
+:func:`build_forgetting` is the pure computation (results + predictions in, forgetting dict
+out); :func:`compare_results` reads the two folders and writes ``forgetting.json`` and
+``forgetting.md``. The statistics are in :mod:`zhlora.analysis.stats`; the schema of the
+output is documented in docs/architecture.md and the method in docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zhlora.analysis import stats
+from zhlora.analysis.labels import benchmark_label
+from zhlora.analysis.results_io import (
+    ACCURACY_KINDS,
+    RESULTS_FILE,
+    load_predictions,
+    load_question_texts,
+    load_results,
+    results_dir_of,
+)
+from zhlora.errors import ConfigError, DataError, ZhloraError
+from zhlora.io_utils import atomic_write_json, atomic_write_text, provenance
+
+logger = logging.getLogger(__name__)
+
+FORGETTING_SCHEMA_VERSION = 1
+FORGETTING_FILE = "forgetting.json"
+FORGETTING_MD = "forgetting.md"
+# Also the reading order of benchmarks in tables and charts.
+LANGUAGE_OF = {"ceval": "zh", "cmmlu": "zh", "ppl_zh": "zh", "mmlu": "en", "gsm8k": "en", "ppl_en": "en"}
+HEADLINE_SIDES = {"zh": ("ceval", "cmmlu"), "en": ("mmlu", "gsm8k")}
+PERPLEXITY_OF_SIDE = {"zh": "ppl_zh", "en": "ppl_en"}
+# Settings that change prompts, items or scoring: they must be equal for a paired comparison.
+SETTINGS_THAT_MUST_MATCH = ("protocol", "shots", "limit", "subjects", "gsm8k_variant", "max_new_tokens")
+BENCHMARK_FIELDS_THAT_MUST_MATCH = (
+    "kind", "spec_version", "split", "shots", "protocol", "variant", "n", "item_ids_sha256", "n_documents", "n_tokens",
+)
+
+
+def ordered_benchmarks(names) -> list[str]:
+    """Benchmark names in reading order: Chinese, then English, then any others alphabetically."""
+    known = list(LANGUAGE_OF)
+    return sorted(names, key=lambda name: (known.index(name) if name in known else len(known), name))
+
+
+class SettingsMismatchError(ZhloraError):
+    """The two results were evaluated differently, so their items cannot be paired."""
+
+
+def settings_differences(base: dict, tuned: dict) -> list[str]:
+    """Every evaluation setting in which two results.json objects differ, as readable phrases."""
+    differences = []
+    for key in SETTINGS_THAT_MUST_MATCH:
+        if base["settings"].get(key) != tuned["settings"].get(key):
+            differences.append(f"settings.{key} (base {base['settings'].get(key)!r}, tuned {tuned['settings'].get(key)!r})")
+    base_sha, tuned_sha = base["model"].get("base_sha256"), tuned["model"].get("base_sha256")
+    if base_sha and tuned_sha and base_sha != tuned_sha:
+        differences.append(f"the base model (sha256 {base_sha[:12]}… vs {tuned_sha[:12]}…)")
+    only_base = sorted(set(base["benchmarks"]) - set(tuned["benchmarks"]))
+    only_tuned = sorted(set(tuned["benchmarks"]) - set(base["benchmarks"]))
+    if only_base:
+        differences.append(f"benchmarks only in base: {', '.join(only_base)}")
+    if only_tuned:
+        differences.append(f"benchmarks only in tuned: {', '.join(only_tuned)}")
+    for name in sorted(set(base["benchmarks"]) & set(tuned["benchmarks"])):
+        b, t = base["benchmarks"][name], tuned["benchmarks"][name]
+        for key in BENCHMARK_FIELDS_THAT_MUST_MATCH:
+            if b.get(key) != t.get(key):
+                what = "item set" if key == "item_ids_sha256" else key
+                differences.append(f"{name}.{what} (base {_short(b.get(key))}, tuned {_short(t.get(key))})")
+    return differences
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 20 else text[:16] + "…'"
+
+
+def check_comparable(base: dict, tuned: dict, base_name: str, tuned_name: str) -> None:
+    """Raise :class:`SettingsMismatchError` naming every setting that differs."""
+    differences = settings_differences(base, tuned)
+    if differences:
+        raise SettingsMismatchError(
+            f"Refusing to compare {base_name} with {tuned_name}: they were evaluated with different settings, "
+            f"so their items cannot be paired. Differences: {'; '.join(differences)}. Re-evaluate both with the "
+            "same --benchmarks, --protocol, --shots, --limit, --subjects and --gsm8k_variant."
+        )
+
+
+@dataclass
+class PairedItems:
+    """Prediction rows of one benchmark from both models, aligned by item id (base file order)."""
+
+    base_rows: list[dict]
+    tuned_rows: list[dict]
+
+    @property
+    def base_correct(self) -> np.ndarray:
+        return np.array([row["correct"] for row in self.base_rows], dtype=bool)
+
+    @property
+    def tuned_correct(self) -> np.ndarray:
+        return np.array([row["correct"] for row in self.tuned_rows], dtype=bool)
+
+
+def pair_predictions(name: str, base_rows: Sequence[dict], tuned_rows: Sequence[dict]) -> PairedItems:
+    """Align two prediction files by item id; a different item set is a settings mismatch."""
+    tuned_by_id = {row["id"]: row for row in tuned_rows}
+    base_ids = {row["id"] for row in base_rows}
+    only_base = [row["id"] for row in base_rows if row["id"] not in tuned_by_id]
+    only_tuned = [row["id"] for row in tuned_rows if row["id"] not in base_ids]
+    if only_base or only_tuned:
+        example = (only_base or only_tuned)[0]
+        raise SettingsMismatchError(
+            f'The two evaluations of "{name}" scored different items ({len(only_base)} only in base, '
+            f"{len(only_tuned)} only in tuned, e.g. {example!r}). Re-evaluate both with the same data and flags."
+        )
+    return PairedItems(list(base_rows), [tuned_by_id[row["id"]] for row in base_rows])
+
+
+def accuracy_row(
+    *,
+    benchmark: str,
+    level: str,
+    name: str,
+    family: str,
+    base_correct: np.ndarray,
+    tuned_correct: np.ndarray,
+    bootstrap_samples: int,
+    confidence: float,
+    seed: int,
+) -> dict:
+    """One comparison row (scores in percent, change in points) before the Holm correction."""
+    counts = stats.paired_counts(base_correct, tuned_correct)
+    base_pct = 100.0 * (counts.a + counts.b) / counts.n
+    tuned_pct = 100.0 * (counts.a + counts.c) / counts.n
+    samples = stats.bootstrap_delta_samples(counts, bootstrap_samples, stats.stable_rng(seed, f"{benchmark}/{level}/{name}"))
+    ci_low, ci_high = stats.percentile_interval(samples, confidence)
+    return {
+        "benchmark": benchmark,
+        "level": level,
+        "name": name,
+        "family": family,
+        "language": LANGUAGE_OF.get(benchmark, "other"),
+        "n": counts.n,
+        "base_pct": base_pct,
+        "tuned_pct": tuned_pct,
+        "delta_points": counts.delta_points,
+        "relative_change": (tuned_pct - base_pct) / base_pct if base_pct else None,
+        "retention": tuned_pct / base_pct if base_pct else None,
+        "ci_low_points": ci_low,
+        "ci_high_points": ci_high,
+        "right_to_wrong": counts.b,
+        "wrong_to_right": counts.c,
+        "p_value": stats.mcnemar_exact(counts.b, counts.c),
+    }
+
+
+def apply_holm(rows: list[dict], significance: float) -> None:
+    """Add ``p_holm`` and ``verdict`` to each row, correcting within each row's family."""
+    families: dict[str, list[dict]] = {}
+    for row in rows:
+        families.setdefault(row["family"], []).append(row)
+    for members in families.values():
+        for row, adjusted in zip(members, stats.holm_adjust([r["p_value"] for r in members]), strict=True):
+            row["p_holm"] = adjusted
+            row["verdict"] = stats.verdict(row["delta_points"], adjusted, significance)
+
+
+def benchmark_rows(name: str, base_entry: dict, tuned_entry: dict, paired: PairedItems, **options) -> list[dict]:
+    """The benchmark row, then its category rows and subject rows (multiple choice only)."""
+    base_correct, tuned_correct = paired.base_correct, paired.tuned_correct
+    top = accuracy_row(benchmark=name, level="benchmark", name=name, family="benchmarks",
+                       base_correct=base_correct, tuned_correct=tuned_correct, **options)
+    if "accuracy_macro" in base_entry and "accuracy_macro" in tuned_entry:
+        top["base_macro_pct"] = 100.0 * base_entry["accuracy_macro"]
+        top["tuned_macro_pct"] = 100.0 * tuned_entry["accuracy_macro"]
+    rows = [top]
+    subjects_info = base_entry.get("subjects") or {}
+    if not subjects_info:
+        return rows
+    item_subjects = np.array([row.get("subject") for row in paired.base_rows], dtype=object)
+    unknown = sorted({str(s) for s in item_subjects if s not in subjects_info})
+    if unknown:
+        raise DataError(
+            f'Predictions of "{name}" name subjects missing from results.json: {", ".join(unknown[:5])}. '
+            "Rerun `zhlora evaluate`."
+        )
+    categories: dict[str, list[str]] = {}
+    for subject, info in subjects_info.items():
+        for category in info.get("categories") or []:
+            categories.setdefault(category, []).append(subject)
+    for category, members in categories.items():
+        mask = np.isin(item_subjects, members)
+        rows.append(accuracy_row(benchmark=name, level="category", name=category, family=f"{name}:categories",
+                                 base_correct=base_correct[mask], tuned_correct=tuned_correct[mask], **options))
+    for subject, info in subjects_info.items():
+        mask = item_subjects == subject
+        if not mask.any():
+            continue
+        row = accuracy_row(benchmark=name, level="subject", name=subject, family=f"{name}:subjects",
+                           base_correct=base_correct[mask], tuned_correct=tuned_correct[mask], **options)
+        row["name_zh"] = info.get("name_zh")
+        rows.append(row)
+    return rows
+
+
+def perplexity_row(name: str, base_entry: dict, tuned_entry: dict) -> dict:
+    """Perplexity before and after; relative change = tuned / base - 1 (no CI: no per-document losses)."""
+    return {
+        "benchmark": name,
+        "language": LANGUAGE_OF.get(name, "other"),
+        "n_documents": base_entry["n_documents"],
+        "n_tokens": base_entry["n_tokens"],
+        "base_loss": base_entry["loss"],
+        "tuned_loss": tuned_entry["loss"],
+        "delta_loss": tuned_entry["loss"] - base_entry["loss"],
+        "base_perplexity": base_entry["perplexity"],
+        "tuned_perplexity": tuned_entry["perplexity"],
+        "relative_change": tuned_entry["perplexity"] / base_entry["perplexity"] - 1.0,
+    }
+
+
+def headline(
+    paired_by_benchmark: dict[str, PairedItems],
+    perplexity: dict[str, dict],
+    *,
+    bootstrap_samples: int,
+    confidence: float,
+    seed: int,
+) -> dict:
+    """Chinese gain vs English loss: each side's mean change over its benchmarks, with a CI.
+
+    A side's change is the unweighted mean of its benchmarks' changes (C-Eval and CMMLU count
+    equally, MMLU and GSM8K count equally). Its CI comes from a stratified paired bootstrap:
+    each benchmark's items are resampled on their own and the replicate means are averaged.
+    """
+    result: dict = {}
+    for side, names in HEADLINE_SIDES.items():
+        present = [name for name in names if name in paired_by_benchmark]
+        entry: dict = {"benchmarks": present}
+        if present:
+            counts = {n: stats.paired_counts(paired_by_benchmark[n].base_correct, paired_by_benchmark[n].tuned_correct)
+                      for n in present}
+            replicates = np.mean([
+                stats.bootstrap_delta_samples(counts[n], bootstrap_samples, stats.stable_rng(seed, f"headline/{n}"))
+                for n in present
+            ], axis=0)
+            low, high = stats.percentile_interval(replicates, confidence)
+            entry.update(
+                delta_points=float(np.mean([counts[n].delta_points for n in present])),
+                ci_low_points=low,
+                ci_high_points=high,
+                per_benchmark={n: counts[n].delta_points for n in present},
+            )
+        ppl = perplexity.get(PERPLEXITY_OF_SIDE[side])
+        entry["perplexity_relative_change"] = ppl["relative_change"] if ppl else None
+        result["chinese" if side == "zh" else "english"] = entry
+    result["text"] = headline_sentence(result["chinese"], result["english"], confidence)
+    return result
+
+
+def _side_phrase(side: dict, language_name: str, confidence: float) -> str | None:
+    parts = []
+    if side.get("benchmarks"):
+        per = ", ".join(f"{benchmark_label(n)} {v:+.1f}" for n, v in side["per_benchmark"].items())
+        parts.append(
+            f"{language_name} accuracy changed by {side['delta_points']:+.1f} points "
+            f"({confidence:.0%} CI {side['ci_low_points']:+.1f} to {side['ci_high_points']:+.1f}; {per})"
+        )
+    if side.get("perplexity_relative_change") is not None:
+        parts.append(f"{language_name} perplexity by {100 * side['perplexity_relative_change']:+.1f}%")
+    return " and ".join(parts) if parts else None
+
+
+def headline_sentence(chinese: dict, english: dict, confidence: float) -> str:
+    """The one-sentence summary: Chinese gain, then English loss, each with its uncertainty."""
+    zh = _side_phrase(chinese, "Chinese", confidence)
+    en = _side_phrase(english, "English", confidence)
+    if zh and en:
+        return f"After LoRA fine-tuning, {zh}, while {en}."
+    if zh or en:
+        return f"After LoRA fine-tuning, {zh or en}."
+    return "The two evaluations share no accuracy or perplexity benchmark to compare."
+
+
+def flipped_items(paired: PairedItems, questions: dict[str, dict]) -> dict[str, list[dict]]:
+    """Items that went right->wrong and wrong->right, with question text where known."""
+    flips: dict[str, list[dict]] = {"right_to_wrong": [], "wrong_to_right": []}
+    for base, tuned in zip(paired.base_rows, paired.tuned_rows, strict=True):
+        if base["correct"] == tuned["correct"]:
+            continue
+        item = {"id": base["id"], "gold": base.get("gold"),
+                "base_predicted": base.get("predicted"), "tuned_predicted": tuned.get("predicted")}
+        if base.get("subject") is not None:
+            item["subject"] = base["subject"]
+        text = base.get("question") or tuned.get("question")
+        if text is None and base["id"] in questions:
+            text = questions[base["id"]].get("question")
+            if questions[base["id"]].get("choices"):
+                item["choices"] = questions[base["id"]]["choices"]
+        item["question"] = text
+        if "generated" in base or "generated" in tuned:
+            item["base_generated"] = base.get("generated")
+            item["tuned_generated"] = tuned.get("generated")
+        flips["right_to_wrong" if base["correct"] else "wrong_to_right"].append(item)
+    return flips
+
+
+def build_forgetting(
+    base: dict,
+    tuned: dict,
+    base_predictions: dict[str, list[dict]],
+    tuned_predictions: dict[str, list[dict]],
+    *,
+    bootstrap_samples: int,
+    confidence: float,
+    significance: float,
+    seed: int,
+    questions: dict[str, dict[str, dict]] | None = None,
+) -> dict:
+    """The forgetting analysis of two checked results objects and their prediction rows.
+
+    ``*_predictions`` map each accuracy benchmark to its prediction rows; ``questions`` maps a
+    benchmark to ``{item id: {question, choices}}`` for showing flipped items (optional).
+    """
+    check_comparable(base, tuned, "the base results", "the tuned results")
+    options = {"bootstrap_samples": bootstrap_samples, "confidence": confidence, "seed": seed}
+    rows: list[dict] = []
+    paired_by_benchmark: dict[str, PairedItems] = {}
+    perplexity: dict[str, dict] = {}
+    flipped: dict[str, dict] = {}
+    for name in ordered_benchmarks(base["benchmarks"]):
+        base_entry, tuned_entry = base["benchmarks"][name], tuned["benchmarks"][name]
+        if base_entry["kind"] == "perplexity":
+            perplexity[name] = perplexity_row(name, base_entry, tuned_entry)
+            continue
+        paired = pair_predictions(name, base_predictions[name], tuned_predictions[name])
+        paired_by_benchmark[name] = paired
+        rows += benchmark_rows(name, base_entry, tuned_entry, paired, **options)
+        flipped[name] = flipped_items(paired, (questions or {}).get(name, {}))
+    apply_holm(rows, significance)
+    return {
+        "schema_version": FORGETTING_SCHEMA_VERSION,
+        "provenance": provenance(),
+        "base": {"model": base["model"], "created_at": base.get("provenance", {}).get("created_at")},
+        "tuned": {"model": tuned["model"], "created_at": tuned.get("provenance", {}).get("created_at")},
+        "settings": {
+            **{key: base["settings"].get(key) for key in SETTINGS_THAT_MUST_MATCH},
+            "benchmarks": {
+                name: {key: entry[key] for key in BENCHMARK_FIELDS_THAT_MUST_MATCH if key in entry}
+                for name, entry in sorted(base["benchmarks"].items())
+            },
+        },
+        "statistics": {
+            "bootstrap_samples": bootstrap_samples,
+            "confidence": confidence,
+            "significance": significance,
+            "seed": seed,
+            "interval": "paired percentile bootstrap over items",
+            "test": "McNemar exact, two-sided",
+            "correction": "Holm within each family (benchmarks; <benchmark>:categories; <benchmark>:subjects)",
+        },
+        "headline": headline(paired_by_benchmark, perplexity, **options),
+        "rows": rows,
+        "perplexity": list(perplexity.values()),
+        "flipped": flipped,
+    }
+
+
+def compare_results(
+    base_dir: str | os.PathLike,
+    tuned_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    bootstrap_samples: int,
+    confidence: float,
+    significance: float,
+    seed: int,
+    data_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Compare two ``evaluate`` folders; write ``forgetting.json`` and ``forgetting.md`` to ``out_dir``.
+
+    ``data_dir`` (the normalized data folder) supplies question text for flipped items when
+    the predictions do not carry it. An existing forgetting.json is only replaced with
+    ``overwrite=True``. Returns the forgetting dict.
+    """
+    from zhlora.analysis.sections import forgetting_markdown
+
+    base_dir, tuned_dir, out_dir = results_dir_of(base_dir), results_dir_of(tuned_dir), Path(out_dir)
+    if base_dir.resolve() == tuned_dir.resolve():
+        raise ConfigError(f"BASE and TUNED are the same folder ({base_dir}); pass the baseline and the tuned results.")
+    if (out_dir / FORGETTING_FILE).exists() and not overwrite:
+        raise ZhloraError(
+            f"{out_dir / FORGETTING_FILE} already exists. Pass --overwrite to replace it, or --output_dir for another folder."
+        )
+    base, tuned = load_results(base_dir), load_results(tuned_dir)
+    check_comparable(base, tuned, str(base_dir / RESULTS_FILE), str(tuned_dir / RESULTS_FILE))
+    if base["model"].get("adapter_path") and not tuned["model"].get("adapter_path"):
+        logger.warning("BASE (%s) has an adapter and TUNED (%s) has none: are the two folders swapped?", base_dir, tuned_dir)
+    accuracy = [name for name, entry in base["benchmarks"].items() if entry["kind"] in ACCURACY_KINDS]
+    base_predictions = {name: load_predictions(base_dir, name, base["benchmarks"][name]) for name in accuracy}
+    tuned_predictions = {name: load_predictions(tuned_dir, name, tuned["benchmarks"][name]) for name in accuracy}
+    questions = None
+    if data_dir is not None:
+        questions = {
+            name: load_question_texts(data_dir, name, base["benchmarks"][name].get("split", "test"),
+                                      _flipped_ids(base_predictions[name], tuned_predictions[name]))
+            for name in accuracy
+        }
+    forgetting = build_forgetting(
+        base, tuned, base_predictions, tuned_predictions, bootstrap_samples=bootstrap_samples,
+        confidence=confidence, significance=significance, seed=seed, questions=questions,
+    )
+    forgetting["base"]["dir"] = str(base_dir)
+    forgetting["tuned"]["dir"] = str(tuned_dir)
+    atomic_write_json(out_dir / FORGETTING_FILE, forgetting)
+    atomic_write_text(out_dir / FORGETTING_MD, forgetting_markdown(forgetting))
+    return forgetting
+
+
+def _flipped_ids(base_rows: list[dict], tuned_rows: list[dict]) -> set:
+    tuned_correct = {row["id"]: row["correct"] for row in tuned_rows}
+    return {row["id"] for row in base_rows if tuned_correct.get(row["id"]) is not None and row["correct"] != tuned_correct[row["id"]]}

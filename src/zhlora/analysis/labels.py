@@ -1,0 +1,97 @@
+"""Chart and report wording in Chinese and English.
+
+Charts draw Chinese only when a CJK font is installed (see :mod:`zhlora.analysis.fonts`);
+everything a chart writes therefore goes through :func:`text` or :func:`category_label` /
+:func:`subject_label`, which never return Chinese for the English language.
+"""
+
+from __future__ import annotations
+
+BENCHMARK_NAMES = {
+    "ceval": "C-Eval",
+    "cmmlu": "CMMLU",
+    "mmlu": "MMLU",
+    "gsm8k": "GSM8K",
+    "ppl_zh": "PPL (zh)",
+    "ppl_en": "PPL (en)",
+}
+
+# Fixed wording: key -> (English, Chinese). Format fields are filled by the caller.
+_TEXT = {
+    "accuracy_pct": ("Accuracy (%)", "准确率（%）"),
+    "benchmark_accuracy": ("Accuracy per benchmark", "各基准准确率"),
+    "category_accuracy": ("{benchmark}: accuracy by category (%)", "{benchmark}：各类别准确率（%）"),
+    "subject_accuracy": ("{benchmark}: accuracy by subject (%)", "{benchmark}：各科目准确率（%）"),
+    "chance": ("chance (25%)", "随机水平（25%）"),
+    "step": ("Optimizer step", "优化步数"),
+    "loss": ("Training loss", "训练损失"),
+    "learning_rate": ("Learning rate", "学习率"),
+    "loss_title": ("Training loss", "训练损失曲线"),
+    "probe_title": ("Probes during training: learning (zh) and forgetting (en)", "训练过程探针：学习（中文）与遗忘（英文）"),
+    "chinese_radar": ("Chinese benchmarks: accuracy by category (%)", "中文基准：各类别准确率（%）"),
+    "english_radar": ("English benchmarks: accuracy by category (%)", "英文基准：各类别准确率（%）"),
+    "change_title": ("Change after LoRA (points, {confidence:.0%} CI)", "LoRA 后的变化（百分点，{confidence:.0%} 置信区间）"),
+    "change_axis": ("Tuned − base (accuracy points)", "微调后 − 基线（准确率百分点）"),
+    "base": ("base", "基线"),
+    "tuned": ("tuned", "微调后"),
+    "improved": ("improved", "提升"),
+    "forgot": ("forgot", "遗忘"),
+    "no significant change": ("no significant change", "无显著变化"),
+    "tradeoff_title": ("Learning vs forgetting", "学习与遗忘的权衡"),
+    "learning_axis": ("Chinese gain (points)", "中文提升（百分点）"),
+    "forgetting_axis": ("English loss (points)", "英文损失（百分点）"),
+    "pareto": ("Pareto front", "帕累托前沿"),
+}
+
+CATEGORY_ZH = {
+    "STEM": "理工",
+    "stem": "理工",
+    "Social Science": "社会科学",
+    "social sciences": "社会科学",
+    "social_sciences": "社会科学",
+    "Humanities": "人文",
+    "humanities": "人文",
+    "Other": "其他",
+    "other": "其他",
+    "other (business, health, misc.)": "其他",
+    "China specific": "中国特定",
+}
+
+_CATEGORY_EN = {"理工": "STEM", "社会科学": "Social Science", "人文": "Humanities", "其他": "Other", "中国特定": "China specific"}
+
+
+def has_cjk(value: str) -> bool:
+    """Whether ``value`` contains a CJK character (which DejaVu Sans cannot draw)."""
+    return any("\u2e80" <= char <= "\u9fff" or "\uf900" <= char <= "\uffef" for char in value)
+
+
+def text(key: str, language: str, **fields: object) -> str:
+    """The fixed wording ``key`` in ``language`` ("en" or "zh"), formatted with ``fields``."""
+    english, chinese = _TEXT[key]
+    return (chinese if language == "zh" else english).format(**fields)
+
+
+def benchmark_label(name: str) -> str:
+    """Display name of a benchmark ("ceval" -> "C-Eval"); unknown names pass through."""
+    return BENCHMARK_NAMES.get(name, name)
+
+
+def category_label(category: str, language: str) -> str:
+    """A category's display name: Chinese when known and asked for, never CJK for English."""
+    if language == "zh":
+        return CATEGORY_ZH.get(category, category)
+    if has_cjk(category):
+        return _CATEGORY_EN.get(category, "?")
+    return category
+
+
+def subject_label(subject: str, name_zh: str | None, language: str) -> str:
+    """A subject's display name: its Chinese name for zh, the spaced handle for en."""
+    if language == "zh" and name_zh:
+        return name_zh
+    return subject.replace("_", " ") if not has_cjk(subject) else "?"
+
+
+def safe_label(value: str, language: str, fallback: str) -> str:
+    """``value`` unless it holds CJK text that the English charts cannot draw; then ``fallback``."""
+    return fallback if language != "zh" and has_cjk(value) else value

@@ -1,0 +1,243 @@
+"""Report sections: each turns part of a forgetting analysis into Markdown and HTML.
+
+A report is a list of :class:`Section`; ``forgetting.md``, ``report.md`` and ``report.html``
+are different selections and renderings of the same sections. New content (a sweep table, a
+trade-off chart) is added by writing one more function that returns a Section.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zhlora.analysis.labels import benchmark_label
+
+FLIPPED_SHOWN = 10  # per benchmark and direction; forgetting.json has them all
+VERDICT_MARK = {"improved": "▲ improved", "forgot": "▼ forgot", "no significant change": "– no significant change"}
+
+
+@dataclass
+class Table:
+    """A table with plain-text cells; ``row_classes`` style whole HTML rows (e.g. by verdict)."""
+
+    headers: Sequence[str]
+    rows: list[list[str]]
+    row_classes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        def cell(text: str) -> str:
+            return text.replace("|", "\\|").replace("\n", " ")
+
+        lines = ["| " + " | ".join(cell(h) for h in self.headers) + " |", "|" + "---|" * len(self.headers)]
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
+        return "\n".join(lines) + "\n"
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = []
+        for index, row in enumerate(self.rows):
+            css = self.row_classes[index] if index < len(self.row_classes) else ""
+            cells = "".join(f"<td>{html.escape(c)}</td>" for c in row)
+            body.append(f'<tr class="{css}">{cells}</tr>' if css else f"<tr>{cells}</tr>")
+        return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>\n'
+
+
+@dataclass
+class Section:
+    """One titled part of a report, in both output formats."""
+
+    title: str
+    markdown: str
+    html: str
+    anchor: str = ""
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _signed(value: float | None, unit: str = "") -> str:
+    return "—" if value is None else f"{value:+.1f}{unit}"
+
+
+def _p(value: float) -> str:
+    return f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}"
+
+
+def _row_label(row: dict) -> str:
+    if row["level"] == "benchmark":
+        return benchmark_label(row["name"])
+    if row.get("name_zh"):
+        return f"{row['name']} ({row['name_zh']})"
+    return row["name"]
+
+
+def accuracy_table(rows: Sequence[dict], confidence: float) -> Table:
+    """Comparison rows as a table: scores (%), change, CI, retention, flips, p-values, verdict."""
+    headers = ["", "n", "base %", "tuned %", "change (points)", f"{confidence:.0%} CI", "retention",
+               "right→wrong / wrong→right", "McNemar p", "Holm p", "verdict"]
+    cells, classes = [], []
+    for row in rows:
+        cells.append([
+            _row_label(row), str(row["n"]), _pct(row["base_pct"]), _pct(row["tuned_pct"]), _signed(row["delta_points"]),
+            f"[{row['ci_low_points']:+.1f}, {row['ci_high_points']:+.1f}]",
+            "—" if row["retention"] is None else f"{row['retention']:.2f}",
+            f"{row['right_to_wrong']} / {row['wrong_to_right']}", _p(row["p_value"]), _p(row["p_holm"]),
+            VERDICT_MARK[row["verdict"]],
+        ])
+        classes.append(row["verdict"].replace(" ", "-"))
+    return Table(headers, cells, classes)
+
+
+def _both(title: str, intro: str, tables: Sequence[tuple[str, Table]], anchor: str) -> Section:
+    md = [f"## {title}\n", f"{intro}\n"] if intro else [f"## {title}\n"]
+    htm = [f'<h2 id="{anchor}">{html.escape(title)}</h2>']
+    if intro:
+        htm.append(f"<p>{html.escape(intro)}</p>")
+    for caption, table in tables:
+        if caption:
+            md.append(f"### {caption}\n")
+            htm.append(f"<h3>{html.escape(caption)}</h3>")
+        md.append(table.markdown())
+        htm.append(table.html())
+    return Section(title, "\n".join(md), "\n".join(htm), anchor)
+
+
+def headline_section(forgetting: dict) -> Section:
+    """The one-sentence result, with the side-level numbers behind it."""
+    text = forgetting["headline"]["text"]
+    return Section(
+        "Headline",
+        f"**{text}**\n",
+        f'<div class="headline" id="headline"><p>{html.escape(text)}</p></div>',
+        "headline",
+    )
+
+
+def settings_section(forgetting: dict) -> Section:
+    """What was compared and how: models, evaluation settings, statistics."""
+    settings, statistics = forgetting["settings"], forgetting["statistics"]
+    rows = [
+        ["base results", str(forgetting["base"].get("dir", "—"))],
+        ["tuned results", str(forgetting["tuned"].get("dir", "—"))],
+        ["base model", str(forgetting["base"]["model"].get("base_path"))],
+        ["adapter", f"{forgetting['tuned']['model'].get('adapter_path')} (scale {forgetting['tuned']['model'].get('adapter_scale')})"],
+    ]
+    rows += [[f"setting: {key}", "—" if value is None else str(value)]
+             for key, value in settings.items() if key != "benchmarks"]
+    for name, spec in settings["benchmarks"].items():
+        described = ", ".join(f"{k}={v}" for k, v in spec.items() if k not in ("item_ids_sha256", "kind"))
+        rows.append([f"benchmark: {benchmark_label(name)}", described])
+    rows += [
+        ["interval", f"{statistics['confidence']:.0%} {statistics['interval']}, {statistics['bootstrap_samples']} resamples, seed {statistics['seed']}"],
+        ["test", f"{statistics['test']}; {statistics['correction']}; significance {statistics['significance']}"],
+    ]
+    return _both("Settings", "", [("", Table(["", "value"], rows))], "settings")
+
+
+def benchmarks_section(forgetting: dict) -> Section:
+    """Benchmark-level accuracy changes (the Holm family the headline rests on)."""
+    rows = [row for row in forgetting["rows"] if row["level"] == "benchmark"]
+    confidence = forgetting["statistics"]["confidence"]
+    intro = ("Accuracy in percent (GSM8K: strict match). Change = tuned − base in points; retention = tuned / base. "
+             "Verdicts use McNemar's exact test, Holm-corrected across these rows.")
+    return _both("Benchmarks", intro, [("", accuracy_table(rows, confidence))], "benchmarks")
+
+
+def perplexity_section(forgetting: dict) -> Section:
+    """Perplexity of the Chinese and English probes before and after."""
+    rows = [[benchmark_label(r["benchmark"]), str(r["n_documents"]), str(r["n_tokens"]),
+             f"{r['base_perplexity']:.3f}", f"{r['tuned_perplexity']:.3f}", _signed(100 * r["relative_change"], "%"),
+             f"{r['base_loss']:.4f} → {r['tuned_loss']:.4f}"] for r in forgetting["perplexity"]]
+    table = Table(["probe", "documents", "tokens", "base ppl", "tuned ppl", "relative change", "loss (nats/token)"], rows)
+    intro = "Lower is better; no interval (the results hold one loss per probe, not per document)."
+    return _both("Perplexity", intro, [("", table)] if rows else [], "perplexity")
+
+
+def breakdown_section(forgetting: dict, level: str) -> Section:
+    """Category or subject rows, one table per benchmark (Holm within each table)."""
+    confidence = forgetting["statistics"]["confidence"]
+    by_benchmark: dict[str, list[dict]] = {}
+    for row in forgetting["rows"]:
+        if row["level"] == level:
+            by_benchmark.setdefault(row["benchmark"], []).append(row)
+    tables = [(benchmark_label(name), accuracy_table(rows, confidence)) for name, rows in by_benchmark.items()]
+    title = "Categories" if level == "category" else "Subjects"
+    intro = f"Holm correction within each benchmark's {title.lower()}."
+    return _both(title, intro, tables, title.lower())
+
+
+def _short(text: str | None, limit: int) -> str:
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def flipped_section(forgetting: dict, shown: int = FLIPPED_SHOWN) -> Section:
+    """Examples of items that flipped between the two models, for inspection."""
+    md = ["## Flipped items\n", f"Up to {shown} per benchmark and direction; forgetting.json lists them all.\n"]
+    htm = ['<h2 id="flipped">Flipped items</h2>',
+           f"<p>Up to {shown} per benchmark and direction; forgetting.json lists them all.</p>"]
+    for name, flips in forgetting["flipped"].items():
+        for direction, title in (("right_to_wrong", "right → wrong"), ("wrong_to_right", "wrong → right")):
+            items = flips[direction]
+            heading = f"{benchmark_label(name)}: {title} ({len(items)})"
+            md.append(f"### {heading}\n")
+            htm.append(f"<h3>{html.escape(heading)}</h3>")
+            if not items:
+                md.append("None.\n")
+                htm.append("<p>None.</p>")
+                continue
+            md_items, html_items = [], []
+            for item in items[:shown]:
+                answer = f"gold {item.get('gold')}, base {item.get('base_predicted')} → tuned {item.get('tuned_predicted')}"
+                where = f" [{item['subject']}]" if item.get("subject") else ""
+                question = _short(item.get("question"), 300) or "(question text not available: pass --data_dir)"
+                md_items.append(f"- `{item['id']}`{where} {answer}: {question}")
+                extra = ""
+                if item.get("choices"):
+                    extra += "<ol type=\"A\">" + "".join(f"<li>{html.escape(_short(c, 120))}</li>" for c in item["choices"]) + "</ol>"
+                if item.get("base_generated") is not None or item.get("tuned_generated") is not None:
+                    extra += (f"<details><summary>generations</summary><p><b>base:</b> {html.escape(_short(item.get('base_generated'), 600))}</p>"
+                              f"<p><b>tuned:</b> {html.escape(_short(item.get('tuned_generated'), 600))}</p></details>")
+                html_items.append(f"<li><code>{html.escape(str(item['id']))}</code>{html.escape(where)} "
+                                  f"<span class=\"answer\">{html.escape(answer)}</span><br>{html.escape(question)}{extra}</li>")
+            md.append("\n".join(md_items) + "\n")
+            htm.append('<ul class="flips">' + "".join(html_items) + "</ul>")
+    return Section("Flipped items", "\n".join(md), "\n".join(htm), "flipped")
+
+
+def charts_section(title: str, charts: Sequence[tuple[str, Path]], base_dir: Path, anchor: str = "charts") -> Section:
+    """PNG charts: linked by relative path in Markdown, inlined as base64 in HTML (works offline)."""
+    md = [f"## {title}\n"]
+    htm = [f'<h2 id="{anchor}">{html.escape(title)}</h2>', '<div class="charts">']
+    for caption, path in charts:
+        relative = Path(path).relative_to(base_dir) if Path(path).is_relative_to(base_dir) else Path(path)
+        md.append(f"![{caption}]({relative.as_posix()})\n")
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        htm.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                   f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    htm.append("</div>")
+    return Section(title, "\n".join(md), "\n".join(htm), anchor)
+
+
+def forgetting_sections(forgetting: dict) -> list[Section]:
+    """The sections of forgetting.md (everything but charts), in reading order."""
+    return [
+        headline_section(forgetting),
+        benchmarks_section(forgetting),
+        perplexity_section(forgetting),
+        breakdown_section(forgetting, "category"),
+        breakdown_section(forgetting, "subject"),
+        flipped_section(forgetting),
+        settings_section(forgetting),
+    ]
+
+
+def forgetting_markdown(forgetting: dict) -> str:
+    """The text of forgetting.md."""
+    return "# Forgetting analysis\n\n" + "\n".join(section.markdown for section in forgetting_sections(forgetting))

@@ -1,0 +1,327 @@
+"""Run benchmark specs on an in-memory model, unit by unit, with an optional resume cache.
+
+A *unit* is the smallest piece of work that is cached: one subject of a multiple-choice
+benchmark, or 64 consecutive items of the others. With a :class:`PredictionCache`, each
+finished unit is written atomically, stamped with the fingerprint of the settings, so a
+killed evaluation resumes from the units already done and ends with the same numbers.
+
+:func:`evaluate_benchmarks` is also the library entry point for callers that already hold a
+model (e.g. probes evaluated during training): it never loads or saves a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from zhlora.errors import ZhloraError
+from zhlora.evaluation.hf_model import HFEvalModel
+from zhlora.evaluation.items import ALL, BenchmarkItems
+from zhlora.evaluation.prompts import fewshot_prompt
+from zhlora.evaluation.requests import ChoiceRequest, document_windows, encode_choice, response_sequence
+from zhlora.evaluation.scoring import (
+    item_ids_sha256,
+    predicted_letter,
+    summarize_choice,
+    summarize_generate,
+    summarize_perplexity,
+)
+from zhlora.evaluation.specs import ChoiceSpec, GenerateSpec
+from zhlora.evaluation.tasks import choice as choice_hooks
+from zhlora.evaluation.tasks import gsm8k as gsm8k_hooks
+from zhlora.io_utils import atomic_write_json, dumps_json
+
+logger = logging.getLogger(__name__)
+
+CHUNK_ITEMS = 64  # items per cached unit of a benchmark without subjects
+CACHE_DIRNAME = ".cache"
+_LL_DIGITS = 6
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A cached piece of work: ``items`` starting at index ``start`` of their group."""
+
+    key: str
+    items: list
+    start: int = 0
+
+
+@dataclass
+class BenchmarkResult:
+    """One benchmark's ``results.json`` entry (``summary``), prediction rows and compute time (s)."""
+
+    summary: dict
+    predictions: list[dict]
+    seconds: float
+
+
+def benchmark_units(bench: BenchmarkItems) -> list[Unit]:
+    """The units of a benchmark, in evaluation order."""
+    if isinstance(bench.spec, ChoiceSpec):
+        return [Unit(subject, items) for subject, items in bench.groups.items()]
+    items = bench.groups[ALL]
+    return [
+        Unit(f"items-{start:05d}-{min(start + CHUNK_ITEMS, len(items)) - 1:05d}", items[start:start + CHUNK_ITEMS], start)
+        for start in range(0, len(items), CHUNK_ITEMS)
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Units -> prediction rows
+# ---------------------------------------------------------------------------------------
+def choice_requests(tokenizer, bench: BenchmarkItems, subject: str, questions: Sequence) -> list[ChoiceRequest]:
+    """The requests of one subject's questions under the benchmark's spec and shots."""
+    spec: ChoiceSpec = bench.spec
+    info = bench.subjects.get(subject)
+    description = spec.description.format(**choice_hooks.subject_fields(subject, info.name_zh if info else None))
+    shots = [
+        (spec.doc_to_text.format(**choice_hooks.question_fields(q)), q.answer)
+        for q in bench.fewshot.get(subject, [])[: bench.shots]
+    ]
+    letter_ids: tuple[int, ...] = ()
+    continuations: tuple[str, ...] = ()
+    if spec.scoring.startswith("letter_token:"):
+        letter_ids = tuple(choice_hooks.letter_token_ids(tokenizer, spec.scoring.split(":", 1)[1], spec.choices))
+    else:
+        continuations = tuple(spec.target_delimiter + letter for letter in spec.choices)
+    return [
+        ChoiceRequest(
+            prompt=fewshot_prompt(description, shots, spec.doc_to_text.format(**choice_hooks.question_fields(q)),
+                                  spec.target_delimiter, spec.fewshot_delimiter),
+            continuations=continuations,
+            letter_token_ids=letter_ids,
+        )
+        for q in questions
+    ]
+
+
+def _choice_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit) -> list[dict]:
+    requests = choice_requests(engine.tokenizer, bench, unit.key, unit.items)
+    encoded = [encode_choice(engine.tokenizer, request) for request in requests]
+    prefix_ids = engine.tokenizer(requests[0].prompt.prefix)["input_ids"] if requests else None
+    loglikelihoods = engine.choice_loglikelihoods(encoded, prefix_ids)
+    letters = bench.spec.choices
+    rows = []
+    for question, lls in zip(unit.items, loglikelihoods):
+        predicted = predicted_letter(lls, letters)
+        rows.append({
+            "id": question.id, "subject": unit.key, "gold": question.answer, "predicted": predicted,
+            "correct": predicted == question.answer, "loglikelihoods": [round(x, _LL_DIGITS) for x in lls],
+        })
+    return rows
+
+
+def generate_prompts(bench: BenchmarkItems, start: int, problems: Sequence) -> list[str]:
+    """The few-shot prompts of ``problems`` (items ``start..`` of the benchmark)."""
+    spec: GenerateSpec = bench.spec
+    if spec.fewshot_samples:
+        fixed = [(spec.doc_to_text.format(question=q), target) for q, target in spec.fewshot_samples[: bench.shots]]
+        shot_lists = [fixed] * len(problems)
+    else:
+        pool = bench.fewshot.get(ALL, [])
+        draws = gsm8k_hooks.random_shot_indices(len(pool), start + len(problems), bench.shots, spec.fewshot_seed)[start:]
+        shot_lists = [[(spec.doc_to_text.format(question=pool[j].question), pool[j].answer_text) for j in draw]
+                      for draw in draws]
+    return [
+        fewshot_prompt("", shots, spec.doc_to_text.format(question=p.question), spec.target_delimiter,
+                       spec.fewshot_delimiter).text
+        for shots, p in zip(shot_lists, problems)
+    ]
+
+
+def _generate_rows(generator, bench: BenchmarkItems, unit: Unit, max_new_tokens: int) -> list[dict]:
+    spec: GenerateSpec = bench.spec
+    texts = generator.generate(generate_prompts(bench, unit.start, unit.items), spec.stop, max_new_tokens)
+    rows = []
+    for problem, text in zip(unit.items, texts):
+        gold = gsm8k_hooks.normalize_answer(gsm8k_hooks.reference_answer(problem.answer_text), spec.ignore_regexes)
+        strict = gsm8k_hooks.extract_answer(text, spec.strict_regex, 0)
+        flexible = gsm8k_hooks.extract_answer(text, spec.flexible_regex, -1)
+        rows.append({
+            "id": problem.id, "gold": gold, "predicted": strict, "predicted_flexible": flexible,
+            "correct": gsm8k_hooks.normalize_answer(strict, spec.ignore_regexes) == gold,
+            "correct_flexible": gsm8k_hooks.normalize_answer(flexible, spec.ignore_regexes) == gold,
+            "generated": text,
+        })
+    return rows
+
+
+def _perplexity_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit) -> list[dict]:
+    spec = bench.spec
+    window = min(spec.window_tokens, engine.max_length - 1)
+    sequences, owners = [], []
+    for index, doc in enumerate(unit.items):
+        if spec.target == "response":
+            parts = [response_sequence(engine.tokenizer, doc.prompt, doc.text)]
+        else:
+            parts = document_windows(engine.tokenizer, doc.text, window)
+        sequences.extend(parts)
+        owners.extend([index] * len(parts))
+    totals = [[0.0, 0] for _ in unit.items]
+    for owner, (nll, count) in zip(owners, engine.sequence_nll(sequences)):
+        totals[owner][0] += nll
+        totals[owner][1] += count
+    return [
+        {"id": doc.id, "nll": round(nll, _LL_DIGITS), "n_tokens": count, "loss": round(nll / count, _LL_DIGITS)}
+        for doc, (nll, count) in zip(unit.items, totals)
+    ]
+
+
+def run_unit(engine: HFEvalModel, generator, bench: BenchmarkItems, unit: Unit, max_new_tokens: int) -> list[dict]:
+    """Prediction rows of one unit (``generator`` answers generation requests; often ``engine``)."""
+    if isinstance(bench.spec, ChoiceSpec):
+        return _choice_rows(engine, bench, unit)
+    if isinstance(bench.spec, GenerateSpec):
+        return _generate_rows(generator, bench, unit, max_new_tokens)
+    return _perplexity_rows(engine, bench, unit)
+
+
+def summarize_benchmark(bench: BenchmarkItems, rows: Sequence[dict]) -> dict:
+    """The ``results.json`` entry of a benchmark (spec identity + scores), without timings."""
+    spec = bench.spec
+    entry = {
+        "kind": spec.kind, "spec_version": spec.version, "spec_reference": spec.reference, "protocol": spec.protocol,
+        "split": spec.eval_split, "data_sha256": dict(sorted(bench.files_sha256.items())),
+    }
+    if isinstance(spec, ChoiceSpec):
+        entry.update(shots=bench.shots, **summarize_choice(rows, bench.subjects, spec.category_scheme))
+    elif isinstance(spec, GenerateSpec):
+        entry.update(variant=spec.variant, shots=bench.shots, **summarize_generate(rows))
+    else:
+        entry.update(summarize_perplexity(rows))
+    return entry
+
+
+# ---------------------------------------------------------------------------------------
+# Resume cache
+# ---------------------------------------------------------------------------------------
+def settings_fingerprint(settings: Mapping) -> str:
+    """sha256 of the settings that determine the numbers (canonical JSON)."""
+    return hashlib.sha256(dumps_json(settings).encode("utf-8")).hexdigest()
+
+
+class PredictionCache:
+    """Finished units under ``folder/<benchmark>/<unit>.json``, each stamped with ``fingerprint``."""
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+
+    def _path(self, benchmark: str, key: str) -> Path:
+        return self.folder / benchmark / f"{key}.json"
+
+    def load(self, benchmark: str, key: str, ids_sha256: str) -> list[dict] | None:
+        """The cached rows of a unit, or None when it has not been evaluated yet."""
+        path = self._path(benchmark, key)
+        if not path.is_file():
+            return None
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("fingerprint") != self.fingerprint or cached.get("item_ids_sha256") != ids_sha256:
+            raise ZhloraError(
+                f"The prediction cache {path} was written by an evaluation with other settings or items; "
+                "zhlora will not mix them. Rerun with --overwrite to start fresh, or use another --results_dir."
+            )
+        return cached["rows"]
+
+    def save(self, benchmark: str, key: str, ids_sha256: str, rows: list[dict]) -> None:
+        """Write a finished unit atomically."""
+        atomic_write_json(self._path(benchmark, key), {"fingerprint": self.fingerprint, "item_ids_sha256": ids_sha256, "rows": rows})
+
+
+def _differences(old: Mapping, new: Mapping, where: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings."""
+    keys = sorted(set(old) | set(new))
+    out = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.extend(_differences(a, b, f"{where}{key}."))
+        elif a != b:
+            out.append(f"{where}{key} (cached {a!r}, now {b!r})")
+    return out
+
+
+def open_prediction_cache(results_dir: Path, settings: Mapping) -> PredictionCache:
+    """The resume cache of ``results_dir`` for ``settings``; refuses a cache made with other settings."""
+    folder = Path(results_dir) / CACHE_DIRNAME
+    fingerprint = settings_fingerprint(settings)
+    settings_path = folder / "settings.json"
+    if settings_path.is_file():
+        previous = json.loads(settings_path.read_text(encoding="utf-8"))
+        if previous.get("fingerprint") != fingerprint:
+            changed = _differences(previous.get("settings", {}), settings)
+            raise ZhloraError(
+                f"{results_dir} holds a partial evaluation made with other settings ({'; '.join(changed[:5])}). "
+                "zhlora will not mix predictions of different settings: rerun with --overwrite to discard it, "
+                "or choose another --results_dir."
+            )
+        logger.info("Resuming the evaluation in %s", results_dir)
+    else:
+        atomic_write_json(settings_path, {"fingerprint": fingerprint, "settings": settings})
+    return PredictionCache(folder, fingerprint)
+
+
+# ---------------------------------------------------------------------------------------
+# Library entry point
+# ---------------------------------------------------------------------------------------
+def evaluate_benchmarks(
+    model,
+    tokenizer,
+    items_by_benchmark: Mapping[str, BenchmarkItems],
+    *,
+    batch_size: int | str = "auto",
+    max_new_tokens: int = 256,
+    generator=None,
+    cache: PredictionCache | None = None,
+    progress: bool = False,
+) -> dict[str, BenchmarkResult]:
+    """Evaluate an in-memory model on loaded benchmarks; return one result per benchmark.
+
+    Args:
+        model: a causal LM, plain or PEFT-wrapped (the adapter as it is now, unmerged). Its
+            train/eval mode is restored afterwards, so a training loop can call this.
+        tokenizer: the model's tokenizer.
+        items_by_benchmark: name -> :func:`~zhlora.evaluation.items.load_benchmark_items` output.
+        batch_size: rows per forward pass or ``"auto"``.
+        max_new_tokens: generation budget per GSM8K answer (tokens).
+        generator: answers generation requests (``generate(prompts, stop, max_new_tokens)``);
+            default: the HF engine on ``model`` (see :mod:`zhlora.evaluation.vllm_backend`).
+        cache: resume cache (see :func:`open_prediction_cache`); None computes everything.
+        progress: show a progress bar per benchmark.
+
+    Example (cheap probes every N training steps)::
+
+        items = {"mmlu": load_benchmark_items("data", resolve_spec("mmlu"), limit=5)}
+        scores = {n: r.summary["accuracy_micro"] for n, r in evaluate_benchmarks(model, tok, items).items()}
+    """
+    engine = HFEvalModel(model, tokenizer, batch_size=batch_size)
+    generator = generator or engine
+    was_training = model.training
+    model.eval()
+    results: dict[str, BenchmarkResult] = {}
+    try:
+        for name, bench in items_by_benchmark.items():
+            started = time.perf_counter()
+            rows: list[dict] = []
+            with tqdm(total=bench.n_items, desc=name, unit="item", disable=not progress) as bar:
+                for unit in benchmark_units(bench):
+                    ids_sha256 = item_ids_sha256([item.id for item in unit.items])
+                    unit_rows = cache.load(name, unit.key, ids_sha256) if cache else None
+                    if unit_rows is None:
+                        unit_rows = run_unit(engine, generator, bench, unit, max_new_tokens)
+                        if cache:
+                            cache.save(name, unit.key, ids_sha256, unit_rows)
+                    rows.extend(unit_rows)
+                    bar.update(len(unit.items))
+            results[name] = BenchmarkResult(summarize_benchmark(bench, rows), rows, time.perf_counter() - started)
+    finally:
+        model.train(was_training)
+    return results

@@ -1,0 +1,1 @@
+"""Implementation of :mod:`zhlora.modeling` (import from there): tiny model, loading, download, merge."""

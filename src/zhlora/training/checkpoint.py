@@ -1,0 +1,179 @@
+"""Checkpoints: everything needed to continue a run as if it had never stopped.
+
+``<output_dir>/checkpoint-<step>/`` holds
+
+- ``adapter_model.safetensors`` + ``adapter_config.json``: the adapter at that step, a standard
+  PEFT folder (so an intermediate checkpoint can be evaluated like a final adapter);
+- ``optimizer.bin``, ``custom_checkpoint_0.pkl`` (the LR scheduler) and one
+  ``random_states_<process>.pkl`` per process (python, numpy, torch and CUDA RNG states), written
+  by ``accelerate``'s ``save_state``, which also knows how DeepSpeed and FSDP shard optimizers;
+- ``trainer_state.json``: the step, the data position and the run's fingerprint, written last.
+
+The data position needs no sampler state: the bin order of an epoch is a function of
+``(seed, epoch)`` (:func:`zhlora.training.packing.epoch_permutation`) and the step fixes the
+epoch and the offset within it.
+
+A checkpoint is written into ``.checkpoint-<step>.tmp`` and renamed into place once complete,
+so a run killed while saving leaves no folder that looks like a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from zhlora.errors import ZhloraError
+from zhlora.io_utils import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives."""
+    return Path(output_dir) / f"checkpoint-{step}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (with a trainer state) of ``output_dir`` as ``(step, path)``, oldest first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        match = _CHECKPOINT_RE.match(child.name)
+        if match and (child / TRAINER_STATE_NAME).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def read_trainer_state(checkpoint: str | Path) -> dict:
+    """The ``trainer_state.json`` of a checkpoint."""
+    path = Path(checkpoint) / TRAINER_STATE_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ZhloraError(f"{path}: unreadable checkpoint state ({exc}). Delete {Path(checkpoint)} and rerun.") from None
+
+
+def register_adapter_only_hooks(accelerator) -> None:
+    """Keep ``save_state``/``load_state`` away from the model weights; zhlora saves the adapter itself.
+
+    accelerate would otherwise write the full model (13 GB for Llama-2-7B) into every checkpoint.
+    DeepSpeed and FSDP models never reach these hooks: their engines save their own shards.
+    """
+
+    def drop_weights(models, weights, output_dir):
+        weights.clear()
+
+    def drop_models(models, input_dir):
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(drop_weights)
+    accelerator.register_load_state_pre_hook(drop_models)
+
+
+def _engine_kwargs(accelerator, saving: bool) -> dict:
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # Frozen base weights are not part of the run's state; the base model folder holds them.
+        return {"exclude_frozen_parameters": True} if saving else {"load_module_strict": False}
+    return {}
+
+
+def _engine_holds_weights(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def save_adapter(accelerator, model, folder: Path, **save_kwargs) -> None:
+    """Write the adapter (PEFT ``save_pretrained``) of the possibly wrapped ``model`` into ``folder``.
+
+    Every process must call this: under ZeRO-3 and FSDP gathering the weights is collective.
+    Only the main process writes files.
+    """
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(
+            str(folder), state_dict=state_dict, safe_serialization=True, is_main_process=True, **save_kwargs
+        )
+
+
+def save_checkpoint(accelerator, model, output_dir: str | Path, step: int, trainer_state: dict, keep: int) -> Path:
+    """Write ``checkpoint-<step>`` atomically and keep only the newest ``keep`` checkpoints.
+
+    Collective: every process calls it. ``trainer_state`` must be JSON-serialisable.
+    """
+    output_dir = Path(output_dir)
+    final = checkpoint_path(output_dir, step)
+    tmp = output_dir / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True, **_engine_kwargs(accelerator, saving=True))
+    save_adapter(accelerator, model, tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_json(tmp / TRAINER_STATE_NAME, {**trainer_state, "step": step})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if keep > 0:
+            for _, old in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        logger.info("Saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, model, checkpoint: str | Path) -> dict:
+    """Restore adapter, optimizer, scheduler and this process's RNG states; return the trainer state.
+
+    Raises:
+        ZhloraError: the checkpoint was written by a different number of processes, or its
+            adapter does not fit the model (different LoRA settings).
+    """
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    checkpoint = Path(checkpoint)
+    state = read_trainer_state(checkpoint)
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != accelerator.num_processes:
+        raise ZhloraError(
+            f"{checkpoint} was written by {saved_world} training process(es) but this run has "
+            f"{accelerator.num_processes}. Resume with the same number of processes "
+            f"(accelerate launch --num_processes {saved_world}), or start over with --overwrite."
+        )
+    if not (checkpoint / f"random_states_{accelerator.process_index}.pkl").is_file():
+        raise ZhloraError(f"{checkpoint} lacks the RNG state of process {accelerator.process_index}; delete it and rerun.")
+    accelerator.load_state(str(checkpoint), **_engine_kwargs(accelerator, saving=False))
+    if not _engine_holds_weights(accelerator):
+        peft_model = accelerator.unwrap_model(model)
+        saved = load_file(str(checkpoint / ADAPTER_WEIGHTS_NAME))
+        set_peft_model_state_dict(peft_model, saved)
+        loaded = get_peft_model_state_dict(peft_model)
+        if set(loaded) != set(saved) or any(not torch.equal(loaded[k].cpu(), saved[k].cpu()) for k in saved):
+            raise ZhloraError(
+                f"The adapter in {checkpoint} does not fit this model (different --target_modules or --lora_rank?). "
+                "Resume with the settings of that run, or start over with --overwrite."
+            )
+    logger.info("Resumed from %s (step %d)", checkpoint, state["step"])
+    return state

@@ -1,0 +1,56 @@
+"""The training loss: mean next-token cross-entropy over the response tokens of an optimizer step.
+
+The quantity zhlora optimizes, for one optimizer step, is
+
+    loss = (sum of token losses over ALL micro-batches on ALL processes)
+           / (number of scored tokens in those micro-batches)
+
+so every response token weighs the same, however rows are packed, split into micro-batches
+or spread over GPUs. Averaging per micro-batch first (what ``model(labels=...)`` returns) would
+give a token of a short micro-batch more weight than a token of a long one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from zhlora.training.packing import IGNORE_INDEX
+
+
+def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of the cross-entropies (nats) of the scored positions, and how many there are.
+
+    Args:
+        logits: ``[batch, tokens, vocab]`` scores of the next token at every position.
+        targets: ``[batch, tokens]`` next-token ids, :data:`IGNORE_INDEX` where unscored
+            (already shifted: ``targets[:, i]`` is the token that follows position ``i``).
+
+    The cross-entropy is computed in float32 whatever the logits' dtype (bf16 log-softmax
+    over 32k classes loses digits).
+    """
+    loss_sum = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return loss_sum, int((targets != IGNORE_INDEX).sum())
+
+
+def micro_batch_objective(
+    loss_sum: torch.Tensor, step_target_tokens: int, world_size: int, backward_divisor: int
+) -> torch.Tensor:
+    """What to back-propagate for one micro-batch so the step's gradient is that of the step loss.
+
+    Args:
+        loss_sum: this micro-batch's summed token loss (:func:`token_loss_sum`).
+        step_target_tokens: scored tokens of the whole optimizer step, summed over every
+            micro-batch of every process (known before the first backward pass).
+        world_size: data-parallel processes; DDP, FSDP and DeepSpeed *average* gradients over
+            them, so each process's contribution is scaled up by this factor.
+        backward_divisor: what the backward call divides the loss by; ``accelerator.backward``
+            (and DeepSpeed's engine) divide by the gradient accumulation steps.
+
+    Summing the gradients of these values over all micro-batches, then averaging over the
+    processes and dividing by ``backward_divisor`` as the frameworks do, yields exactly the
+    gradient of ``sum(token losses) / step_target_tokens``.
+    """
+    return loss_sum * (world_size * backward_divisor / max(step_target_tokens, 1))

@@ -1,0 +1,110 @@
+"""The run folder ``results/<run>/``: whose run it holds, whether to start, resume or stop, and its manifest.
+
+A run is identified by a fingerprint of everything that changes the adapter it produces (LoRA
+and optimisation settings, base weights, training data). A folder holding a finished run with
+the same fingerprint is complete; one holding checkpoints of it is resumed; one holding
+anything of a different run is refused unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from zhlora.errors import ZhloraError
+from zhlora.training.checkpoint import ADAPTER_WEIGHTS_NAME, list_checkpoints, read_trainer_state
+
+MANIFEST_NAME = "manifest.json"
+CONFIG_NAME = "train_config.yaml"
+INITIAL_ADAPTER_DIR = "initial_adapter"  # PiSSA/OLoRA start point, for the conversion to plain LoRA
+# Files and folders zhlora writes into a run folder; --overwrite removes exactly these.
+RUN_ARTEFACTS = (ADAPTER_WEIGHTS_NAME, "adapter_config.json", "README.md", CONFIG_NAME, MANIFEST_NAME,
+                 "training_log.jsonl", "loss_curve.png", INITIAL_ADAPTER_DIR, "runs")
+# Settings that change how a run reports or saves, never the adapter it produces.
+NON_IDENTITY_TRAIN_FIELDS = ("save_steps", "save_total_limit", "logging_steps", "report_to",
+                             "monitor_every", "forgetting_budget", "budget_action")
+
+
+def run_fingerprint(lora: dict, train: dict, model: dict, base_weights_sha256: str, dataset_sha256: str) -> str:
+    """sha256 of the settings that determine the adapter (config groups as dicts, plus data and weights)."""
+    identity = {
+        "lora": lora,
+        "train": {k: v for k, v in train.items() if k not in NON_IDENTITY_TRAIN_FIELDS},
+        "model": {k: model.get(k) for k in ("torch_dtype", "load_in_4bit")},
+        "base_weights_sha256": base_weights_sha256,
+        "dataset_sha256": dataset_sha256,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What to do in a run folder: ``fresh``, ``resume`` (from ``checkpoint``) or ``complete``."""
+
+    kind: str
+    checkpoint: Path | None = None
+
+
+def _recorded_fingerprint(manifest_path: Path) -> str | None:
+    try:
+        return json.loads(manifest_path.read_text(encoding="utf-8")).get("run_fingerprint")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def decide_start(output_dir: str | Path, fingerprint: str, resume: bool, overwrite: bool) -> RunStart:
+    """Decide between starting, resuming and doing nothing; refuse to mix two runs in one folder.
+
+    Raises:
+        ZhloraError: the folder holds another run's adapter or checkpoints (and not ``overwrite``),
+            or ``resume`` was asked for but there is no checkpoint.
+    """
+    folder = Path(output_dir)
+    if overwrite:
+        if resume:
+            raise ZhloraError("--resume and --overwrite contradict each other: pick one.")
+        return RunStart("fresh")
+    refuse = (
+        f"Use another --output_dir, or pass --overwrite to delete that run's adapter, checkpoints and logs "
+        f"in {folder}."
+    )
+    manifest = folder / MANIFEST_NAME
+    if (folder / ADAPTER_WEIGHTS_NAME).is_file():
+        recorded = _recorded_fingerprint(manifest) if manifest.is_file() else None
+        if recorded == fingerprint:
+            return RunStart("complete")
+        what = "a different run (other settings, base model or data)" if recorded else "an adapter zhlora did not record"
+        raise ZhloraError(f"{folder} already holds {what}: {folder / ADAPTER_WEIGHTS_NAME}. {refuse}")
+    checkpoints = list_checkpoints(folder)
+    if checkpoints:
+        step, latest = checkpoints[-1]
+        recorded = read_trainer_state(latest).get("run_fingerprint")
+        if recorded != fingerprint:
+            raise ZhloraError(
+                f"{folder} holds checkpoints of a different run (checkpoint-{step} was made with other settings, "
+                f"base model or data), so it cannot be resumed with these. {refuse}"
+            )
+        return RunStart("resume", latest)
+    if resume:
+        raise ZhloraError(f"--resume: {folder} has no checkpoint to resume from. Drop --resume to start the run.")
+    return RunStart("fresh")
+
+
+def clear_run_artefacts(output_dir: str | Path) -> None:
+    """Delete what zhlora wrote into a run folder (adapter, checkpoints, logs), nothing else."""
+    folder = Path(output_dir)
+    for name in RUN_ARTEFACTS:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if child.is_dir() and re.fullmatch(r"\.?checkpoint-\d+(\.tmp)?|\.adapter\.tmp", child.name):
+            shutil.rmtree(child)

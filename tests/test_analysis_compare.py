@@ -1,0 +1,234 @@
+"""Forgetting comparison on the committed results fixtures (tests/fixtures/make_results_fixtures.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from zhlora import cli
+from zhlora.analysis import stats
+from zhlora.analysis.compare import SettingsMismatchError, compare_results
+from zhlora.errors import DataError, ZhloraError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OPTIONS = {"bootstrap_samples": 2000, "confidence": 0.95, "significance": 0.05, "seed": 0}
+
+
+@pytest.fixture
+def pair(tmp_path) -> tuple[Path, Path]:
+    """Writable copies of the base and tuned results folders."""
+    base = shutil.copytree(FIXTURES / "results_base", tmp_path / "evaluation_results" / "baseline")
+    tuned = shutil.copytree(FIXTURES / "results_tuned", tmp_path / "evaluation_results" / "lora")
+    return Path(base), Path(tuned)
+
+
+@pytest.fixture(scope="module")
+def forgetting(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("forgetting")
+    return compare_results(FIXTURES / "results_base", FIXTURES / "results_tuned", out,
+                           data_dir=FIXTURES / "results_data", **OPTIONS)
+
+
+def _row(forgetting: dict, level: str, name: str) -> dict:
+    return next(r for r in forgetting["rows"] if r["level"] == level and r["name"] == name)
+
+
+def _edit_results(folder: Path, edit) -> None:
+    file = folder / "results.json"
+    results = json.loads(file.read_text(encoding="utf-8"))
+    edit(results)
+    file.write_text(json.dumps(results), encoding="utf-8")
+
+
+def test_benchmark_rows_match_hand_counts(forgetting):
+    ceval = _row(forgetting, "benchmark", "ceval")
+    # constructed: 60/200 right before; +30 wrong->right, 2 right->wrong after
+    assert (ceval["n"], ceval["right_to_wrong"], ceval["wrong_to_right"]) == (200, 2, 30)
+    assert ceval["base_pct"] == pytest.approx(30.0) and ceval["tuned_pct"] == pytest.approx(44.0)
+    assert ceval["delta_points"] == pytest.approx(14.0)
+    assert ceval["relative_change"] == pytest.approx(14.0 / 30.0)
+    assert ceval["retention"] == pytest.approx(44.0 / 30.0)
+    assert ceval["p_value"] == pytest.approx(2 * (1 + 32 + 496) / 2**32)
+    assert ceval["ci_low_points"] < 14.0 < ceval["ci_high_points"]
+    benchmark_rows = [r for r in forgetting["rows"] if r["family"] == "benchmarks"]
+    assert [r["name"] for r in benchmark_rows] == ["ceval", "cmmlu", "mmlu", "gsm8k"]
+    holm = stats.holm_adjust([r["p_value"] for r in benchmark_rows])
+    assert [r["p_holm"] for r in benchmark_rows] == pytest.approx(holm)
+
+
+def test_verdicts_flag_real_forgetting_and_gain_only(forgetting):
+    verdicts = {(r["level"], r["name"]): r["verdict"] for r in forgetting["rows"] if r["benchmark"] != "cmmlu"}
+    assert verdicts[("benchmark", "ceval")] == "improved"
+    assert verdicts[("benchmark", "mmlu")] == "forgot"
+    assert verdicts[("subject", "high_school_us_history")] == "forgot"
+    assert verdicts[("benchmark", "gsm8k")] == "no significant change"  # 4 vs 1 flips: too few
+    for subject in ("abstract_algebra", "econometrics", "clinical_knowledge"):
+        row = _row(forgetting, "subject", subject)
+        assert row["verdict"] == "no significant change"
+        assert (row["delta_points"], row["ci_low_points"], row["ci_high_points"], row["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+    # CMMLU: 6 flips each way, nothing may be flagged at any level
+    assert {r["verdict"] for r in forgetting["rows"] if r["benchmark"] == "cmmlu"} == {"no significant change"}
+
+
+def test_holm_families_and_category_rows(forgetting):
+    families = {r["family"] for r in forgetting["rows"]}
+    assert families == {"benchmarks", "ceval:categories", "ceval:subjects", "cmmlu:categories", "cmmlu:subjects",
+                        "mmlu:categories", "mmlu:subjects"}
+    china = _row(forgetting, "category", "China specific")  # multi-label: ancient_chinese + chinese_history
+    assert china["n"] == 80
+    # C-Eval subjects: each +6 of 40 (p = 2/64) is not significant after Holm over 5 subjects
+    subject = _row(forgetting, "subject", "marxism")
+    assert subject["p_value"] == pytest.approx(2 / 2**6)
+    assert subject["p_holm"] == pytest.approx(min(1.0, 5 * 2 / 2**6))
+    assert subject["verdict"] == "no significant change"
+    assert subject["name_zh"] == "马克思主义基本原理"
+
+
+def test_identical_results_flag_nothing(pair, tmp_path):
+    base, _ = pair
+    same = Path(shutil.copytree(base, tmp_path / "same"))
+    result = compare_results(base, same, tmp_path / "out", **OPTIONS)
+    assert {r["verdict"] for r in result["rows"]} == {"no significant change"}
+    assert all(r["delta_points"] == 0.0 and r["p_value"] == 1.0 for r in result["rows"])
+    assert result["flipped"]["mmlu"] == {"right_to_wrong": [], "wrong_to_right": []}
+    assert all(p["relative_change"] == 0.0 for p in result["perplexity"])
+
+
+def test_headline_states_gain_loss_and_uncertainty(forgetting):
+    headline = forgetting["headline"]
+    assert headline["chinese"]["delta_points"] == pytest.approx((14.0 + 0.0) / 2)
+    assert headline["english"]["delta_points"] == pytest.approx((-10.0 + -5.0) / 2)
+    assert headline["chinese"]["ci_low_points"] < 7.0 < headline["chinese"]["ci_high_points"]
+    assert headline["english"]["ci_high_points"] < 0  # constructed English loss is clear
+    assert headline["chinese"]["perplexity_relative_change"] < 0 < headline["english"]["perplexity_relative_change"]
+    text = headline["text"]
+    assert "Chinese accuracy changed by +7.0 points (95% CI" in text and "English accuracy changed by -7.5 points" in text
+    assert "perplexity" in text and text.count(".") >= 1
+
+
+def test_perplexity_rows(forgetting):
+    ppl = {row["benchmark"]: row for row in forgetting["perplexity"]}
+    assert ppl["ppl_zh"]["delta_loss"] == pytest.approx(-0.5)
+    assert ppl["ppl_zh"]["relative_change"] == pytest.approx(ppl["ppl_zh"]["tuned_perplexity"] / ppl["ppl_zh"]["base_perplexity"] - 1)
+    assert ppl["ppl_en"]["language"] == "en"
+
+
+def test_flipped_items_with_question_text(forgetting):
+    mmlu = forgetting["flipped"]["mmlu"]
+    assert len(mmlu["right_to_wrong"]) == 20 and mmlu["wrong_to_right"] == []
+    item = mmlu["right_to_wrong"][0]
+    assert item["subject"] == "high_school_us_history"
+    assert item["question"].startswith("Synthetic mmlu question")
+    assert item["choices"] == ["option A", "option B", "option C", "option D"]
+    assert item["gold"] == item["base_predicted"] != item["tuned_predicted"]
+    gsm8k = forgetting["flipped"]["gsm8k"]
+    assert (len(gsm8k["right_to_wrong"]), len(gsm8k["wrong_to_right"])) == (4, 1)
+    assert gsm8k["right_to_wrong"][0]["tuned_generated"].startswith("Tuned reasoning")
+
+
+def test_flipped_items_without_data_dir_show_ids(pair, tmp_path):
+    base, tuned = pair
+    result = compare_results(base, tuned, tmp_path / "out", **OPTIONS)
+    item = result["flipped"]["ceval"]["wrong_to_right"][0]
+    assert item["question"] is None and item["id"].startswith("ceval/")
+
+
+def test_reproducible_with_same_seed(pair, tmp_path):
+    base, tuned = pair
+    one = compare_results(base, tuned, tmp_path / "a", **OPTIONS)
+    two = compare_results(base, tuned, tmp_path / "b", **OPTIONS)
+    assert one["rows"] == two["rows"] and one["headline"] == two["headline"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r["settings"].update(shots=0), "settings.shots (base 5, tuned 0)"),
+        (lambda r: r["settings"].update(protocol="official"), "settings.protocol"),
+        (lambda r: r["benchmarks"]["ceval"].update(split="test"), "ceval.split"),
+        (lambda r: r["benchmarks"]["mmlu"].update(spec_version="2.0"), "mmlu.spec_version"),
+        (lambda r: r["benchmarks"]["gsm8k"].update(item_ids_sha256="0" * 64), "gsm8k.item set"),
+        (lambda r: r["benchmarks"].pop("ppl_en"), "benchmarks only in base: ppl_en"),
+        (lambda r: r["model"].update(base_sha256="ef" * 32), "the base model"),
+    ],
+)
+def test_mismatched_settings_are_refused(pair, tmp_path, edit, message):
+    base, tuned = pair
+    _edit_results(tuned, edit)
+    with pytest.raises(SettingsMismatchError, match="Refusing to compare") as info:
+        compare_results(base, tuned, tmp_path / "out", **OPTIONS)
+    assert message in str(info.value)
+    assert not (tmp_path / "out" / "forgetting.json").exists()
+
+
+def test_different_item_ids_are_refused(pair, tmp_path):
+    base, tuned = pair
+    file = tuned / "predictions" / "gsm8k.jsonl"
+    rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines()]
+    rows[0]["id"] = "gsm8k/test/other"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(SettingsMismatchError, match="scored different items"):
+        compare_results(base, tuned, tmp_path / "out", **OPTIONS)
+
+
+def test_predictions_that_disagree_with_results_json(pair, tmp_path):
+    base, tuned = pair
+    file = tuned / "predictions" / "ceval.jsonl"
+    rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines()]
+    rows[0]["correct"] = not rows[0]["correct"]
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(DataError, match="ceval.jsonl gives accuracy"):
+        compare_results(base, tuned, tmp_path / "out", **OPTIONS)
+
+
+def test_bad_inputs_have_clear_errors(pair, tmp_path):
+    base, tuned = pair
+    with pytest.raises(DataError, match="results.json does not exist"):
+        compare_results(tmp_path / "nowhere", tuned, tmp_path / "out", **OPTIONS)
+    with pytest.raises(ZhloraError, match="same folder"):
+        compare_results(base, base / "results.json", tmp_path / "out", **OPTIONS)
+    _edit_results(tuned, lambda r: r["benchmarks"]["mmlu"].update(accuracy_micro=36.0))
+    with pytest.raises(DataError, match="fractions in"):
+        compare_results(base, tuned, tmp_path / "out", **OPTIONS)
+    (base / "predictions" / "cmmlu.jsonl").unlink()
+    with pytest.raises(DataError, match="cmmlu.jsonl"):
+        compare_results(base, FIXTURES / "results_tuned", tmp_path / "out", **OPTIONS)
+    with pytest.raises(DataError, match="--data_dir"):
+        compare_results(FIXTURES / "results_base", FIXTURES / "results_tuned", tmp_path / "out",
+                        data_dir=tmp_path / "no_data", **OPTIONS)
+
+
+def test_existing_forgetting_is_not_overwritten(pair):
+    base, tuned = pair
+    compare_results(base, tuned, tuned, **OPTIONS)
+    with pytest.raises(ZhloraError, match="--overwrite"):
+        compare_results(base, tuned, tuned, **OPTIONS)
+    compare_results(base, tuned, tuned, overwrite=True, **OPTIONS)
+
+
+def test_forgetting_files_written(pair):
+    base, tuned = pair
+    compare_results(base, tuned, tuned, **OPTIONS)
+    saved = json.loads((tuned / "forgetting.json").read_text(encoding="utf-8"))
+    assert saved["schema_version"] == 1 and saved["statistics"]["bootstrap_samples"] == 2000
+    assert saved["base"]["dir"] == str(base)
+    markdown = (tuned / "forgetting.md").read_text(encoding="utf-8")
+    assert saved["headline"]["text"] in markdown
+    assert "| MMLU | 200 | 46.0 | 36.0 | -10.0 |" in markdown
+    assert "high_school_us_history" in markdown
+
+
+def test_cli_compare_and_refusal(pair, tmp_path, capsys):
+    base, tuned = pair
+    code = cli.main(["compare", str(base), str(tuned), "--bootstrap_samples", "500", "--no-report"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Chinese accuracy changed by" in out and "mmlu" in out and "forgot" in out
+    assert (tuned / "forgetting.json").is_file() and not (tuned / "report.html").exists()
+    _edit_results(tuned, lambda r: r["settings"].update(limit=10))
+    code = cli.main(["compare", str(base), str(tuned), "--overwrite", "--no-report"])
+    assert code == 2
+    assert "settings.limit" in capsys.readouterr().err
