@@ -68,10 +68,17 @@ def test_results_charts_without_cjk_font_draw_no_boxes(no_cjk_font, tuned_result
         written = charts.plot_results_charts(tuned_results, tmp_path, language="zh")
     assert _glyph_warnings(caught) == []
     names = sorted(path.name for path in written)
-    assert names == sorted([
-        "accuracy.png", "radar_ceval.png", "radar_cmmlu.png", "radar_mmlu.png",
-        "subjects_ceval.png", "subjects_cmmlu.png", "subjects_mmlu.png",
-    ])
+    assert names == sorted(
+        [
+            "accuracy.png",
+            "radar_ceval.png",
+            "radar_cmmlu.png",
+            "radar_mmlu.png",
+            "subjects_ceval.png",
+            "subjects_cmmlu.png",
+            "subjects_mmlu.png",
+        ]
+    )
     for path in written:
         _assert_png(path)
 
@@ -101,12 +108,15 @@ def _write_log(path: Path, rows: list[dict]) -> Path:
 
 
 def test_loss_curve_ignores_rows_without_loss(tmp_path):
-    log = _write_log(tmp_path / "training_log.jsonl", [
-        {"step": 10, "loss": 2.5, "learning_rate": 1e-4},
-        {"step": 10, "probes": {"mmlu_acc": 0.4}},
-        {"step": 20, "loss": 2.1, "learning_rate": 2e-4, "grad_norm": 0.7},
-        {"step": 30, "loss": 1.9},
-    ])
+    log = _write_log(
+        tmp_path / "training_log.jsonl",
+        [
+            {"step": 10, "loss": 2.5, "learning_rate": 1e-4},
+            {"step": 10, "probes": {"mmlu_acc": 0.4}},
+            {"step": 20, "loss": 2.1, "learning_rate": 2e-4, "grad_norm": 0.7},
+            {"step": 30, "loss": 1.9},
+        ],
+    )
     out = charts.plot_loss_curve(log, tmp_path / "loss_curve.png", language="en")
     _assert_png(out)
 
@@ -115,17 +125,20 @@ def test_loss_curve_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         charts.plot_loss_curve(tmp_path / "missing.jsonl", tmp_path / "x.png")
     log = _write_log(tmp_path / "training_log.jsonl", [{"step": 1, "probes": {"a": 1.0}}])
-    with pytest.raises(DataError, match="no rows with \"loss\""):
+    with pytest.raises(DataError, match='no rows with "loss"'):
         charts.plot_loss_curve(log, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
 
 def test_probe_curves_one_panel_per_probe(no_cjk_font, tmp_path):
-    log = _write_log(tmp_path / "training_log.jsonl", [
-        {"step": 0, "probes": {"ceval_acc": 0.30, "mmlu_acc": 0.45, "ppl_en": 7.0, "困惑度": 1.0}},
-        {"step": 50, "loss": 2.0},
-        {"step": 100, "probes": {"ceval_acc": 0.36, "mmlu_acc": 0.43, "ppl_en": 7.4}},
-    ])
+    log = _write_log(
+        tmp_path / "training_log.jsonl",
+        [
+            {"step": 0, "probes": {"ceval_acc": 0.30, "mmlu_acc": 0.45, "ppl_en": 7.0, "困惑度": 1.0}},
+            {"step": 50, "loss": 2.0},
+            {"step": 100, "probes": {"ceval_acc": 0.36, "mmlu_acc": 0.43, "ppl_en": 7.4}},
+        ],
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = charts.plot_probe_curves(log, tmp_path / "probes.png")
@@ -140,8 +153,11 @@ def test_change_bars_and_radar(tmp_path):
         {"label": "GSM8K", "delta": -1.0, "ci_low": -3.0, "ci_high": 1.0, "verdict": "no significant change"},
     ]
     _assert_png(charts.plot_change_bars(rows, tmp_path / "change.png", title="t", axis_label="points", language="en"))
-    _assert_png(charts.plot_radar(["a", "b", "c"], {"base": [30, 40, 50], "tuned": [35, 38, 52]}, tmp_path / "r.png",
-                                  title="t", language="en"))
+    _assert_png(
+        charts.plot_radar(
+            ["a", "b", "c"], {"base": [30, 40, 50], "tuned": [35, 38, 52]}, tmp_path / "r.png", title="t", language="en"
+        )
+    )
     with pytest.raises(ValueError, match="at least 3"):
         charts.plot_radar(["a", "b"], {"base": [1, 2]}, tmp_path / "r2.png", title="t")
 
@@ -155,8 +171,20 @@ def test_pareto_front_hand_cases():
 
 
 def test_tradeoff_scatter_and_heatmap(tmp_path):
-    _assert_png(charts.plot_tradeoff_scatter([(5, 1), (7, 3), (4, 2)], ["r8", "r16", "r4"], tmp_path / "s.png", language="en"))
-    _assert_png(charts.plot_heatmap([[1.0, -2.0], [None, 3.0]], ["8", "16"], ["16", "32"], tmp_path / "h.png",
-                                    title="MMLU change", row_title="rank", col_title="alpha", language="en"))
+    _assert_png(
+        charts.plot_tradeoff_scatter([(5, 1), (7, 3), (4, 2)], ["r8", "r16", "r4"], tmp_path / "s.png", language="en")
+    )
+    _assert_png(
+        charts.plot_heatmap(
+            [[1.0, -2.0], [None, 3.0]],
+            ["8", "16"],
+            ["16", "32"],
+            tmp_path / "h.png",
+            title="MMLU change",
+            row_title="rank",
+            col_title="alpha",
+            language="en",
+        )
+    )
     with pytest.raises(ValueError, match="does not match"):
         charts.plot_heatmap([[1.0]], ["8", "16"], ["16"], tmp_path / "h2.png", title="t", row_title="r", col_title="c")

@@ -28,8 +28,9 @@ def pair(tmp_path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def forgetting(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("forgetting")
-    return compare_results(FIXTURES / "results_base", FIXTURES / "results_tuned", out,
-                           data_dir=FIXTURES / "results_data", **OPTIONS)
+    return compare_results(
+        FIXTURES / "results_base", FIXTURES / "results_tuned", out, data_dir=FIXTURES / "results_data", **OPTIONS
+    )
 
 
 def _row(forgetting: dict, level: str, name: str) -> dict:
@@ -68,15 +69,27 @@ def test_verdicts_flag_real_forgetting_and_gain_only(forgetting):
     for subject in ("abstract_algebra", "econometrics", "clinical_knowledge"):
         row = _row(forgetting, "subject", subject)
         assert row["verdict"] == "no significant change"
-        assert (row["delta_points"], row["ci_low_points"], row["ci_high_points"], row["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+        assert (row["delta_points"], row["ci_low_points"], row["ci_high_points"], row["p_value"]) == (
+            0.0,
+            0.0,
+            0.0,
+            1.0,
+        )
     # CMMLU: 6 flips each way, nothing may be flagged at any level
     assert {r["verdict"] for r in forgetting["rows"] if r["benchmark"] == "cmmlu"} == {"no significant change"}
 
 
 def test_holm_families_and_category_rows(forgetting):
     families = {r["family"] for r in forgetting["rows"]}
-    assert families == {"benchmarks", "ceval:categories", "ceval:subjects", "cmmlu:categories", "cmmlu:subjects",
-                        "mmlu:categories", "mmlu:subjects"}
+    assert families == {
+        "benchmarks",
+        "ceval:categories",
+        "ceval:subjects",
+        "cmmlu:categories",
+        "cmmlu:subjects",
+        "mmlu:categories",
+        "mmlu:subjects",
+    }
     china = _row(forgetting, "category", "China specific")  # multi-label: ancient_chinese + chinese_history
     assert china["n"] == 80
     # C-Eval subjects: each +6 of 40 (p = 2/64) is not significant after Holm over 5 subjects
@@ -105,14 +118,18 @@ def test_headline_states_gain_loss_and_uncertainty(forgetting):
     assert headline["english"]["ci_high_points"] < 0  # constructed English loss is clear
     assert headline["chinese"]["perplexity_relative_change"] < 0 < headline["english"]["perplexity_relative_change"]
     text = headline["text"]
-    assert "Chinese accuracy changed by +7.0 points (95% CI" in text and "English accuracy changed by -7.5 points" in text
+    assert (
+        "Chinese accuracy changed by +7.0 points (95% CI" in text and "English accuracy changed by -7.5 points" in text
+    )
     assert "perplexity" in text and text.count(".") >= 1
 
 
 def test_perplexity_rows(forgetting):
     ppl = {row["benchmark"]: row for row in forgetting["perplexity"]}
     assert ppl["ppl_zh"]["delta_loss"] == pytest.approx(-0.5)
-    assert ppl["ppl_zh"]["relative_change"] == pytest.approx(ppl["ppl_zh"]["tuned_perplexity"] / ppl["ppl_zh"]["base_perplexity"] - 1)
+    assert ppl["ppl_zh"]["relative_change"] == pytest.approx(
+        ppl["ppl_zh"]["tuned_perplexity"] / ppl["ppl_zh"]["base_perplexity"] - 1
+    )
     assert ppl["ppl_en"]["language"] == "en"
 
 
@@ -197,8 +214,13 @@ def test_bad_inputs_have_clear_errors(pair, tmp_path):
     with pytest.raises(DataError, match="cmmlu.jsonl"):
         compare_results(base, FIXTURES / "results_tuned", tmp_path / "out", **OPTIONS)
     with pytest.raises(DataError, match="--data_dir"):
-        compare_results(FIXTURES / "results_base", FIXTURES / "results_tuned", tmp_path / "out",
-                        data_dir=tmp_path / "no_data", **OPTIONS)
+        compare_results(
+            FIXTURES / "results_base",
+            FIXTURES / "results_tuned",
+            tmp_path / "out",
+            data_dir=tmp_path / "no_data",
+            **OPTIONS,
+        )
 
 
 def test_existing_forgetting_is_not_overwritten(pair):

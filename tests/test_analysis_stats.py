@@ -71,9 +71,9 @@ def test_bootstrap_matches_index_resampling_and_theory():
     counts = stats.paired_counts(base, tuned)
     fast = stats.bootstrap_delta_samples(counts, 20000, stats.stable_rng(3, "row"))
     index_rng = np.random.default_rng(4)
-    slow = np.array([
-        100 * (tuned[idx].mean() - base[idx].mean()) for idx in index_rng.integers(0, 400, size=(20000, 400))
-    ])
+    slow = np.array(
+        [100 * (tuned[idx].mean() - base[idx].mean()) for idx in index_rng.integers(0, 400, size=(20000, 400))]
+    )
     diff = tuned.astype(float) - base.astype(float)
     theory_sd = 100 * diff.std() / math.sqrt(400)  # sd of a resampled mean of the per-item differences
     assert fast.mean() == pytest.approx(counts.delta_points, abs=0.05)

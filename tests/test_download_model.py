@@ -171,6 +171,9 @@ def test_seed_script_accepts_the_seed_flags(tmp_path):
 def test_hub_download_fetches_safetensors_only_and_records_the_commit(tiny_model_dir, tmp_path):
     repo = "zhlora-test/tiny-llama"
     served = _repo_folder(tiny_model_dir, tmp_path / "served", {"pytorch_model.bin": b"pickle", "README.md": b"# licence"})
+    leftover = tmp_path / "models" / ".base_model.partial" / "model-00001-of-00009.safetensors"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"from an interrupted download of another model")
     with HubServer() as hub:
         commit = hub.add_repo(repo, served)
         out = _cli(["--model_name_or_path", repo, "--output_dir", "models", "--revision", "main"], hub.url, tmp_path,
@@ -185,7 +188,8 @@ def test_hub_download_fetches_safetensors_only_and_records_the_commit(tiny_model
     assert manifest["source"] == "hf" and manifest["model_name_or_path"] == repo
     assert manifest["revision"] == commit and manifest["revision_requested"] == "main"
     assert manifest["files"]["model.safetensors"] == read_manifest(tiny_model_dir)["files"]["model.safetensors"]
-    assert not (folder / "pytorch_model.bin").exists() and not (folder / ".cache").exists()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*manifest["files"], MANIFEST_NAME])
+    assert not (folder / "pytorch_model.bin").exists() and not leftover.parent.exists()
     assert model_fingerprint(folder) == model_fingerprint(tiny_model_dir)
     assert load_model(folder).num_parameters() == load_model(tiny_model_dir).num_parameters()
     # rerun: the manifest matches, nothing is downloaded

@@ -199,3 +199,29 @@ def test_fingerprint_reads_manifest_and_recomputes_when_files_changed(tiny_model
     assert tampered != manifest["weights_sha256"]
     (copy / "tokenizer.json").write_text("{}")  # tokenizer files never affect the weight identity
     assert model_fingerprint(copy) == tampered
+
+
+def test_hub_ids_load_through_hf_endpoint_and_fail_clearly(tiny_model_dir, tmp_path):
+    """``load_model``/``load_tokenizer`` also take hub ids (here served by the local hub)."""
+    import os
+    import subprocess
+    import sys
+
+    from hub_server import HubServer
+
+    script = (
+        "import sys\nfrom zhlora.errors import ZhloraError\nfrom zhlora.modeling import load_model, load_tokenizer\n"
+        "print(load_model('zhlora-test/tiny').num_parameters(), len(load_tokenizer('zhlora-test/tiny')))\n"
+        "try:\n    load_model('zhlora-test/missing')\nexcept ZhloraError as exc:\n    print('ERROR', exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    with HubServer() as hub:
+        hub.add_repo("zhlora-test/tiny", tiny_model_dir)
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1")
+        out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded, error = out.stdout.splitlines()[-2:]
+    manifest = read_manifest(tiny_model_dir)
+    assert loaded == f"{manifest['tiny']['parameters']} {manifest['tiny']['vocab_size']}"
+    assert error.startswith('ERROR Could not load the model "zhlora-test/missing": it is not a local folder')
+    assert "zhlora download-model" in error

@@ -65,7 +65,9 @@ def test_report_markdown_links_existing_charts(report_html):
 
 
 def test_extra_sections_are_appended(work_dir, tmp_path):
-    forgetting = json.loads((work_dir / "evaluation_results" / "lora-chinese-llama" / "forgetting.json").read_text(encoding="utf-8"))
+    forgetting = json.loads(
+        (work_dir / "evaluation_results" / "lora-chinese-llama" / "forgetting.json").read_text(encoding="utf-8")
+    )
     extra = Section("Sweep", "## Sweep\n\nrank 8 wins\n", '<h2 id="sweep">Sweep</h2><p>rank 8 wins</p>', "sweep")
     html = write_report(tmp_path, forgetting, base_dir="b", tuned_dir="t", extra_sections=[extra], language="en")
     page = html.read_text(encoding="utf-8")
@@ -97,8 +99,15 @@ def test_report_renders_in_headless_chromium(report_html, tmp_path):
         pytest.skip("headless Chromium is not installed (apt-get install chromium)")
     from PIL import Image
 
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,2000",
-             f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1280,2000",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     url = report_html.resolve().as_uri()
     shot = tmp_path / "shot.png"
     subprocess.run([*flags, f"--screenshot={shot}", url], check=True, capture_output=True, timeout=120)
@@ -109,3 +118,35 @@ def test_report_renders_in_headless_chromium(report_html, tmp_path):
     colors = image.getcolors(maxcolors=1 << 22)
     assert len(colors) > 1000, f"screenshot looks blank ({len(colors)} colors)"
     assert max(count for count, _ in colors) < 0.9 * 1280 * 2000  # not one flat background
+
+
+def test_cli_compare_writes_report_with_discovered_training_log(work_dir, tmp_path):
+    work = Path(shutil.copytree(work_dir, tmp_path / "work"))
+    base, tuned = work / "evaluation_results" / "baseline", work / "evaluation_results" / "lora-chinese-llama"
+    args = ["compare", str(base), str(tuned), "--overwrite", "--bootstrap_samples", "500", "--chart_language", "en"]
+    assert cli.main(args) == 0
+    page = (tuned / "report.html").read_text(encoding="utf-8")
+    assert 'id="training"' in page and (tuned / "report_loss.png").is_file()
+
+
+def test_report_charts_fall_back_to_english_without_cjk_font(work_dir, tmp_path, monkeypatch):
+    import warnings
+
+    from zhlora.analysis import fonts
+
+    monkeypatch.setattr(fonts, "find_cjk_font", lambda: None)
+    forgetting = json.loads(
+        (work_dir / "evaluation_results" / "lora-chinese-llama" / "forgetting.json").read_text(encoding="utf-8")
+    )
+    log = work_dir / "results" / "lora-chinese-llama" / "training_log.jsonl"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_report(tmp_path, forgetting, base_dir="b", tuned_dir="t", training_log=log, language="zh")
+    assert not [w for w in caught if "Glyph" in str(w.message)]
+    assert {p.name for p in tmp_path.glob("report_*.png")} == {
+        "report_radar_zh.png",
+        "report_radar_en.png",
+        "report_change.png",
+        "report_loss.png",
+        "report_probes.png",
+    }

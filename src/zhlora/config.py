@@ -242,6 +242,10 @@ class ReportConfig:
             raise ConfigError(f"--confidence must be in (0.5, 1), got {self.confidence}.")
         if self.bootstrap_samples < 100:
             raise ConfigError(f"--bootstrap_samples must be at least 100, got {self.bootstrap_samples}.")
+        if not 0.0 < self.significance < 0.5:
+            raise ConfigError(f"--significance must be in (0, 0.5), got {self.significance}.")
+        if self.chart_language not in ("auto", "zh", "en"):
+            raise ConfigError(f'--chart_language must be auto, zh or en, got "{self.chart_language}".')
 
 
 @dataclass

@@ -103,16 +103,29 @@ def plot_radar(
 
 def _accuracy_bars(results: dict, out_png: Path, language: str) -> Path:
     benchmarks = {
-        name: entry for name, entry in results["benchmarks"].items() if entry.get("kind") in ("multiple_choice", "generate")
+        name: entry
+        for name, entry in results["benchmarks"].items()
+        if entry.get("kind") in ("multiple_choice", "generate")
     }
     with _canvas(out_png, language, (6.4, 3.8)) as canvas:
         lang, ax = canvas.language, canvas.axes
         names = list(benchmarks)
         values = [_pct(benchmarks[name]["accuracy_micro"]) for name in names]
-        bars = ax.bar([labels.benchmark_label(n) for n in names], values, color=TUNED_COLOR if results["model"].get("adapter_path") else BASE_COLOR)
+        bars = ax.bar(
+            [labels.benchmark_label(n) for n in names],
+            values,
+            color=TUNED_COLOR if results["model"].get("adapter_path") else BASE_COLOR,
+        )
         for bar, name, value in zip(bars, names, values, strict=True):
-            ax.annotate(f"{value:.1f}\nn={benchmarks[name]['n']}", (bar.get_x() + bar.get_width() / 2, value),
-                        ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+            ax.annotate(
+                f"{value:.1f}\nn={benchmarks[name]['n']}",
+                (bar.get_x() + bar.get_width() / 2, value),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
         if any(benchmarks[n]["kind"] == "multiple_choice" for n in names):
             ax.axhline(25.0, color="#444444", linestyle=":", linewidth=1, label=labels.text("chance", lang))
             ax.legend(fontsize=8, loc="upper right")
@@ -154,14 +167,20 @@ def plot_results_charts(results: dict, out_dir: str | os.PathLike, *, language: 
             continue
         categories = entry.get("categories") or {}
         if len(categories) >= 3:
-            written.append(plot_radar(
-                [labels.category_label(c, lang) for c in categories],
-                {labels.benchmark_label(name): [_pct(c["accuracy_micro"]) for c in categories.values()]},
-                out_dir / f"radar_{name}.png",
-                title=labels.text("category_accuracy", lang, benchmark=labels.benchmark_label(name)),
-                colors={labels.benchmark_label(name): TUNED_COLOR if results["model"].get("adapter_path") else BASE_COLOR},
-                language=lang,
-            ))
+            written.append(
+                plot_radar(
+                    [labels.category_label(c, lang) for c in categories],
+                    {labels.benchmark_label(name): [_pct(c["accuracy_micro"]) for c in categories.values()]},
+                    out_dir / f"radar_{name}.png",
+                    title=labels.text("category_accuracy", lang, benchmark=labels.benchmark_label(name)),
+                    colors={
+                        labels.benchmark_label(name): TUNED_COLOR
+                        if results["model"].get("adapter_path")
+                        else BASE_COLOR
+                    },
+                    language=lang,
+                )
+            )
         if entry.get("subjects"):
             written.append(_subject_bars(name, entry, out_dir / f"subjects_{name}.png", lang))
     return written
@@ -170,14 +189,18 @@ def plot_results_charts(results: dict, out_dir: str | os.PathLike, *, language: 
 def _log_rows(training_log_path: str | os.PathLike, key: str) -> list[dict]:
     path = Path(training_log_path)
     if not path.is_file():
-        raise DataError(f"Training log {path} does not exist. Train first (zhlora train) or pass the right --output_dir.")
+        raise DataError(
+            f"Training log {path} does not exist. Train first (zhlora train) or pass the right --output_dir."
+        )
     rows = [row for row in read_jsonl(path) if row.get(key) is not None and row.get("step") is not None]
     if not rows:
         raise DataError(f'Training log {path} has no rows with "{key}" and "step"; nothing to plot.')
     return sorted(rows, key=lambda row: row["step"])
 
 
-def plot_loss_curve(training_log_path: str | os.PathLike, out_png: str | os.PathLike, *, language: str = "auto") -> Path:
+def plot_loss_curve(
+    training_log_path: str | os.PathLike, out_png: str | os.PathLike, *, language: str = "auto"
+) -> Path:
     """Training loss (nats/token) against optimizer step, learning rate on a second axis.
 
     Reads ``training_log.jsonl`` rows ``{step, loss, learning_rate, ...}``; rows without a
@@ -187,21 +210,35 @@ def plot_loss_curve(training_log_path: str | os.PathLike, out_png: str | os.Path
     with _canvas(out_png, language, (7.0, 3.8)) as canvas:
         lang, ax = canvas.language, canvas.axes
         steps = [row["step"] for row in rows]
-        ax.plot(steps, [row["loss"] for row in rows], color=TUNED_COLOR, linewidth=1.6, marker="." if len(rows) < 40 else None)
+        ax.plot(
+            steps,
+            [row["loss"] for row in rows],
+            color=TUNED_COLOR,
+            linewidth=1.6,
+            marker="." if len(rows) < 40 else None,
+        )
         ax.set_xlabel(labels.text("step", lang))
         ax.set_ylabel(labels.text("loss", lang))
         ax.grid(alpha=0.3)
         lr_rows = [row for row in rows if row.get("learning_rate") is not None]
         if lr_rows:
             lr_ax = ax.twinx()
-            lr_ax.plot([r["step"] for r in lr_rows], [r["learning_rate"] for r in lr_rows], color=BASE_COLOR, linewidth=1, linestyle="--")
+            lr_ax.plot(
+                [r["step"] for r in lr_rows],
+                [r["learning_rate"] for r in lr_rows],
+                color=BASE_COLOR,
+                linewidth=1,
+                linestyle="--",
+            )
             lr_ax.set_ylabel(labels.text("learning_rate", lang), color=BASE_COLOR)
             lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
         ax.set_title(labels.text("loss_title", lang), fontsize=11)
     return Path(out_png)
 
 
-def plot_probe_curves(training_log_path: str | os.PathLike, out_png: str | os.PathLike, *, language: str = "auto") -> Path:
+def plot_probe_curves(
+    training_log_path: str | os.PathLike, out_png: str | os.PathLike, *, language: str = "auto"
+) -> Path:
     """Probe values against optimizer step, one small panel per probe.
 
     Reads ``training_log.jsonl`` rows ``{step, probes: {name: value}}`` written by training
@@ -211,7 +248,9 @@ def plot_probe_curves(training_log_path: str | os.PathLike, out_png: str | os.Pa
     names = sorted({name for row in rows for name in row["probes"]})
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
-    with _canvas(out_png, language, (3.4 * ncols, 2.6 * nrows + 0.6), nrows=nrows, ncols=ncols, squeeze=False, sharex=True) as canvas:
+    with _canvas(
+        out_png, language, (3.4 * ncols, 2.6 * nrows + 0.6), nrows=nrows, ncols=ncols, squeeze=False, sharex=True
+    ) as canvas:
         lang, grid = canvas.language, canvas.axes
         for index, name in enumerate(names):
             ax = grid[index // ncols][index % ncols]
@@ -248,14 +287,20 @@ def plot_change_bars(
         high = np.array([row["ci_high"] for row in rows], dtype=float) - deltas
         colors = [VERDICT_COLORS.get(row["verdict"], BASE_COLOR) for row in rows]
         ax.barh(positions, deltas, color=colors, alpha=0.85)
-        ax.errorbar(deltas, positions, xerr=np.vstack([low, high]), fmt="none", ecolor="#222222", capsize=3, linewidth=1)
+        ax.errorbar(
+            deltas, positions, xerr=np.vstack([low, high]), fmt="none", ecolor="#222222", capsize=3, linewidth=1
+        )
         ax.axvline(0.0, color="#222222", linewidth=0.8)
         ax.set_yticks(positions, [row["label"] for row in rows], fontsize=8)
         ax.set_xlabel(axis_label)
         ax.set_title(title, fontsize=11)
         ax.grid(axis="x", alpha=0.3)
         lang = canvas.language
-        handles = [_legend_patch(VERDICT_COLORS[v], labels.text(v, lang)) for v in VERDICT_COLORS if any(r["verdict"] == v for r in rows)]
+        handles = [
+            _legend_patch(VERDICT_COLORS[v], labels.text(v, lang))
+            for v in VERDICT_COLORS
+            if any(r["verdict"] == v for r in rows)
+        ]
         ax.legend(handles=handles, fontsize=8, loc="lower right")
     return Path(out_png)
 
@@ -301,9 +346,18 @@ def plot_tradeoff_scatter(
         ys = [p[1] for p in points]
         ax.scatter(xs, ys, color=BASE_COLOR, zorder=3)
         for (x, y), name in zip(points, names, strict=True):
-            ax.annotate(labels.safe_label(name, lang, "run"), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                labels.safe_label(name, lang, "run"), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
         front = pareto_front(points)
-        ax.plot([xs[i] for i in front], [ys[i] for i in front], color=TUNED_COLOR, marker="o", label=labels.text("pareto", lang), zorder=4)
+        ax.plot(
+            [xs[i] for i in front],
+            [ys[i] for i in front],
+            color=TUNED_COLOR,
+            marker="o",
+            label=labels.text("pareto", lang),
+            zorder=4,
+        )
         ax.set_xlabel(labels.text("learning_axis", lang))
         ax.set_ylabel(labels.text("forgetting_axis", lang))
         ax.set_title(labels.text("tradeoff_title", lang), fontsize=11)

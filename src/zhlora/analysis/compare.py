@@ -21,6 +21,7 @@ from zhlora.analysis.labels import benchmark_label
 from zhlora.analysis.results_io import (
     ACCURACY_KINDS,
     RESULTS_FILE,
+    load_document_losses,
     load_predictions,
     load_question_texts,
     load_results,
@@ -41,7 +42,17 @@ PERPLEXITY_OF_SIDE = {"zh": "ppl_zh", "en": "ppl_en"}
 # Settings that change prompts, items or scoring: they must be equal for a paired comparison.
 SETTINGS_THAT_MUST_MATCH = ("protocol", "shots", "limit", "subjects", "gsm8k_variant", "max_new_tokens")
 BENCHMARK_FIELDS_THAT_MUST_MATCH = (
-    "kind", "spec_version", "split", "shots", "protocol", "variant", "n", "item_ids_sha256", "n_documents", "n_tokens",
+    "data_sha256",
+    "kind",
+    "spec_version",
+    "split",
+    "shots",
+    "protocol",
+    "variant",
+    "n",
+    "item_ids_sha256",
+    "n_documents",
+    "n_tokens",
 )
 
 
@@ -60,7 +71,9 @@ def settings_differences(base: dict, tuned: dict) -> list[str]:
     differences = []
     for key in SETTINGS_THAT_MUST_MATCH:
         if base["settings"].get(key) != tuned["settings"].get(key):
-            differences.append(f"settings.{key} (base {base['settings'].get(key)!r}, tuned {tuned['settings'].get(key)!r})")
+            differences.append(
+                f"settings.{key} (base {base['settings'].get(key)!r}, tuned {tuned['settings'].get(key)!r})"
+            )
     base_sha, tuned_sha = base["model"].get("base_sha256"), tuned["model"].get("base_sha256")
     if base_sha and tuned_sha and base_sha != tuned_sha:
         differences.append(f"the base model (sha256 {base_sha[:12]}… vs {tuned_sha[:12]}…)")
@@ -74,7 +87,7 @@ def settings_differences(base: dict, tuned: dict) -> list[str]:
         b, t = base["benchmarks"][name], tuned["benchmarks"][name]
         for key in BENCHMARK_FIELDS_THAT_MUST_MATCH:
             if b.get(key) != t.get(key):
-                what = "item set" if key == "item_ids_sha256" else key
+                what = {"item_ids_sha256": "item set", "data_sha256": "data files (sha256)"}.get(key, key)
                 differences.append(f"{name}.{what} (base {_short(b.get(key))}, tuned {_short(t.get(key))})")
     return differences
 
@@ -142,7 +155,9 @@ def accuracy_row(
     counts = stats.paired_counts(base_correct, tuned_correct)
     base_pct = 100.0 * (counts.a + counts.b) / counts.n
     tuned_pct = 100.0 * (counts.a + counts.c) / counts.n
-    samples = stats.bootstrap_delta_samples(counts, bootstrap_samples, stats.stable_rng(seed, f"{benchmark}/{level}/{name}"))
+    samples = stats.bootstrap_delta_samples(
+        counts, bootstrap_samples, stats.stable_rng(seed, f"{benchmark}/{level}/{name}")
+    )
     ci_low, ci_high = stats.percentile_interval(samples, confidence)
     return {
         "benchmark": benchmark,
@@ -178,8 +193,15 @@ def apply_holm(rows: list[dict], significance: float) -> None:
 def benchmark_rows(name: str, base_entry: dict, tuned_entry: dict, paired: PairedItems, **options) -> list[dict]:
     """The benchmark row, then its category rows and subject rows (multiple choice only)."""
     base_correct, tuned_correct = paired.base_correct, paired.tuned_correct
-    top = accuracy_row(benchmark=name, level="benchmark", name=name, family="benchmarks",
-                       base_correct=base_correct, tuned_correct=tuned_correct, **options)
+    top = accuracy_row(
+        benchmark=name,
+        level="benchmark",
+        name=name,
+        family="benchmarks",
+        base_correct=base_correct,
+        tuned_correct=tuned_correct,
+        **options,
+    )
     if "accuracy_macro" in base_entry and "accuracy_macro" in tuned_entry:
         top["base_macro_pct"] = 100.0 * base_entry["accuracy_macro"]
         top["tuned_macro_pct"] = 100.0 * tuned_entry["accuracy_macro"]
@@ -200,22 +222,52 @@ def benchmark_rows(name: str, base_entry: dict, tuned_entry: dict, paired: Paire
             categories.setdefault(category, []).append(subject)
     for category, members in categories.items():
         mask = np.isin(item_subjects, members)
-        rows.append(accuracy_row(benchmark=name, level="category", name=category, family=f"{name}:categories",
-                                 base_correct=base_correct[mask], tuned_correct=tuned_correct[mask], **options))
+        rows.append(
+            accuracy_row(
+                benchmark=name,
+                level="category",
+                name=category,
+                family=f"{name}:categories",
+                base_correct=base_correct[mask],
+                tuned_correct=tuned_correct[mask],
+                **options,
+            )
+        )
     for subject, info in subjects_info.items():
         mask = item_subjects == subject
         if not mask.any():
             continue
-        row = accuracy_row(benchmark=name, level="subject", name=subject, family=f"{name}:subjects",
-                           base_correct=base_correct[mask], tuned_correct=tuned_correct[mask], **options)
+        row = accuracy_row(
+            benchmark=name,
+            level="subject",
+            name=subject,
+            family=f"{name}:subjects",
+            base_correct=base_correct[mask],
+            tuned_correct=tuned_correct[mask],
+            **options,
+        )
         row["name_zh"] = info.get("name_zh")
         rows.append(row)
     return rows
 
 
-def perplexity_row(name: str, base_entry: dict, tuned_entry: dict) -> dict:
-    """Perplexity before and after; relative change = tuned / base - 1 (no CI: no per-document losses)."""
-    return {
+def perplexity_row(
+    name: str,
+    base_entry: dict,
+    tuned_entry: dict,
+    base_documents: Sequence[dict] | None = None,
+    tuned_documents: Sequence[dict] | None = None,
+    *,
+    bootstrap_samples: int,
+    confidence: float,
+    seed: int,
+) -> dict:
+    """Perplexity before and after; relative change = tuned / base − 1.
+
+    With per-document losses of both models (``{id, nll, n_tokens}`` rows), the relative
+    change also gets a bootstrap CI over documents; otherwise the CI fields are null.
+    """
+    row = {
         "benchmark": name,
         "language": LANGUAGE_OF.get(name, "other"),
         "n_documents": base_entry["n_documents"],
@@ -226,7 +278,26 @@ def perplexity_row(name: str, base_entry: dict, tuned_entry: dict) -> dict:
         "base_perplexity": base_entry["perplexity"],
         "tuned_perplexity": tuned_entry["perplexity"],
         "relative_change": tuned_entry["perplexity"] / base_entry["perplexity"] - 1.0,
+        "ci_low": None,
+        "ci_high": None,
     }
+    if base_documents is None or tuned_documents is None:
+        return row
+    paired = pair_predictions(name, base_documents, tuned_documents)
+    if any(b["n_tokens"] != t["n_tokens"] for b, t in zip(paired.base_rows, paired.tuned_rows, strict=True)):
+        raise SettingsMismatchError(
+            f'The two evaluations of "{name}" scored different token counts for the same documents '
+            "(a different tokenizer or window). Re-evaluate both with the same base model and settings."
+        )
+    samples = stats.bootstrap_perplexity_change(
+        [r["nll"] for r in paired.base_rows],
+        [r["nll"] for r in paired.tuned_rows],
+        [r["n_tokens"] for r in paired.base_rows],
+        bootstrap_samples,
+        stats.stable_rng(seed, f"{name}/perplexity"),
+    )
+    row["ci_low"], row["ci_high"] = stats.percentile_interval(samples, confidence)
+    return row
 
 
 def headline(
@@ -248,12 +319,17 @@ def headline(
         present = [name for name in names if name in paired_by_benchmark]
         entry: dict = {"benchmarks": present}
         if present:
-            counts = {n: stats.paired_counts(paired_by_benchmark[n].base_correct, paired_by_benchmark[n].tuned_correct)
-                      for n in present}
-            replicates = np.mean([
-                stats.bootstrap_delta_samples(counts[n], bootstrap_samples, stats.stable_rng(seed, f"headline/{n}"))
+            counts = {
+                n: stats.paired_counts(paired_by_benchmark[n].base_correct, paired_by_benchmark[n].tuned_correct)
                 for n in present
-            ], axis=0)
+            }
+            replicates = np.mean(
+                [
+                    stats.bootstrap_delta_samples(counts[n], bootstrap_samples, stats.stable_rng(seed, f"headline/{n}"))
+                    for n in present
+                ],
+                axis=0,
+            )
             low, high = stats.percentile_interval(replicates, confidence)
             entry.update(
                 delta_points=float(np.mean([counts[n].delta_points for n in present])),
@@ -263,6 +339,8 @@ def headline(
             )
         ppl = perplexity.get(PERPLEXITY_OF_SIDE[side])
         entry["perplexity_relative_change"] = ppl["relative_change"] if ppl else None
+        entry["perplexity_ci_low"] = ppl["ci_low"] if ppl else None
+        entry["perplexity_ci_high"] = ppl["ci_high"] if ppl else None
         result["chinese" if side == "zh" else "english"] = entry
     result["text"] = headline_sentence(result["chinese"], result["english"], confidence)
     return result
@@ -277,7 +355,10 @@ def _side_phrase(side: dict, language_name: str, confidence: float) -> str | Non
             f"({confidence:.0%} CI {side['ci_low_points']:+.1f} to {side['ci_high_points']:+.1f}; {per})"
         )
     if side.get("perplexity_relative_change") is not None:
-        parts.append(f"{language_name} perplexity by {100 * side['perplexity_relative_change']:+.1f}%")
+        interval = ""
+        if side.get("perplexity_ci_low") is not None:
+            interval = f" (CI {100 * side['perplexity_ci_low']:+.1f}% to {100 * side['perplexity_ci_high']:+.1f}%)"
+        parts.append(f"{language_name} perplexity by {100 * side['perplexity_relative_change']:+.1f}%{interval}")
     return " and ".join(parts) if parts else None
 
 
@@ -298,8 +379,12 @@ def flipped_items(paired: PairedItems, questions: dict[str, dict]) -> dict[str, 
     for base, tuned in zip(paired.base_rows, paired.tuned_rows, strict=True):
         if base["correct"] == tuned["correct"]:
             continue
-        item = {"id": base["id"], "gold": base.get("gold"),
-                "base_predicted": base.get("predicted"), "tuned_predicted": tuned.get("predicted")}
+        item = {
+            "id": base["id"],
+            "gold": base.get("gold"),
+            "base_predicted": base.get("predicted"),
+            "tuned_predicted": tuned.get("predicted"),
+        }
         if base.get("subject") is not None:
             item["subject"] = base["subject"]
         text = base.get("question") or tuned.get("question")
@@ -329,8 +414,9 @@ def build_forgetting(
 ) -> dict:
     """The forgetting analysis of two checked results objects and their prediction rows.
 
-    ``*_predictions`` map each accuracy benchmark to its prediction rows; ``questions`` maps a
-    benchmark to ``{item id: {question, choices}}`` for showing flipped items (optional).
+    ``*_predictions`` map each accuracy benchmark to its prediction rows (and each perplexity
+    probe to its per-document losses, when saved); ``questions`` maps a benchmark to
+    ``{item id: {question, choices}}`` for showing flipped items (optional).
     """
     check_comparable(base, tuned, "the base results", "the tuned results")
     options = {"bootstrap_samples": bootstrap_samples, "confidence": confidence, "seed": seed}
@@ -341,7 +427,9 @@ def build_forgetting(
     for name in ordered_benchmarks(base["benchmarks"]):
         base_entry, tuned_entry = base["benchmarks"][name], tuned["benchmarks"][name]
         if base_entry["kind"] == "perplexity":
-            perplexity[name] = perplexity_row(name, base_entry, tuned_entry)
+            perplexity[name] = perplexity_row(
+                name, base_entry, tuned_entry, base_predictions.get(name), tuned_predictions.get(name), **options
+            )
             continue
         paired = pair_predictions(name, base_predictions[name], tuned_predictions[name])
         paired_by_benchmark[name] = paired
@@ -401,25 +489,45 @@ def compare_results(
         raise ConfigError(f"BASE and TUNED are the same folder ({base_dir}); pass the baseline and the tuned results.")
     if (out_dir / FORGETTING_FILE).exists() and not overwrite:
         raise ZhloraError(
-            f"{out_dir / FORGETTING_FILE} already exists. Pass --overwrite to replace it, or --output_dir for another folder."
+            f"{out_dir / FORGETTING_FILE} already exists. "
+            "Pass --overwrite to replace it, or --output_dir for another folder."
         )
     base, tuned = load_results(base_dir), load_results(tuned_dir)
     check_comparable(base, tuned, str(base_dir / RESULTS_FILE), str(tuned_dir / RESULTS_FILE))
     if base["model"].get("adapter_path") and not tuned["model"].get("adapter_path"):
-        logger.warning("BASE (%s) has an adapter and TUNED (%s) has none: are the two folders swapped?", base_dir, tuned_dir)
+        logger.warning(
+            "BASE (%s) has an adapter and TUNED (%s) has none: are the two folders swapped?", base_dir, tuned_dir
+        )
     accuracy = [name for name, entry in base["benchmarks"].items() if entry["kind"] in ACCURACY_KINDS]
     base_predictions = {name: load_predictions(base_dir, name, base["benchmarks"][name]) for name in accuracy}
     tuned_predictions = {name: load_predictions(tuned_dir, name, tuned["benchmarks"][name]) for name in accuracy}
+    for name, entry in base["benchmarks"].items():
+        if entry["kind"] == "perplexity":
+            base_docs = load_document_losses(base_dir, name, entry)
+            tuned_docs = load_document_losses(tuned_dir, name, tuned["benchmarks"][name])
+            if base_docs is not None and tuned_docs is not None:
+                base_predictions[name], tuned_predictions[name] = base_docs, tuned_docs
     questions = None
     if data_dir is not None:
         questions = {
-            name: load_question_texts(data_dir, name, base["benchmarks"][name].get("split", "test"),
-                                      _flipped_ids(base_predictions[name], tuned_predictions[name]))
+            name: load_question_texts(
+                data_dir,
+                name,
+                base["benchmarks"][name].get("split", "test"),
+                _flipped_ids(base_predictions[name], tuned_predictions[name]),
+            )
             for name in accuracy
         }
     forgetting = build_forgetting(
-        base, tuned, base_predictions, tuned_predictions, bootstrap_samples=bootstrap_samples,
-        confidence=confidence, significance=significance, seed=seed, questions=questions,
+        base,
+        tuned,
+        base_predictions,
+        tuned_predictions,
+        bootstrap_samples=bootstrap_samples,
+        confidence=confidence,
+        significance=significance,
+        seed=seed,
+        questions=questions,
     )
     forgetting["base"]["dir"] = str(base_dir)
     forgetting["tuned"]["dir"] = str(tuned_dir)
@@ -430,4 +538,8 @@ def compare_results(
 
 def _flipped_ids(base_rows: list[dict], tuned_rows: list[dict]) -> set:
     tuned_correct = {row["id"]: row["correct"] for row in tuned_rows}
-    return {row["id"] for row in base_rows if tuned_correct.get(row["id"]) is not None and row["correct"] != tuned_correct[row["id"]]}
+    return {
+        row["id"]
+        for row in base_rows
+        if tuned_correct.get(row["id"]) is not None and row["correct"] != tuned_correct[row["id"]]
+    }

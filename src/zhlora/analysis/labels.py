@@ -27,10 +27,16 @@ _TEXT = {
     "loss": ("Training loss", "训练损失"),
     "learning_rate": ("Learning rate", "学习率"),
     "loss_title": ("Training loss", "训练损失曲线"),
-    "probe_title": ("Probes during training: learning (zh) and forgetting (en)", "训练过程探针：学习（中文）与遗忘（英文）"),
+    "probe_title": (
+        "Probes during training: learning (zh) and forgetting (en)",
+        "训练过程探针：学习（中文）与遗忘（英文）",
+    ),
     "chinese_radar": ("Chinese benchmarks: accuracy by category (%)", "中文基准：各类别准确率（%）"),
     "english_radar": ("English benchmarks: accuracy by category (%)", "英文基准：各类别准确率（%）"),
-    "change_title": ("Change after LoRA (points, {confidence:.0%} CI)", "LoRA 后的变化（百分点，{confidence:.0%} 置信区间）"),
+    "change_title": (
+        "Change after LoRA (points, {confidence:.0%} CI)",
+        "LoRA 后的变化（百分点，{confidence:.0%} 置信区间）",
+    ),
     "change_axis": ("Tuned − base (accuracy points)", "微调后 − 基线（准确率百分点）"),
     "base": ("base", "基线"),
     "tuned": ("tuned", "微调后"),
@@ -57,7 +63,13 @@ CATEGORY_ZH = {
     "China specific": "中国特定",
 }
 
-_CATEGORY_EN = {"理工": "STEM", "社会科学": "Social Science", "人文": "Humanities", "其他": "Other", "中国特定": "China specific"}
+_CATEGORY_EN = {
+    "理工": "STEM",
+    "社会科学": "Social Science",
+    "人文": "Humanities",
+    "其他": "Other",
+    "中国特定": "China specific",
+}
 
 
 def has_cjk(value: str) -> bool:

@@ -38,13 +38,17 @@ def _radar_inputs(forgetting: dict, side: str, language: str) -> tuple[list[str]
         categories = [r for r in rows if r["level"] == "category"]
         for row in categories or [r for r in rows if r["level"] == "benchmark"]:
             prefix = labels.benchmark_label(benchmark)
-            names.append(prefix if row["level"] == "benchmark" else f"{prefix}: {labels.category_label(row['name'], language)}")
+            names.append(
+                prefix if row["level"] == "benchmark" else f"{prefix}: {labels.category_label(row['name'], language)}"
+            )
             base.append(row["base_pct"])
             tuned.append(row["tuned_pct"])
     return names, base, tuned
 
 
-def comparison_charts(forgetting: dict, out_dir: str | os.PathLike, *, language: str = "auto") -> list[tuple[str, Path]]:
+def comparison_charts(
+    forgetting: dict, out_dir: str | os.PathLike, *, language: str = "auto"
+) -> list[tuple[str, Path]]:
     """Draw the comparison charts into ``out_dir``; return ``(caption, path)`` pairs.
 
     A radar per language (Chinese: C-Eval and CMMLU categories; English: MMLU categories and
@@ -58,25 +62,44 @@ def comparison_charts(forgetting: dict, out_dir: str | os.PathLike, *, language:
     for side, title_key in (("zh", "chinese_radar"), ("en", "english_radar")):
         names, base, tuned = _radar_inputs(forgetting, side, lang)
         if len(names) >= 3:
-            path = charts.plot_radar(names, {base_name: base, tuned_name: tuned}, out_dir / f"report_radar_{side}.png",
-                                     title=labels.text(title_key, lang), colors=colors, language=lang)
+            path = charts.plot_radar(
+                names,
+                {base_name: base, tuned_name: tuned},
+                out_dir / f"report_radar_{side}.png",
+                title=labels.text(title_key, lang),
+                colors=colors,
+                language=lang,
+            )
             drawn.append((labels.text(title_key, "en"), path))
     rows = [r for r in forgetting["rows"] if r["level"] in ("benchmark", "category")]
     if rows:
-        bars = [{
-            "label": labels.benchmark_label(r["benchmark"]) if r["level"] == "benchmark"
-            else f"{labels.benchmark_label(r['benchmark'])}: {labels.category_label(r['name'], lang)}",
-            "delta": r["delta_points"], "ci_low": r["ci_low_points"], "ci_high": r["ci_high_points"], "verdict": r["verdict"],
-        } for r in rows]
+        bars = [
+            {
+                "label": labels.benchmark_label(r["benchmark"])
+                if r["level"] == "benchmark"
+                else f"{labels.benchmark_label(r['benchmark'])}: {labels.category_label(r['name'], lang)}",
+                "delta": r["delta_points"],
+                "ci_low": r["ci_low_points"],
+                "ci_high": r["ci_high_points"],
+                "verdict": r["verdict"],
+            }
+            for r in rows
+        ]
         confidence = forgetting["statistics"]["confidence"]
-        path = charts.plot_change_bars(bars, out_dir / "report_change.png",
-                                       title=labels.text("change_title", lang, confidence=confidence),
-                                       axis_label=labels.text("change_axis", lang), language=lang)
+        path = charts.plot_change_bars(
+            bars,
+            out_dir / "report_change.png",
+            title=labels.text("change_title", lang, confidence=confidence),
+            axis_label=labels.text("change_axis", lang),
+            language=lang,
+        )
         drawn.append((labels.text("change_title", "en", confidence=confidence), path))
     return drawn
 
 
-def training_charts(training_log: str | os.PathLike, out_dir: str | os.PathLike, *, language: str = "auto") -> list[tuple[str, Path]]:
+def training_charts(
+    training_log: str | os.PathLike, out_dir: str | os.PathLike, *, language: str = "auto"
+) -> list[tuple[str, Path]]:
     """Loss curve (and probe curves when the log has probe rows) of a training log."""
     training_log, out_dir = Path(training_log), Path(out_dir)
     if not training_log.is_file():
@@ -84,9 +107,16 @@ def training_charts(training_log: str | os.PathLike, out_dir: str | os.PathLike,
     rows = read_jsonl(training_log)
     drawn = []
     if any(row.get("loss") is not None for row in rows):
-        drawn.append(("Training loss", charts.plot_loss_curve(training_log, out_dir / "report_loss.png", language=language)))
+        drawn.append(
+            ("Training loss", charts.plot_loss_curve(training_log, out_dir / "report_loss.png", language=language))
+        )
     if any(row.get("probes") for row in rows):
-        drawn.append(("Probes during training", charts.plot_probe_curves(training_log, out_dir / "report_probes.png", language=language)))
+        drawn.append(
+            (
+                "Probes during training",
+                charts.plot_probe_curves(training_log, out_dir / "report_probes.png", language=language),
+            )
+        )
     return drawn
 
 
@@ -110,7 +140,9 @@ def render_html(title: str, report_sections: Sequence[Section]) -> str:
 
 def render_markdown(title: str, report_sections: Sequence[Section]) -> str:
     """The Markdown twin of :func:`render_html` (charts as relative image links)."""
-    return f"# {title}\n\nGenerated {utc_now()} by zhlora {__version__}.\n\n" + "\n".join(s.markdown for s in report_sections)
+    return f"# {title}\n\nGenerated {utc_now()} by zhlora {__version__}.\n\n" + "\n".join(
+        s.markdown for s in report_sections
+    )
 
 
 def write_report(
@@ -130,8 +162,11 @@ def write_report(
     The report is a view of forgetting.json, so rerunning replaces it. Returns the HTML path.
     """
     out_dir = Path(out_dir)
-    forgetting = {**forgetting, "base": {**forgetting["base"], "dir": str(base_dir)},
-                  "tuned": {**forgetting["tuned"], "dir": str(tuned_dir)}}
+    forgetting = {
+        **forgetting,
+        "base": {**forgetting["base"], "dir": str(base_dir)},
+        "tuned": {**forgetting["tuned"], "dir": str(tuned_dir)},
+    }
     chart_list = comparison_charts(forgetting, out_dir, language=language)
     parts = [sections.headline_section(forgetting)]
     if chart_list:

@@ -90,7 +90,7 @@ def load_predictions(results_dir: str | os.PathLike, name: str, entry: dict) -> 
         if not isinstance(row.get("id"), (str, int)) or not isinstance(row.get("correct"), bool):
             raise DataError(f'{file}, row {line}: needs an "id" and a boolean "correct".')
         if row["id"] in seen:
-            raise DataError(f'{file}, row {line}: item id {row["id"]!r} appears twice.')
+            raise DataError(f"{file}, row {line}: item id {row['id']!r} appears twice.")
         seen.add(row["id"])
     if len(rows) != entry["n"]:
         raise DataError(
@@ -106,9 +106,7 @@ def load_predictions(results_dir: str | os.PathLike, name: str, entry: dict) -> 
     return rows
 
 
-def load_question_texts(
-    data_dir: str | os.PathLike, benchmark: str, split: str, ids: set
-) -> dict[str, dict]:
+def load_question_texts(data_dir: str | os.PathLike, benchmark: str, split: str, ids: set) -> dict[str, dict]:
     """``{id: {question, choices}}`` for ``ids`` from ``data_dir/<benchmark>/<split>.jsonl``.
 
     Used only to show flipped items with their text; a missing file is a warning (the report
@@ -142,6 +140,29 @@ def load_forgetting(path: str | os.PathLike) -> dict:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}). Rerun `zhlora compare`.") from None
     if not isinstance(forgetting, dict) or forgetting.get("schema_version") != FORGETTING_SCHEMA_VERSION:
-        raise DataError(f"{path} was written by another zhlora version (schema_version "
-                        f"{forgetting.get('schema_version') if isinstance(forgetting, dict) else None!r}); rerun `zhlora compare`.")
+        raise DataError(
+            f"{path} was written by another zhlora version (schema_version "
+            f"{forgetting.get('schema_version') if isinstance(forgetting, dict) else None!r}); rerun `zhlora compare`."
+        )
     return forgetting
+
+
+def load_document_losses(results_dir: str | os.PathLike, name: str, entry: dict) -> list[dict] | None:
+    """Per-document rows ``{id, nll, n_tokens}`` of a perplexity probe, or None when not saved."""
+    if not entry.get("predictions_file"):
+        return None
+    file = results_dir_of(results_dir) / entry["predictions_file"]
+    if not file.is_file():
+        return None
+    rows = read_jsonl(file)
+    for line, row in enumerate(rows, start=1):
+        if not isinstance(row.get("nll"), (int, float)) or not isinstance(row.get("n_tokens"), int) or "id" not in row:
+            raise DataError(
+                f'{file}, row {line}: a perplexity row needs "id", a number "nll" and an integer "n_tokens".'
+            )
+    if len(rows) != entry["n_documents"]:
+        raise DataError(
+            f'{file} has {len(rows)} rows but results.json says "{name}" has n_documents={entry["n_documents"]}. '
+            "The folder mixes files of different runs; rerun `zhlora evaluate`."
+        )
+    return rows

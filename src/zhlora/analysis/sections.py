@@ -42,7 +42,8 @@ class Table:
             css = self.row_classes[index] if index < len(self.row_classes) else ""
             cells = "".join(f"<td>{html.escape(c)}</td>" for c in row)
             body.append(f'<tr class="{css}">{cells}</tr>' if css else f"<tr>{cells}</tr>")
-        return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>\n'
+        table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        return f'<div class="table-wrap">{table}</div>\n'
 
 
 @dataclass
@@ -77,17 +78,36 @@ def _row_label(row: dict) -> str:
 
 def accuracy_table(rows: Sequence[dict], confidence: float) -> Table:
     """Comparison rows as a table: scores (%), change, CI, retention, flips, p-values, verdict."""
-    headers = ["", "n", "base %", "tuned %", "change (points)", f"{confidence:.0%} CI", "retention",
-               "right→wrong / wrong→right", "McNemar p", "Holm p", "verdict"]
+    headers = [
+        "",
+        "n",
+        "base %",
+        "tuned %",
+        "change (points)",
+        f"{confidence:.0%} CI",
+        "retention",
+        "right→wrong / wrong→right",
+        "McNemar p",
+        "Holm p",
+        "verdict",
+    ]
     cells, classes = [], []
     for row in rows:
-        cells.append([
-            _row_label(row), str(row["n"]), _pct(row["base_pct"]), _pct(row["tuned_pct"]), _signed(row["delta_points"]),
-            f"[{row['ci_low_points']:+.1f}, {row['ci_high_points']:+.1f}]",
-            "—" if row["retention"] is None else f"{row['retention']:.2f}",
-            f"{row['right_to_wrong']} / {row['wrong_to_right']}", _p(row["p_value"]), _p(row["p_holm"]),
-            VERDICT_MARK[row["verdict"]],
-        ])
+        cells.append(
+            [
+                _row_label(row),
+                str(row["n"]),
+                _pct(row["base_pct"]),
+                _pct(row["tuned_pct"]),
+                _signed(row["delta_points"]),
+                f"[{row['ci_low_points']:+.1f}, {row['ci_high_points']:+.1f}]",
+                "—" if row["retention"] is None else f"{row['retention']:.2f}",
+                f"{row['right_to_wrong']} / {row['wrong_to_right']}",
+                _p(row["p_value"]),
+                _p(row["p_holm"]),
+                VERDICT_MARK[row["verdict"]],
+            ]
+        )
         classes.append(row["verdict"].replace(" ", "-"))
     return Table(headers, cells, classes)
 
@@ -120,19 +140,32 @@ def headline_section(forgetting: dict) -> Section:
 def settings_section(forgetting: dict) -> Section:
     """What was compared and how: models, evaluation settings, statistics."""
     settings, statistics = forgetting["settings"], forgetting["statistics"]
+    tuned_model = forgetting["tuned"]["model"]
     rows = [
         ["base results", str(forgetting["base"].get("dir", "—"))],
         ["tuned results", str(forgetting["tuned"].get("dir", "—"))],
         ["base model", str(forgetting["base"]["model"].get("base_path"))],
-        ["adapter", f"{forgetting['tuned']['model'].get('adapter_path')} (scale {forgetting['tuned']['model'].get('adapter_scale')})"],
+        [
+            "adapter",
+            f"{tuned_model.get('adapter_path')} (scale {tuned_model.get('adapter_scale')})",
+        ],
     ]
-    rows += [[f"setting: {key}", "—" if value is None else str(value)]
-             for key, value in settings.items() if key != "benchmarks"]
+    rows += [
+        [f"setting: {key}", "—" if value is None else str(value)]
+        for key, value in settings.items()
+        if key != "benchmarks"
+    ]
     for name, spec in settings["benchmarks"].items():
-        described = ", ".join(f"{k}={v}" for k, v in spec.items() if k not in ("item_ids_sha256", "kind"))
+        described = ", ".join(
+            f"{k}={v}" for k, v in spec.items() if k not in ("item_ids_sha256", "data_sha256", "kind")
+        )
         rows.append([f"benchmark: {benchmark_label(name)}", described])
     rows += [
-        ["interval", f"{statistics['confidence']:.0%} {statistics['interval']}, {statistics['bootstrap_samples']} resamples, seed {statistics['seed']}"],
+        [
+            "interval",
+            f"{statistics['confidence']:.0%} {statistics['interval']}, "
+            f"{statistics['bootstrap_samples']} resamples, seed {statistics['seed']}",
+        ],
         ["test", f"{statistics['test']}; {statistics['correction']}; significance {statistics['significance']}"],
     ]
     return _both("Settings", "", [("", Table(["", "value"], rows))], "settings")
@@ -142,18 +175,41 @@ def benchmarks_section(forgetting: dict) -> Section:
     """Benchmark-level accuracy changes (the Holm family the headline rests on)."""
     rows = [row for row in forgetting["rows"] if row["level"] == "benchmark"]
     confidence = forgetting["statistics"]["confidence"]
-    intro = ("Accuracy in percent (GSM8K: strict match). Change = tuned − base in points; retention = tuned / base. "
-             "Verdicts use McNemar's exact test, Holm-corrected across these rows.")
+    intro = (
+        "Accuracy in percent (GSM8K: strict match). Change = tuned − base in points; retention = tuned / base. "
+        "Verdicts use McNemar's exact test, Holm-corrected across these rows."
+    )
     return _both("Benchmarks", intro, [("", accuracy_table(rows, confidence))], "benchmarks")
+
+
+def _ppl_interval(row: dict) -> str:
+    if row.get("ci_low") is None:
+        return "—"
+    return f"[{100 * row['ci_low']:+.1f}%, {100 * row['ci_high']:+.1f}%]"
 
 
 def perplexity_section(forgetting: dict) -> Section:
     """Perplexity of the Chinese and English probes before and after."""
-    rows = [[benchmark_label(r["benchmark"]), str(r["n_documents"]), str(r["n_tokens"]),
-             f"{r['base_perplexity']:.3f}", f"{r['tuned_perplexity']:.3f}", _signed(100 * r["relative_change"], "%"),
-             f"{r['base_loss']:.4f} → {r['tuned_loss']:.4f}"] for r in forgetting["perplexity"]]
-    table = Table(["probe", "documents", "tokens", "base ppl", "tuned ppl", "relative change", "loss (nats/token)"], rows)
-    intro = "Lower is better; no interval (the results hold one loss per probe, not per document)."
+    confidence = forgetting["statistics"]["confidence"]
+    rows = [
+        [
+            benchmark_label(r["benchmark"]),
+            str(r["n_documents"]),
+            str(r["n_tokens"]),
+            f"{r['base_perplexity']:.3f}",
+            f"{r['tuned_perplexity']:.3f}",
+            _signed(100 * r["relative_change"], "%"),
+            _ppl_interval(r),
+            f"{r['base_loss']:.4f} → {r['tuned_loss']:.4f}",
+        ]
+        for r in forgetting["perplexity"]
+    ]
+    headers = ["probe", "documents", "tokens", "base ppl", "tuned ppl", "relative change", f"{confidence:.0%} CI"]
+    table = Table([*headers, "loss (nats/token)"], rows)
+    intro = (
+        "Lower is better. The interval resamples documents (shown only when both evaluations saved "
+        "per-document losses); perplexity has no significance verdict."
+    )
     return _both("Perplexity", intro, [("", table)] if rows else [], "perplexity")
 
 
@@ -177,11 +233,42 @@ def _short(text: str | None, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _flip_markdown(item: dict) -> str:
+    where = f" [{item['subject']}]" if item.get("subject") else ""
+    return f"- `{item['id']}`{where} {_flip_answer(item)}: {_flip_question(item)}"
+
+
+def _flip_html(item: dict) -> str:
+    where = f" [{item['subject']}]" if item.get("subject") else ""
+    parts = [
+        f"<li><code>{html.escape(str(item['id']))}</code>{html.escape(where)} ",
+        f'<span class="answer">{html.escape(_flip_answer(item))}</span><br>{html.escape(_flip_question(item))}',
+    ]
+    if item.get("choices"):
+        options = "".join(f"<li>{html.escape(_short(choice, 120))}</li>" for choice in item["choices"])
+        parts.append(f'<ol class="choices" type="A">{options}</ol>')
+    if item.get("base_generated") is not None or item.get("tuned_generated") is not None:
+        base, tuned = _short(item.get("base_generated"), 600), _short(item.get("tuned_generated"), 600)
+        parts.append(
+            f"<details><summary>generations</summary><p><b>base:</b> {html.escape(base)}</p>"
+            f"<p><b>tuned:</b> {html.escape(tuned)}</p></details>"
+        )
+    return "".join(parts) + "</li>"
+
+
+def _flip_answer(item: dict) -> str:
+    return f"gold {item.get('gold')}, base {item.get('base_predicted')} → tuned {item.get('tuned_predicted')}"
+
+
+def _flip_question(item: dict) -> str:
+    return _short(item.get("question"), 300) or "(question text not available: pass --data_dir)"
+
+
 def flipped_section(forgetting: dict, shown: int = FLIPPED_SHOWN) -> Section:
     """Examples of items that flipped between the two models, for inspection."""
-    md = ["## Flipped items\n", f"Up to {shown} per benchmark and direction; forgetting.json lists them all.\n"]
-    htm = ['<h2 id="flipped">Flipped items</h2>',
-           f"<p>Up to {shown} per benchmark and direction; forgetting.json lists them all.</p>"]
+    intro = f"Up to {shown} per benchmark and direction; forgetting.json lists them all."
+    md = ["## Flipped items\n", f"{intro}\n"]
+    htm = ['<h2 id="flipped">Flipped items</h2>', f"<p>{intro}</p>"]
     for name, flips in forgetting["flipped"].items():
         for direction, title in (("right_to_wrong", "right → wrong"), ("wrong_to_right", "wrong → right")):
             items = flips[direction]
@@ -192,22 +279,8 @@ def flipped_section(forgetting: dict, shown: int = FLIPPED_SHOWN) -> Section:
                 md.append("None.\n")
                 htm.append("<p>None.</p>")
                 continue
-            md_items, html_items = [], []
-            for item in items[:shown]:
-                answer = f"gold {item.get('gold')}, base {item.get('base_predicted')} → tuned {item.get('tuned_predicted')}"
-                where = f" [{item['subject']}]" if item.get("subject") else ""
-                question = _short(item.get("question"), 300) or "(question text not available: pass --data_dir)"
-                md_items.append(f"- `{item['id']}`{where} {answer}: {question}")
-                extra = ""
-                if item.get("choices"):
-                    extra += "<ol type=\"A\">" + "".join(f"<li>{html.escape(_short(c, 120))}</li>" for c in item["choices"]) + "</ol>"
-                if item.get("base_generated") is not None or item.get("tuned_generated") is not None:
-                    extra += (f"<details><summary>generations</summary><p><b>base:</b> {html.escape(_short(item.get('base_generated'), 600))}</p>"
-                              f"<p><b>tuned:</b> {html.escape(_short(item.get('tuned_generated'), 600))}</p></details>")
-                html_items.append(f"<li><code>{html.escape(str(item['id']))}</code>{html.escape(where)} "
-                                  f"<span class=\"answer\">{html.escape(answer)}</span><br>{html.escape(question)}{extra}</li>")
-            md.append("\n".join(md_items) + "\n")
-            htm.append('<ul class="flips">' + "".join(html_items) + "</ul>")
+            md.append("\n".join(_flip_markdown(item) for item in items[:shown]) + "\n")
+            htm.append('<ul class="flips">' + "".join(_flip_html(item) for item in items[:shown]) + "</ul>")
     return Section("Flipped items", "\n".join(md), "\n".join(htm), "flipped")
 
 
@@ -219,8 +292,10 @@ def charts_section(title: str, charts: Sequence[tuple[str, Path]], base_dir: Pat
         relative = Path(path).relative_to(base_dir) if Path(path).is_relative_to(base_dir) else Path(path)
         md.append(f"![{caption}]({relative.as_posix()})\n")
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        htm.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-                   f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        htm.append(
+            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
     htm.append("</div>")
     return Section(title, "\n".join(md), "\n".join(htm), anchor)
 

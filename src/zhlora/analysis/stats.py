@@ -43,7 +43,10 @@ def paired_counts(base_correct: Sequence[bool], tuned_correct: Sequence[bool]) -
     if base.shape != tuned.shape:
         raise ValueError(f"paired vectors differ in length: {base.shape} vs {tuned.shape}")
     return PairedCounts(
-        a=int(np.sum(base & tuned)), b=int(np.sum(base & ~tuned)), c=int(np.sum(~base & tuned)), d=int(np.sum(~base & ~tuned))
+        a=int(np.sum(base & tuned)),
+        b=int(np.sum(base & ~tuned)),
+        c=int(np.sum(~base & tuned)),
+        d=int(np.sum(~base & ~tuned)),
     )
 
 
@@ -94,15 +97,21 @@ def bootstrap_delta_samples(counts: PairedCounts, n_resamples: int, rng: np.rand
     """Paired-bootstrap replicates of the accuracy change, in points (array of n_resamples).
 
     Resampling n items with replacement and recomputing mean(tuned) - mean(base) only depends
-    on how many of the drawn items fall in each cell of the 2x2 table, which is
-    Multinomial(n; a/n, b/n, c/n, d/n). Drawing those counts directly gives the same
-    distribution as index resampling at O(n_resamples) cost instead of O(n_resamples * n).
+    on how many drawn items are discordant (D) and how many of those went wrong->right (C):
+    the change is 100 (2C - D) / n. Under index resampling the 2x2 cell counts are
+    Multinomial(n; a/n, b/n, c/n, d/n), so D ~ Binomial(n, (b + c)/n) and, given D,
+    C ~ Binomial(D, c/(b + c)). Drawing those two counts gives exactly the distribution of
+    index resampling at O(n_resamples) cost instead of O(n_resamples * n).
     """
     n = counts.n
     if n == 0:
         raise ValueError("cannot bootstrap an empty set of items")
-    draws = rng.multinomial(n, [counts.a / n, counts.b / n, counts.c / n, counts.d / n], size=n_resamples)
-    return 100.0 * (draws[:, 2] - draws[:, 1]) / n
+    discordant = counts.b + counts.c
+    if discordant == 0:
+        return np.zeros(n_resamples)
+    drawn_discordant = rng.binomial(n, discordant / n, size=n_resamples)
+    drawn_improved = rng.binomial(drawn_discordant, counts.c / discordant)
+    return 100.0 * (2 * drawn_improved - drawn_discordant) / n
 
 
 def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -126,9 +135,35 @@ def paired_bootstrap_ci(
 
 
 def verdict(delta: float, p_adjusted: float, significance: float) -> str:
-    """"improved" / "forgot" when the Holm-adjusted p is below ``significance``, else no change."""
+    """ "improved" / "forgot" when the Holm-adjusted p is below ``significance``, else no change."""
     if p_adjusted < significance and delta > 0:
         return "improved"
     if p_adjusted < significance and delta < 0:
         return "forgot"
     return "no significant change"
+
+
+def bootstrap_perplexity_change(
+    base_nll: Sequence[float],
+    tuned_nll: Sequence[float],
+    n_tokens: Sequence[int],
+    n_resamples: int,
+    rng: np.random.Generator,
+    chunk: int = 1000,
+) -> np.ndarray:
+    """Replicates of tuned/base perplexity − 1, resampling documents with replacement.
+
+    Per document: summed negative log-likelihood (nats) of each model over the same
+    ``n_tokens`` tokens. A replicate's perplexity ratio is exp((Σ tuned − Σ base) / Σ tokens)
+    over the drawn documents (token-weighted, as the probes' perplexity is).
+    """
+    difference = np.asarray(tuned_nll, dtype=float) - np.asarray(base_nll, dtype=float)
+    tokens = np.asarray(n_tokens, dtype=float)
+    n = len(tokens)
+    if n == 0 or difference.shape != tokens.shape:
+        raise ValueError("need one base and one tuned loss per document, and at least one document")
+    replicates = []
+    for start in range(0, n_resamples, chunk):
+        index = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
+        replicates.append(np.expm1(difference[index].sum(axis=1) / tokens[index].sum(axis=1)))
+    return np.concatenate(replicates)

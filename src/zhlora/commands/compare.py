@@ -18,14 +18,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags: the two results folders, output folder, data folder for question text, report knobs."""
     from zhlora.config import add_config_flags
 
-    parser.add_argument("base", metavar="BASE_RESULTS", help="evaluation_results/<baseline> folder (or its results.json).")
+    parser.add_argument(
+        "base", metavar="BASE_RESULTS", help="evaluation_results/<baseline> folder (or its results.json)."
+    )
     parser.add_argument("tuned", metavar="TUNED_RESULTS", help="evaluation_results/<run> folder of the tuned model.")
-    parser.add_argument("--output_dir", default=None, help="Where to write forgetting.json etc. (default: TUNED_RESULTS).")
-    parser.add_argument("--data_dir", default=None,
-                        help="Normalized data folder (data/): question text of flipped items when predictions lack it.")
-    parser.add_argument("--training_log", default=None, help="training_log.jsonl of the run, for the report's loss curve.")
-    parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
-                        help="Also write report.html and report.md (default: yes).")
+    parser.add_argument(
+        "--output_dir", default=None, help="Where to write forgetting.json etc. (default: TUNED_RESULTS)."
+    )
+    parser.add_argument(
+        "--data_dir",
+        default=None,
+        help="Normalized data folder (data/): question text of flipped items when predictions lack it.",
+    )
+    parser.add_argument(
+        "--training_log",
+        default=None,
+        help="training_log.jsonl of the run, for the report's loss curve "
+        "(default: <work>/results/<run>/training_log.jsonl for TUNED = <work>/evaluation_results/<run>, if present).",
+    )
+    parser.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Also write report.html and report.md (default: yes).",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing forgetting.json.")
     add_config_flags(parser, ["report"])
 
@@ -35,22 +51,38 @@ def main(args: argparse.Namespace) -> int:
     from zhlora.analysis.compare import FORGETTING_FILE, compare_results
     from zhlora.analysis.report import write_report
     from zhlora.analysis.results_io import results_dir_of
+    from zhlora.commands.report import default_training_log
     from zhlora.config import config_from_args
 
     report = config_from_args(args).report
     out_dir = args.output_dir or results_dir_of(args.tuned)
     forgetting = compare_results(
-        args.base, args.tuned, out_dir,
-        bootstrap_samples=report.bootstrap_samples, confidence=report.confidence,
-        significance=report.significance, seed=report.stats_seed, data_dir=args.data_dir, overwrite=args.overwrite,
+        args.base,
+        args.tuned,
+        out_dir,
+        bootstrap_samples=report.bootstrap_samples,
+        confidence=report.confidence,
+        significance=report.significance,
+        seed=report.stats_seed,
+        data_dir=args.data_dir,
+        overwrite=args.overwrite,
     )
     print(f"{out_dir}/{FORGETTING_FILE}: {forgetting['headline']['text']}")
     for row in forgetting["rows"]:
         if row["level"] == "benchmark":
-            print(f"  {row['name']:<8} {row['base_pct']:5.1f} -> {row['tuned_pct']:5.1f}  {row['delta_points']:+5.1f} "
-                  f"[{row['ci_low_points']:+.1f}, {row['ci_high_points']:+.1f}]  p_holm={row['p_holm']:.2g}  {row['verdict']}")
+            interval = f"[{row['ci_low_points']:+.1f}, {row['ci_high_points']:+.1f}]"
+            print(
+                f"  {row['name']:<8} {row['base_pct']:5.1f} -> {row['tuned_pct']:5.1f}  {row['delta_points']:+5.1f} "
+                f"{interval}  p_holm={row['p_holm']:.2g}  {row['verdict']}"
+            )
     if args.report:
-        html = write_report(out_dir, forgetting, base_dir=args.base, tuned_dir=args.tuned,
-                            training_log=args.training_log, language=report.chart_language)
+        html = write_report(
+            out_dir,
+            forgetting,
+            base_dir=args.base,
+            tuned_dir=args.tuned,
+            training_log=args.training_log or default_training_log(results_dir_of(args.tuned)),
+            language=report.chart_language,
+        )
         print(f"{html}: report")
     return 0

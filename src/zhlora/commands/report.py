@@ -17,12 +17,22 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags: the work or results folder, an explicit training log, chart language."""
-    parser.add_argument("path", metavar="WORK_DIR_OR_RESULTS",
-                        help="A work folder (all evaluation_results/*/forgetting.json) or one results folder.")
-    parser.add_argument("--training_log", default=None,
-                        help="training_log.jsonl for the loss curve (default: <work>/results/<run>/training_log.jsonl if present).")
-    parser.add_argument("--chart_language", default="auto", choices=["auto", "zh", "en"],
-                        help="Chart labels: auto (Chinese when a CJK font is installed), zh or en (default: auto).")
+    parser.add_argument(
+        "path",
+        metavar="WORK_DIR_OR_RESULTS",
+        help="A work folder (all evaluation_results/*/forgetting.json) or one results folder.",
+    )
+    parser.add_argument(
+        "--training_log",
+        default=None,
+        help="training_log.jsonl for the loss curve (default: <work>/results/<run>/training_log.jsonl if present).",
+    )
+    parser.add_argument(
+        "--chart_language",
+        default="auto",
+        choices=["auto", "zh", "en"],
+        help="Chart labels: auto (Chinese when a CJK font is installed), zh or en (default: auto).",
+    )
 
 
 def find_forgetting_files(path: Path) -> list[Path]:
@@ -41,7 +51,7 @@ def find_forgetting_files(path: Path) -> list[Path]:
     return found
 
 
-def _default_training_log(results_dir: Path) -> Path | None:
+def default_training_log(results_dir: Path) -> Path | None:
     """``<work>/results/<run>/training_log.jsonl`` for ``<work>/evaluation_results/<run>``."""
     candidate = results_dir.parent.parent / "results" / results_dir.name / "training_log.jsonl"
     return candidate if candidate.is_file() else None
@@ -54,9 +64,14 @@ def main(args: argparse.Namespace) -> int:
 
     for file in find_forgetting_files(Path(args.path)):
         forgetting = load_forgetting(file)
-        training_log = args.training_log or _default_training_log(file.parent)
-        html = write_report(file.parent, forgetting, base_dir=forgetting["base"].get("dir", "?"),
-                            tuned_dir=forgetting["tuned"].get("dir", file.parent), training_log=training_log,
-                            language=args.chart_language)
+        training_log = args.training_log or default_training_log(file.parent)
+        html = write_report(
+            file.parent,
+            forgetting,
+            base_dir=forgetting["base"].get("dir", "?"),
+            tuned_dir=forgetting["tuned"].get("dir", file.parent),
+            training_log=training_log,
+            language=args.chart_language,
+        )
         print(f"{html}: {forgetting['headline']['text']}")
     return 0

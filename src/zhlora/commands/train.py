@@ -136,6 +136,8 @@ def run(
     _check_environment(cfg)
     init_weights = lora.parse_init_lora_weights(lcfg.init_lora_weights)
     accelerator = Accelerator(
+        # several processes without a GPU (torchrun on a CPU box): gloo data parallelism
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
         log_with=None if tcfg.report_to == "none" else tcfg.report_to,
         project_dir=str(output_dir),
@@ -233,8 +235,8 @@ def run(
         on_log=None if tcfg.report_to == "none" else lambda row: accelerator.log(
             {k: v for k, v in row.items() if k != "step" and v is not None}, step=row["step"]),
     )
-    accelerator.end_training()
     if result.status == "interrupted":
+        accelerator.end_training()
         return TrainOutcome("interrupted", output_dir, result.step, result.last_loss)
 
     # --- the adapter, curve and manifest (written last: it marks the run complete) ----------
@@ -244,7 +246,7 @@ def run(
             output_dir, cfg, result, plan, fingerprint, model_path, base_sha, dataset_path, data_sha, meta, rows,
             len(bins), trainable, total, start_step, accelerator.num_processes, _attention_implementation(),
         )
-    accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the trackers and the process group: last
     return TrainOutcome(result.status, output_dir, result.step, result.last_loss)
 
 

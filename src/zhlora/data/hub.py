@@ -124,21 +124,49 @@ def _friendly_hub_error(exc: Exception, repo_id: str, filename: str, endpoint: s
     return ZhloraError(f"Downloading {where} from {endpoint} failed ({type(exc).__name__}: {exc}). {OFFLINE_HINT}")
 
 
+def _probe_hub(repo_id: str, filename: str, revision: str, endpoint: str) -> None:
+    """One metadata request without retries: fail in seconds when the hub cannot be reached.
+
+    ``hf_hub_download`` retries a refused connection for about 25 s before giving up; this
+    probe runs first for files that are not cached, so a machine without network gets the
+    alternatives at once. HTTP errors (the hub answered) are left to ``hf_hub_download``.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    url = hf_hub_url(repo_id, filename, repo_type="dataset", revision=revision)
+    try:
+        get_hf_file_metadata(url, timeout=HUB_METADATA_TIMEOUT_S)
+    except HfHubHTTPError:
+        return
+    except Exception as exc:  # connection refused, DNS failure, timeout, offline mode
+        if constants.HF_HUB_OFFLINE:
+            raise _friendly_hub_error(exc, repo_id, filename, endpoint) from None
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise ZhloraError(
+            f"Cannot reach {endpoint} to download {repo_id}/{filename} ({type(exc).__name__}: {reason}). {OFFLINE_HINT}"
+        ) from None
+
+
 def fetch_from_hf(repo_id: str, roles: list[str] | None = None) -> list[FetchedFile]:
     """Download ``repo_id``'s files from ``HUB_FILES`` (all roles, or ``roles``) via the hub cache.
 
     The first file resolves ``main`` to a commit; the others are read at that same commit,
     so one source never mixes two versions. Cached files are reused (and used offline).
     """
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
     files = HUB_FILES[repo_id]
     roles = list(files) if roles is None else roles
     endpoint = constants.ENDPOINT
     revision = "main"
     fetched = []
+    probed = False
     for role in roles:
         filename = files[role]
+        if not probed and not isinstance(try_to_load_from_cache(repo_id, filename, revision=revision, repo_type="dataset"), str):
+            _probe_hub(repo_id, filename, revision, endpoint)
+            probed = True
         logger.info("downloading %s/%s from %s", repo_id, filename, endpoint)
         try:
             local_path = hf_hub_download(

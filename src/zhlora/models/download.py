@@ -152,7 +152,9 @@ def _fill_from_hub(repo_id: str, staging: Path, revision: str | None, token: str
         snapshot_download(repo_id, revision=info.sha, allow_patterns=names, local_dir=staging, token=token)
     except failures as exc:
         raise _hub_error(repo_id, revision, exc) from None
-    shutil.rmtree(staging / ".cache", ignore_errors=True)
+    for leftover in staging.iterdir():  # client metadata, or files of an earlier interrupted download
+        if leftover.name not in names:
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     expected = {name: s.lfs.sha256 for name, s in siblings.items() if name in names and getattr(s, "lfs", None)}
     return info.sha, expected
 

@@ -6,7 +6,8 @@ untied embeddings); only the sizes are small. The tokenizer is trained here, wit
 ``tokenizers`` library, on the text bundled in ``zhlora/samples`` and behaves like the
 Llama-2 SentencePiece tokenizer as transformers converts it: BPE with byte fallback (any
 text encodes, unknown characters become ``<0xNN>`` byte pieces), a ``▁`` word-boundary
-marker prepended to the first word, single digits, ``<unk>``/``<s>``/``</s>`` at ids 0-2
+marker prepended to the first word, single digits, punctuation never merged with letters
+(so "答案：A" ends in the piece "A"), ``<unk>``/``<s>``/``</s>`` at ids 0-2
 and ``<s>`` added at the start of every sequence.
 """
 
@@ -123,10 +124,12 @@ def train_tokenizer(texts: list[str], vocab_size: int = TINY_VOCAB_SIZE):
 
     learner = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     # Training splits at spaces and digits (SentencePiece's split_by_whitespace and
-    # split_digits); the saved tokenizer runs BPE over the whole text like Llama does.
+    # split_digits) and isolates punctuation, so no piece like "：A" can swallow an answer
+    # letter; the saved tokenizer runs BPE over the whole text like Llama does.
     learner.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
-         pre_tokenizers.Digits(individual_digits=True)]
+         pre_tokenizers.Digits(individual_digits=True),
+         pre_tokenizers.Punctuation(behavior="isolated")]
     )
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(BYTE_TOKENS),
