@@ -254,3 +254,21 @@ def test_cli_compare_and_refusal(pair, tmp_path, capsys):
     code = cli.main(["compare", str(base), str(tuned), "--overwrite", "--no-report"])
     assert code == 2
     assert "settings.limit" in capsys.readouterr().err
+
+
+def test_perplexity_interval_only_with_document_losses(forgetting):
+    ppl = {row["benchmark"]: row for row in forgetting["perplexity"]}
+    zh, en = ppl["ppl_zh"], ppl["ppl_en"]
+    assert zh["ci_low"] < zh["relative_change"] < zh["ci_high"] < 0  # constructed clear Chinese improvement
+    assert en["ci_low"] is None and en["ci_high"] is None  # no per-document losses saved
+    assert "Chinese perplexity by -39.3% (CI" in forgetting["headline"]["text"]
+
+
+def test_perplexity_token_mismatch_is_refused(pair, tmp_path):
+    base, tuned = pair
+    file = tuned / "predictions" / "ppl_zh.jsonl"
+    rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines()]
+    rows[0]["n_tokens"] += 1
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(SettingsMismatchError, match="token counts"):
+        compare_results(base, tuned, tmp_path / "out", **OPTIONS)

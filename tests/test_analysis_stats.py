@@ -59,8 +59,9 @@ def test_paired_counts_and_delta():
 
 def test_bootstrap_without_discordant_items_has_zero_width():
     base = [True] * 30 + [False] * 70
-    low, high = stats.paired_bootstrap_ci(base, base, n_resamples=1000, confidence=0.95, rng=stats.stable_rng(0, "x"))
-    assert (low, high) == (0.0, 0.0)
+    counts = stats.paired_counts(base, base)
+    samples = stats.bootstrap_delta_samples(counts, 1000, stats.stable_rng(0, "x"))
+    assert stats.percentile_interval(samples, 0.95) == (0.0, 0.0)
 
 
 def test_bootstrap_matches_index_resampling_and_theory():
@@ -109,3 +110,14 @@ def test_verdict_rule():
     assert stats.verdict(-3.0, 0.01, 0.05) == "forgot"
     assert stats.verdict(-3.0, 0.05, 0.05) == "no significant change"  # strict inequality
     assert stats.verdict(0.0, 0.0, 0.05) == "no significant change"
+
+
+def test_perplexity_bootstrap_hand_case():
+    # every document loses 0.1 nats/token: every replicate is exp(-0.1) - 1 exactly
+    samples = stats.bootstrap_perplexity_change([10.0, 20.0], [9.0, 18.0], [10, 20], 2500, stats.stable_rng(0, "p"))
+    assert samples.shape == (2500,)
+    assert np.allclose(samples, math.expm1(-0.1))
+    # documents that disagree give a spread around the pooled change
+    samples = stats.bootstrap_perplexity_change([10.0, 20.0], [12.0, 18.0], [10, 20], 4000, stats.stable_rng(0, "p"))
+    low, high = stats.percentile_interval(samples, 0.95)
+    assert low < 0.0 < high and low >= math.expm1(-0.1) - 1e-12 and high <= math.expm1(0.2) + 1e-12

@@ -194,13 +194,14 @@ class Step:
     verb: str | None = None
     argv: tuple[str, ...] = ()
     action: Callable[[], None] | None = None
+    description: str = ""
     redo_flags: tuple[str, ...] = ()
     resumes: bool = False
 
     def command(self, redo: bool = False) -> str:
         """The step as a shell command (what a user would type to do it by hand)."""
         if self.verb is None:
-            return f"(zhlora {self.id.split('.', 1)[0]}: built in)"
+            return f"({self.description})"
         words = ["zhlora", self.verb, *self.argv, *(self.redo_flags if redo else ())]
         return " ".join(_shell_quote(word) for word in words)
 
@@ -315,7 +316,11 @@ def shared_steps(cfg: ExperimentConfig, layout: WorkLayout, replay_ratios: Seque
         settings = {"dataset": name, **_pick(raw["data"], fields)}
         argv = ["--data_dir", str(layout.data_dir), "--datasets", name, "--source", cfg.data.source]
         if name == "belle":
-            argv += ["--belle_dataset", cfg.data.belle_dataset, "--belle_sample_size", str(cfg.data.belle_sample_size),
+            if cfg.data.source in ("hf", "modelscope"):
+                argv += ["--belle_dataset", cfg.data.belle_dataset]
+            else:  # read from a folder: the hub repository plays no part
+                settings.pop("belle_dataset")
+            argv += ["--belle_sample_size", str(cfg.data.belle_sample_size),
                      "--belle_heldout_size", str(cfg.data.belle_heldout_size), "--data_seed", str(cfg.data.data_seed)]
         steps.append(Step(
             id=f"download-data.{name}", settings=settings, inputs=(), stamp=_data_source_stamp(layout.data_dir, name),
@@ -409,6 +414,8 @@ def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
         id=f"report.{run}", settings={"chart_language": cfg.report.chart_language, "scales": scales},
         inputs=(*compare_ids, f"train.{run}"), stamp=_file_stamp(report_dir / "report.html"),
         action=lambda: write_run_report(layout, run, scales, cfg.report.chart_language, cfg.report.confidence),
+        description=f"built in: like `zhlora report {report_dir}`"
+        + (", plus the adapter-scale curve" if len(scales) > 1 else ""),
     ))
     return steps
 
@@ -587,50 +594,393 @@ def _write_record(layout: WorkLayout, step: Step, **fields: Any) -> None:
     atomic_write_json(layout.record_file(step.id), record)
 
 
-def execute(steps: Sequence[Step], layout: WorkLayout, runner: Runner, *, poll_seconds: float = LOCK_POLL_SECONDS) -> Execution:
+@dataclass(frozen=True)
+class StepState:
+    """Whether a step would be skipped, and if not, whether it replaces its outputs and why."""
+
+    skip: bool
+    redo: bool
+    reason: str
+
+
+def step_state(step: Step, layout: WorkLayout, fingerprint: str, inputs: dict[str, str]) -> StepState:
+    """Decide what to do with ``step`` from its record and the current state of its outputs."""
+    record = read_record(layout, step.id)
+    stamp = step.stamp()
+    if (record is not None and record.get("status") == "complete" and record.get("fingerprint") == fingerprint
+            and stamp is not None and stamp == record.get("output_stamp")):
+        return StepState(True, False, "complete, same settings; skipping")
+    return StepState(False, decide_redo(record, step, fingerprint, stamp), redo_reason(record, step, fingerprint, inputs, stamp))
+
+
+def execute(
+    steps: Sequence[Step],
+    layout: WorkLayout,
+    runner: Runner,
+    *,
+    fingerprints: dict[str, str] | None = None,
+    poll_seconds: float = LOCK_POLL_SECONDS,
+) -> Execution:
     """Run ``steps`` in order, skipping the complete ones; record each finished step.
 
     ``runner(verb, argv)`` runs one verb and returns its exit status (the CLI's
-    ``run_command``). Raises :class:`StepFailed` when a step fails (status 130: interrupted;
-    rerunning continues from that step).
+    ``run_command``). ``fingerprints`` (default: :func:`plan_fingerprints` of ``steps``) lets a
+    caller run part of a larger plan. Raises :class:`StepFailed` when a step fails (status
+    130: interrupted); rerunning continues from that step.
     """
-    result = Execution(fingerprints=plan_fingerprints(steps))
+    result = Execution(fingerprints=dict(fingerprints) if fingerprints is not None else plan_fingerprints(steps))
     for index, step in enumerate(steps, start=1):
         inputs = {i: result.fingerprints[i] for i in step.inputs}
         fingerprint = result.fingerprints[step.id]
         prefix = f"[{index}/{len(steps)}] {step.id}"
         with StepLock(layout.lock_file(step.id), poll_seconds):
-            record = read_record(layout, step.id)
-            stamp = step.stamp()
-            if (record is not None and record.get("status") == "complete" and record.get("fingerprint") == fingerprint
-                    and stamp is not None and stamp == record.get("output_stamp")):
-                logger.info("%s: complete, same settings; skipping", prefix)
+            state = step_state(step, layout, fingerprint, inputs)
+            if state.skip:
+                logger.info("%s: %s", prefix, state.reason)
                 result.outcomes.append(StepOutcome(step.id, "skipped"))
                 continue
-            redo = decide_redo(record, step, fingerprint, stamp)
-            logger.info("%s: %s\n    %s", prefix, redo_reason(record, step, fingerprint, inputs, stamp), step.command(redo))
-            base_record = {"fingerprint": fingerprint, "inputs": inputs, "command": step.command(redo),
+            command = step.command(state.redo)
+            logger.info("%s: %s\n    %s", prefix, state.reason, command)
+            base_record = {"fingerprint": fingerprint, "inputs": inputs, "command": command,
                            "started_at": utc_now(), "provenance": provenance()}
-            _write_record(layout, step, status="running", redo=redo, **base_record)
+            _write_record(layout, step, status="running", redo=state.redo, **base_record)
             started = time.perf_counter()
             if step.action is not None:
                 step.action()
             else:
-                status = runner(step.verb, [*step.argv, *(step.redo_flags if redo else ())])
+                status = runner(step.verb, [*step.argv, *(step.redo_flags if state.redo else ())])
                 if status != 0:
                     what = "was interrupted" if status == 130 else f"failed (exit status {status})"
                     raise StepFailed(
-                        f"Step {step.id} {what}. Its command: {step.command(redo)}. Fix what the message above says, "
-                        "then rerun the same zhlora command: complete steps are skipped and this one "
+                        f"Step {step.id} {what}. Its command: {command}. Fix what the message above says, then "
+                        "rerun the same zhlora command: complete steps are skipped and this one "
                         + ("continues where it stopped." if step.resumes else "starts again."),
                         status,
                     )
             seconds = time.perf_counter() - started
             new_stamp = step.stamp()
             if new_stamp is None:
-                raise ZhloraError(f"Step {step.id} finished but its outputs are incomplete ({step.command(redo)}). "
+                raise ZhloraError(f"Step {step.id} finished but its outputs are incomplete ({command}). "
                                   "This is a bug in zhlora: please report it with the log above.")
-            _write_record(layout, step, status="complete", redo=redo, output_stamp=new_stamp,
+            _write_record(layout, step, status="complete", redo=state.redo, output_stamp=new_stamp,
                           finished_at=utc_now(), seconds=round(seconds, 2), **base_record)
-            result.outcomes.append(StepOutcome(step.id, "redone" if redo else "ran", seconds))
+            result.outcomes.append(StepOutcome(step.id, "redone" if state.redo else "ran", seconds))
     return result
+
+
+# ---------------------------------------------------------------------------------------
+# Sweeps: a grid of runs sharing data, base model and baseline
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Trial:
+    """One point of the LoRA grid; ``index`` is its position in the full grid (for sharding)."""
+
+    index: int
+    name: str
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+    replay_ratio: float
+
+
+def sweep_trials(cfg: ExperimentConfig) -> list[Trial]:
+    """The grid ``lora_ranks x lora_alphas x lora_dropouts x replay_ratios``, in that nesting order.
+
+    A trial's run is ``<run_name>-r<rank>-a<alpha>-d<dropout>`` (plus ``-replay<r>`` when r > 0).
+    """
+    sweep = cfg.sweep
+    grid = itertools.product(sweep.lora_ranks, sweep.lora_alphas, sweep.lora_dropouts, sweep.replay_ratios)
+    trials = []
+    for index, (rank, alpha, dropout, replay) in enumerate(grid):
+        name = f"{cfg.run_name}-r{rank}-a{number_tag(alpha)}-d{number_tag(dropout)}"
+        if replay > 0:
+            name += f"-replay{number_tag(replay)}"
+        trials.append(Trial(index, name, rank, alpha, dropout, replay))
+    names = [t.name for t in trials]
+    if len(set(names)) != len(names):
+        raise ConfigError("The sweep lists a value twice (e.g. --lora_ranks 8,8); each trial must be distinct.")
+    return trials
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``--shard i/n`` (0 <= i < n): this machine runs the trials whose index % n == i."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or int(match[2]) < 1 or int(match[1]) >= int(match[2]):
+        raise ConfigError(
+            f'--shard "{text}" must be i/n with 0 <= i < n, e.g. --shard 0/4 on the first of four machines.'
+        )
+    return int(match[1]), int(match[2])
+
+
+def shard_trials(trials: Sequence[Trial], shard: tuple[int, int]) -> list[Trial]:
+    """The trials of shard ``(i, n)``: every n-th trial starting at i (spreads ranks across machines)."""
+    i, n = shard
+    return [t for t in trials if t.index % n == i]
+
+
+def trial_config(cfg: ExperimentConfig, trial: Trial) -> ExperimentConfig:
+    """``cfg`` with the trial's run name, LoRA settings and replay ratio."""
+    out = copy.deepcopy(cfg)
+    out.run_name = trial.name
+    out.lora = dataclasses.replace(out.lora, lora_rank=trial.lora_rank, lora_alpha=trial.lora_alpha,
+                                   lora_dropout=trial.lora_dropout)
+    out.data = dataclasses.replace(out.data, replay_ratio=trial.replay_ratio)
+    return out
+
+
+def _merge_plans(plans: Sequence[Sequence[Step]]) -> list[Step]:
+    """Concatenate plans, keeping the first of steps that share an id (they must be identical)."""
+    steps: dict[str, Step] = {}
+    for plan in plans:
+        for step in plan:
+            known = steps.get(step.id)
+            if known is None:
+                steps[step.id] = step
+            elif known.settings != step.settings or known.inputs != step.inputs:
+                raise ConfigError(f"Two runs of this plan need step {step.id} with different settings; "
+                                  "give them different work folders.")
+    return list(steps.values())
+
+
+def plan_sweep(cfg: ExperimentConfig, trials: Sequence[Trial]) -> tuple[WorkLayout, list[Step], list[ExperimentConfig]]:
+    """Every step of the given trials (shared steps once), and each trial's config."""
+    check_run_name(cfg.run_name)
+    if not trials:
+        raise ConfigError("This sweep selects no trial (check --shard and the sweep lists).")
+    layout = WorkLayout.of(cfg)
+    configs = [trial_config(cfg, t) for t in trials]
+    shared = shared_steps(configs[0], layout, [t.replay_ratio for t in trials])
+    return layout, _merge_plans([shared, *(run_steps(c, layout) for c in configs)]), configs
+
+
+# ---------------------------------------------------------------------------------------
+# Results: learning vs forgetting of a comparison, adapter-scale curves, sweep summaries
+# ---------------------------------------------------------------------------------------
+def tradeoff_numbers(forgetting: dict) -> dict[str, float | None]:
+    """Learning and forgetting of one comparison (points and ratios from ``forgetting.json``).
+
+    ``zh_*``/``en_*``: mean accuracy change of the Chinese / English benchmarks in points, with
+    the CI bounds; ``ppl_zh``/``ppl_en``: relative perplexity change (0.1 = +10%).
+    """
+    out: dict[str, float | None] = {}
+    for side, key in (("chinese", "zh"), ("english", "en")):
+        entry = forgetting["headline"].get(side, {})
+        for name in ("delta_points", "ci_low_points", "ci_high_points"):
+            out[f"{key}_{name}"] = entry.get(name)
+    by_name = {row["benchmark"]: row for row in forgetting.get("perplexity", [])}
+    for name in ("ppl_zh", "ppl_en"):
+        out[name] = by_name[name]["relative_change"] if name in by_name else None
+    return out
+
+
+def scale_curve(layout: WorkLayout, run_name: str, scales: Sequence[float]) -> list[dict]:
+    """One row of :func:`tradeoff_numbers` per adapter scale of a run (its compare must be done)."""
+    from zhlora.analysis.compare import FORGETTING_FILE
+    from zhlora.analysis.results_io import load_forgetting
+
+    return [
+        {"scale": scale, **tradeoff_numbers(load_forgetting(layout.eval_dir(scale_results_name(run_name, scale)) / FORGETTING_FILE))}
+        for scale in scales
+    ]
+
+
+def _points(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.1f}"
+
+
+def _ci(row: dict, key: str) -> str:
+    low, high = row.get(f"{key}_ci_low_points"), row.get(f"{key}_ci_high_points")
+    return "—" if low is None or high is None else f"[{low:+.1f}, {high:+.1f}]"
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:+.1f}%"
+
+
+def _tradeoff_cells(row: dict) -> list[str]:
+    return [_points(row["zh_delta_points"]), _ci(row, "zh"), _points(row["en_delta_points"]), _ci(row, "en"),
+            _percent(row["ppl_zh"]), _percent(row["ppl_en"])]
+
+
+def _tradeoff_headers(confidence: float) -> list[str]:
+    ci = f"{confidence:.0%} CI"
+    return ["Chinese Δ (points)", ci, "English Δ (points)", ci, "PPL zh change", "PPL en change"]
+
+
+def scale_curve_section(rows: Sequence[dict], out_dir: Path, confidence: float, language: str):
+    """The report section of an adapter-scale curve: the chart and a table, one row per scale."""
+    from zhlora.analysis.charts import plot_adapter_scale_curve
+    from zhlora.analysis.sections import Section, Table, charts_section
+
+    chart = plot_adapter_scale_curve(rows, out_dir / "report_adapter_scales.png", language=language)
+    table = Table(["adapter scale", *_tradeoff_headers(confidence)],
+                  [[number_tag(row["scale"]), *_tradeoff_cells(row)] for row in rows])
+    intro = ("The same adapter evaluated with its update scaled by s (s = 0 is the base model, 1 the trained adapter): "
+             "how learning and forgetting grow with the size of the update, without retraining.")
+    charts = charts_section("Adapter scale", [("Learning and forgetting vs adapter scale", chart)], out_dir, anchor="scales")
+    md = f"{charts.markdown}\n{intro}\n\n{table.markdown()}"
+    htm = f"{charts.html}\n<p>{intro}</p>\n{table.html()}"
+    return Section("Adapter scale", md, htm, "scales")
+
+
+def write_run_report(layout: WorkLayout, run_name: str, scales: Sequence[float], language: str, confidence: float) -> Path:
+    """Write the run's ``report.html``/``report.md`` (with the adapter-scale curve when there are several scales)."""
+    from zhlora.analysis.compare import FORGETTING_FILE
+    from zhlora.analysis.report import write_report
+    from zhlora.analysis.results_io import load_forgetting
+
+    out_dir = layout.eval_dir(run_name)
+    forgetting = load_forgetting(out_dir / FORGETTING_FILE)
+    extra = []
+    if len(scales) > 1:
+        rows = scale_curve(layout, run_name, scales)
+        atomic_write_json(out_dir / "adapter_scales.json", {"provenance": provenance(), "rows": rows})
+        extra.append(scale_curve_section(rows, out_dir, confidence, language))
+    training_log = layout.run_dir(run_name) / "training_log.jsonl"
+    return write_report(out_dir, forgetting, base_dir=layout.eval_dir(BASELINE_NAME), tuned_dir=out_dir,
+                        training_log=training_log if training_log.is_file() else None, extra_sections=extra,
+                        language=language)
+
+
+def trial_status(layout: WorkLayout, trial_name: str, planned: str | None, records: dict[str, dict]) -> str:
+    """``complete``, ``complete (unverified)`` (no step record beside it), ``stale``, ``evaluating``, ``training`` or ``not started``."""
+    from zhlora.analysis.compare import FORGETTING_FILE
+
+    if (layout.eval_dir(trial_name) / FORGETTING_FILE).is_file():
+        record = records.get(f"compare.{trial_name}")
+        if record is None:
+            return "complete (unverified)"
+        return "complete" if record.get("fingerprint") == planned else "stale"
+    if (layout.eval_dir(trial_name)).is_dir():
+        return "evaluating"
+    if layout.run_dir(trial_name).is_dir():
+        return "training"
+    return "not started"
+
+
+def summarize_sweep(cfg: ExperimentConfig) -> dict:
+    """The state of every trial of ``cfg``'s grid in its work folder, with learning/forgetting of complete ones.
+
+    Reads only files (merged shards included); trials made with other settings are ``stale``
+    and left out of the charts.
+    """
+    from zhlora.analysis.compare import FORGETTING_FILE
+    from zhlora.analysis.results_io import load_forgetting
+
+    trials = sweep_trials(cfg)
+    layout, steps, _ = plan_sweep(cfg, trials)
+    planned = plan_fingerprints(steps)
+    records = read_records(layout)
+    rows = []
+    for trial in trials:
+        status = trial_status(layout, trial.name, planned.get(f"compare.{trial.name}"), records)
+        row = {**dataclasses.asdict(trial), "status": status}
+        if status.startswith("complete"):
+            row.update(tradeoff_numbers(load_forgetting(layout.eval_dir(trial.name) / FORGETTING_FILE)))
+        rows.append(row)
+    return {"schema_version": 1, "provenance": provenance(), "work_dir": str(layout.root), "run_name": cfg.run_name,
+            "grid": config_to_dict(cfg)["sweep"], "confidence": cfg.report.confidence, "trials": rows}
+
+
+def _heatmaps(summary: dict, done: list[dict], out_dir: Path, language: str) -> list[tuple[str, Path]]:
+    """Rank x alpha heatmaps of Chinese gain and English loss, one pair per dropout and replay ratio."""
+    from zhlora.analysis.charts import plot_heatmap
+
+    grid = summary["grid"]
+    charts = []
+    for dropout, replay in itertools.product(grid["lora_dropouts"], grid["replay_ratios"]):
+        cells = {(r["lora_rank"], r["lora_alpha"]): r for r in done
+                 if r["lora_dropout"] == dropout and r["replay_ratio"] == replay}
+        if not cells:
+            continue
+        suffix = f"dropout {number_tag(dropout)}" + (f", replay {number_tag(replay)}" if replay else "")
+        for key, title, sign in (("zh_delta_points", "Chinese gain (points)", 1), ("en_delta_points", "English loss (points)", -1)):
+            matrix = [[None if (cell := cells.get((rank, alpha))) is None or cell[key] is None else sign * cell[key]
+                       for alpha in grid["lora_alphas"]] for rank in grid["lora_ranks"]]
+            if all(v is None for row in matrix for v in row):
+                continue
+            name = f"heatmap_{key[:2]}_d{number_tag(dropout)}" + (f"_replay{number_tag(replay)}" if replay else "") + ".png"
+            path = plot_heatmap(matrix, [str(r) for r in grid["lora_ranks"]], [number_tag(a) for a in grid["lora_alphas"]],
+                                out_dir / name, title=f"{title}, {suffix}", row_title="LoRA rank",
+                                col_title="LoRA alpha", language=language)
+            charts.append((f"{title} by rank x alpha, {suffix}", path))
+    return charts
+
+
+def write_sweep_summary(summary: dict, out_dir: Path, language: str = "auto") -> Path:
+    """Write ``summary.json``, ``summary.md``, ``report.html`` and charts of a sweep; return the HTML path.
+
+    The trade-off scatter shows every complete trial (x: Chinese gain, y: English loss, both in
+    accuracy points) with its Pareto front; heatmaps show both by rank x alpha.
+    """
+    from zhlora.analysis.charts import pareto_front, plot_tradeoff_scatter
+    from zhlora.analysis.report import render_html, render_markdown
+    from zhlora.analysis.sections import Section, Table, charts_section
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = [row for row in summary["trials"] if row["status"].startswith("complete")]
+    plotted = [row for row in done if row["zh_delta_points"] is not None and row["en_delta_points"] is not None]
+    points = [(row["zh_delta_points"], -row["en_delta_points"]) for row in plotted]
+    front = {plotted[i]["name"] for i in pareto_front(points)}
+    charts = []
+    if plotted:
+        charts.append(("Learning vs forgetting of every complete trial (Pareto front joined)",
+                       plot_tradeoff_scatter(points, [row["name"].removeprefix(f"{summary['run_name']}-") for row in plotted],
+                                             out_dir / "tradeoff.png", language=language)))
+    charts += _heatmaps(summary, done, out_dir, language)
+    table = Table(
+        ["trial", "rank", "alpha", "dropout", "replay", *_tradeoff_headers(summary["confidence"]), "Pareto", "status"],
+        [[row["name"], str(row["lora_rank"]), number_tag(row["lora_alpha"]), number_tag(row["lora_dropout"]),
+          number_tag(row["replay_ratio"]),
+          *(_tradeoff_cells(row) if row["status"].startswith("complete") else ["—"] * 6),
+          "★" if row["name"] in front else "", row["status"]] for row in summary["trials"]],
+    )
+    intro = (f"{len(done)} of {len(summary['trials'])} trials complete in {summary['work_dir']}, each compared with the "
+             "same baseline. Chinese Δ / English Δ: mean accuracy change of C-Eval+CMMLU / MMLU+GSM8K in points with "
+             "paired-bootstrap intervals; PPL: relative perplexity change. ★ = on the Pareto front (no other trial "
+             "learns more Chinese while losing less English).")
+    trials_section = Section("Trials", f"## Trials\n\n{intro}\n\n{table.markdown()}",
+                             f'<h2 id="trials">Trials</h2>\n<p>{intro}</p>\n{table.html()}', "trials")
+    sections = [trials_section] + ([charts_section("Charts", charts, out_dir)] if charts else [])
+    title = f"zhlora sweep: {summary['run_name']}"
+    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_text(out_dir / "summary.md", render_markdown(title, sections))
+    return atomic_write_text(out_dir / "report.html", render_html(title, sections))
+
+
+# ---------------------------------------------------------------------------------------
+# What a work folder holds (zhlora ls runs)
+# ---------------------------------------------------------------------------------------
+def runs_overview(work_dir: str | os.PathLike) -> list[dict]:
+    """Every run and evaluation in a work folder: name, status and headline, from its files only.
+
+    Works for folders made by ``zhlora run``/``sweep`` and by the individual verbs alike.
+    """
+    from zhlora.training.checkpoint import list_checkpoints
+
+    layout = WorkLayout(root=Path(work_dir), data_dir=Path(work_dir) / "data")
+    if not layout.root.is_dir():
+        raise ZhloraError(f"{layout.root} is not a folder. Pass a work folder made by `zhlora run` (default: zhlora_work).")
+    names = sorted({p.name for p in (layout.root / "results").glob("*") if p.is_dir()}
+                   | {p.name for p in (layout.root / "evaluation_results").glob("*") if p.is_dir()})
+    rows = []
+    for name in names:
+        run_dir, eval_dir = layout.run_dir(name), layout.eval_dir(name)
+        row: dict[str, Any] = {"name": name, "headline": None}
+        if (eval_dir / "forgetting.json").is_file():
+            try:
+                row["headline"] = json.loads((eval_dir / "forgetting.json").read_text(encoding="utf-8"))["headline"]["text"]
+                row["status"] = "compared"
+            except (OSError, json.JSONDecodeError, KeyError, TypeError):
+                row["status"] = "compared (unreadable forgetting.json)"
+        elif (eval_dir / "results.json").is_file():
+            row["status"] = "evaluated"
+        elif eval_dir.is_dir():
+            row["status"] = "evaluation incomplete"
+        elif (run_dir / "manifest.json").is_file():
+            row["status"] = "trained, not evaluated"
+        elif run_dir.is_dir():
+            checkpoints = list_checkpoints(run_dir)
+            row["status"] = f"training (checkpoint-{checkpoints[-1][0]})" if checkpoints else "training, no checkpoint yet"
+        rows.append(row)
+    return rows

@@ -399,3 +399,49 @@ def plot_heatmap(
         ax.set_title(title, fontsize=11)
         canvas.figure.colorbar(image, ax=ax, shrink=0.8)
     return Path(out_png)
+
+
+def plot_adapter_scale_curve(rows: Sequence[dict], out_png: str | os.PathLike, *, language: str = "auto") -> Path:
+    """Learning and forgetting of one adapter evaluated at several scales of its update.
+
+    ``rows`` (one per scale, ascending) hold ``scale``, ``zh_delta_points``/``en_delta_points``
+    with ``*_ci_low_points``/``*_ci_high_points`` (accuracy change vs the base model, points)
+    and ``ppl_zh``/``ppl_en`` (relative perplexity change, 0.1 = +10%); None values are skipped.
+    Left panel: accuracy changes with CI bars; right panel: perplexity changes in percent.
+    """
+    colors = {"zh": TUNED_COLOR, "en": "#2c7fb8"}
+    with _canvas(out_png, language, (10.0, 4.0), ncols=2) as canvas:
+        lang, (acc_ax, ppl_ax) = canvas.language, canvas.axes
+        for side in ("zh", "en"):
+            label = labels.text("chinese" if side == "zh" else "english", lang)
+            points = [r for r in rows if r.get(f"{side}_delta_points") is not None]
+            if points:
+                values = np.array([r[f"{side}_delta_points"] for r in points])
+                low = np.array([r[f"{side}_ci_low_points"] for r in points])
+                high = np.array([r[f"{side}_ci_high_points"] for r in points])
+                acc_ax.errorbar(
+                    [r["scale"] for r in points],
+                    values,
+                    yerr=[values - low, high - values],
+                    marker="o",
+                    capsize=3,
+                    color=colors[side],
+                    label=label,
+                )
+            ppl = [r for r in rows if r.get(f"ppl_{side}") is not None]
+            if ppl:
+                ppl_ax.plot(
+                    [r["scale"] for r in ppl],
+                    [100.0 * r[f"ppl_{side}"] for r in ppl],
+                    marker="o",
+                    color=colors[side],
+                    label=label,
+                )
+        for ax, title in ((acc_ax, "scale_accuracy_title"), (ppl_ax, "scale_perplexity_title")):
+            ax.axhline(0.0, color=BASE_COLOR, linewidth=0.8)
+            ax.set_xlabel(labels.text("scale_axis", lang), fontsize=8)
+            ax.set_title(labels.text(title, lang), fontsize=10)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+    return Path(out_png)

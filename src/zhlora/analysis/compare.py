@@ -2,8 +2,9 @@
 
 :func:`build_forgetting` is the pure computation (results + predictions in, forgetting dict
 out); :func:`compare_results` reads the two folders and writes ``forgetting.json`` and
-``forgetting.md``. The statistics are in :mod:`zhlora.analysis.stats`; the schema of the
-output is documented in docs/architecture.md and the method in docs/analysis.md.
+``forgetting.md``. Pairing and refusal live in :mod:`~zhlora.analysis.pairing`, the numerics
+in :mod:`~zhlora.analysis.stats`, the summary sentence in :mod:`~zhlora.analysis.headline`.
+The output schema is in docs/architecture.md, the method in docs/analysis.md.
 """
 
 from __future__ import annotations
@@ -11,13 +12,20 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from zhlora.analysis import stats
-from zhlora.analysis.labels import benchmark_label
+from zhlora.analysis.headline import headline
+from zhlora.analysis.pairing import (
+    BENCHMARK_FIELDS_THAT_MUST_MATCH,
+    SETTINGS_THAT_MUST_MATCH,
+    PairedItems,
+    SettingsMismatchError,
+    check_comparable,
+    pair_predictions,
+)
 from zhlora.analysis.results_io import (
     ACCURACY_KINDS,
     RESULTS_FILE,
@@ -37,106 +45,12 @@ FORGETTING_FILE = "forgetting.json"
 FORGETTING_MD = "forgetting.md"
 # Also the reading order of benchmarks in tables and charts.
 LANGUAGE_OF = {"ceval": "zh", "cmmlu": "zh", "ppl_zh": "zh", "mmlu": "en", "gsm8k": "en", "ppl_en": "en"}
-HEADLINE_SIDES = {"zh": ("ceval", "cmmlu"), "en": ("mmlu", "gsm8k")}
-PERPLEXITY_OF_SIDE = {"zh": "ppl_zh", "en": "ppl_en"}
-# Settings that change prompts, items or scoring: they must be equal for a paired comparison.
-SETTINGS_THAT_MUST_MATCH = ("protocol", "shots", "limit", "subjects", "gsm8k_variant", "max_new_tokens")
-BENCHMARK_FIELDS_THAT_MUST_MATCH = (
-    "data_sha256",
-    "kind",
-    "spec_version",
-    "split",
-    "shots",
-    "protocol",
-    "variant",
-    "n",
-    "item_ids_sha256",
-    "n_documents",
-    "n_tokens",
-)
 
 
 def ordered_benchmarks(names) -> list[str]:
     """Benchmark names in reading order: Chinese, then English, then any others alphabetically."""
     known = list(LANGUAGE_OF)
     return sorted(names, key=lambda name: (known.index(name) if name in known else len(known), name))
-
-
-class SettingsMismatchError(ZhloraError):
-    """The two results were evaluated differently, so their items cannot be paired."""
-
-
-def settings_differences(base: dict, tuned: dict) -> list[str]:
-    """Every evaluation setting in which two results.json objects differ, as readable phrases."""
-    differences = []
-    for key in SETTINGS_THAT_MUST_MATCH:
-        if base["settings"].get(key) != tuned["settings"].get(key):
-            differences.append(
-                f"settings.{key} (base {base['settings'].get(key)!r}, tuned {tuned['settings'].get(key)!r})"
-            )
-    base_sha, tuned_sha = base["model"].get("base_sha256"), tuned["model"].get("base_sha256")
-    if base_sha and tuned_sha and base_sha != tuned_sha:
-        differences.append(f"the base model (sha256 {base_sha[:12]}… vs {tuned_sha[:12]}…)")
-    only_base = sorted(set(base["benchmarks"]) - set(tuned["benchmarks"]))
-    only_tuned = sorted(set(tuned["benchmarks"]) - set(base["benchmarks"]))
-    if only_base:
-        differences.append(f"benchmarks only in base: {', '.join(only_base)}")
-    if only_tuned:
-        differences.append(f"benchmarks only in tuned: {', '.join(only_tuned)}")
-    for name in sorted(set(base["benchmarks"]) & set(tuned["benchmarks"])):
-        b, t = base["benchmarks"][name], tuned["benchmarks"][name]
-        for key in BENCHMARK_FIELDS_THAT_MUST_MATCH:
-            if b.get(key) != t.get(key):
-                what = {"item_ids_sha256": "item set", "data_sha256": "data files (sha256)"}.get(key, key)
-                differences.append(f"{name}.{what} (base {_short(b.get(key))}, tuned {_short(t.get(key))})")
-    return differences
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 20 else text[:16] + "…'"
-
-
-def check_comparable(base: dict, tuned: dict, base_name: str, tuned_name: str) -> None:
-    """Raise :class:`SettingsMismatchError` naming every setting that differs."""
-    differences = settings_differences(base, tuned)
-    if differences:
-        raise SettingsMismatchError(
-            f"Refusing to compare {base_name} with {tuned_name}: they were evaluated with different settings, "
-            f"so their items cannot be paired. Differences: {'; '.join(differences)}. Re-evaluate both with the "
-            "same --benchmarks, --protocol, --shots, --limit, --subjects and --gsm8k_variant."
-        )
-
-
-@dataclass
-class PairedItems:
-    """Prediction rows of one benchmark from both models, aligned by item id (base file order)."""
-
-    base_rows: list[dict]
-    tuned_rows: list[dict]
-
-    @property
-    def base_correct(self) -> np.ndarray:
-        return np.array([row["correct"] for row in self.base_rows], dtype=bool)
-
-    @property
-    def tuned_correct(self) -> np.ndarray:
-        return np.array([row["correct"] for row in self.tuned_rows], dtype=bool)
-
-
-def pair_predictions(name: str, base_rows: Sequence[dict], tuned_rows: Sequence[dict]) -> PairedItems:
-    """Align two prediction files by item id; a different item set is a settings mismatch."""
-    tuned_by_id = {row["id"]: row for row in tuned_rows}
-    base_ids = {row["id"] for row in base_rows}
-    only_base = [row["id"] for row in base_rows if row["id"] not in tuned_by_id]
-    only_tuned = [row["id"] for row in tuned_rows if row["id"] not in base_ids]
-    if only_base or only_tuned:
-        example = (only_base or only_tuned)[0]
-        raise SettingsMismatchError(
-            f'The two evaluations of "{name}" scored different items ({len(only_base)} only in base, '
-            f"{len(only_tuned)} only in tuned, e.g. {example!r}). Re-evaluate both with the same data and flags."
-        )
-    return PairedItems(list(base_rows), [tuned_by_id[row["id"]] for row in base_rows])
 
 
 def accuracy_row(
@@ -298,79 +212,6 @@ def perplexity_row(
     )
     row["ci_low"], row["ci_high"] = stats.percentile_interval(samples, confidence)
     return row
-
-
-def headline(
-    paired_by_benchmark: dict[str, PairedItems],
-    perplexity: dict[str, dict],
-    *,
-    bootstrap_samples: int,
-    confidence: float,
-    seed: int,
-) -> dict:
-    """Chinese gain vs English loss: each side's mean change over its benchmarks, with a CI.
-
-    A side's change is the unweighted mean of its benchmarks' changes (C-Eval and CMMLU count
-    equally, MMLU and GSM8K count equally). Its CI comes from a stratified paired bootstrap:
-    each benchmark's items are resampled on their own and the replicate means are averaged.
-    """
-    result: dict = {}
-    for side, names in HEADLINE_SIDES.items():
-        present = [name for name in names if name in paired_by_benchmark]
-        entry: dict = {"benchmarks": present}
-        if present:
-            counts = {
-                n: stats.paired_counts(paired_by_benchmark[n].base_correct, paired_by_benchmark[n].tuned_correct)
-                for n in present
-            }
-            replicates = np.mean(
-                [
-                    stats.bootstrap_delta_samples(counts[n], bootstrap_samples, stats.stable_rng(seed, f"headline/{n}"))
-                    for n in present
-                ],
-                axis=0,
-            )
-            low, high = stats.percentile_interval(replicates, confidence)
-            entry.update(
-                delta_points=float(np.mean([counts[n].delta_points for n in present])),
-                ci_low_points=low,
-                ci_high_points=high,
-                per_benchmark={n: counts[n].delta_points for n in present},
-            )
-        ppl = perplexity.get(PERPLEXITY_OF_SIDE[side])
-        entry["perplexity_relative_change"] = ppl["relative_change"] if ppl else None
-        entry["perplexity_ci_low"] = ppl["ci_low"] if ppl else None
-        entry["perplexity_ci_high"] = ppl["ci_high"] if ppl else None
-        result["chinese" if side == "zh" else "english"] = entry
-    result["text"] = headline_sentence(result["chinese"], result["english"], confidence)
-    return result
-
-
-def _side_phrase(side: dict, language_name: str, confidence: float) -> str | None:
-    parts = []
-    if side.get("benchmarks"):
-        per = ", ".join(f"{benchmark_label(n)} {v:+.1f}" for n, v in side["per_benchmark"].items())
-        parts.append(
-            f"{language_name} accuracy changed by {side['delta_points']:+.1f} points "
-            f"({confidence:.0%} CI {side['ci_low_points']:+.1f} to {side['ci_high_points']:+.1f}; {per})"
-        )
-    if side.get("perplexity_relative_change") is not None:
-        interval = ""
-        if side.get("perplexity_ci_low") is not None:
-            interval = f" (CI {100 * side['perplexity_ci_low']:+.1f}% to {100 * side['perplexity_ci_high']:+.1f}%)"
-        parts.append(f"{language_name} perplexity by {100 * side['perplexity_relative_change']:+.1f}%{interval}")
-    return " and ".join(parts) if parts else None
-
-
-def headline_sentence(chinese: dict, english: dict, confidence: float) -> str:
-    """The one-sentence summary: Chinese gain, then English loss, each with its uncertainty."""
-    zh = _side_phrase(chinese, "Chinese", confidence)
-    en = _side_phrase(english, "English", confidence)
-    if zh and en:
-        return f"After LoRA fine-tuning, {zh}, while {en}."
-    if zh or en:
-        return f"After LoRA fine-tuning, {zh or en}."
-    return "The two evaluations share no accuracy or perplexity benchmark to compare."
 
 
 def flipped_items(paired: PairedItems, questions: dict[str, dict]) -> dict[str, list[dict]]:

@@ -47,6 +47,14 @@ _TEXT = {
     "learning_axis": ("Chinese gain (points)", "中文提升（百分点）"),
     "forgetting_axis": ("English loss (points)", "英文损失（百分点）"),
     "pareto": ("Pareto front", "帕累托前沿"),
+    "scale_axis": (
+        "Adapter scale (0 = base model, 1 = trained adapter)",
+        "适配器缩放（0 = 基座模型，1 = 训练所得适配器）",
+    ),
+    "scale_accuracy_title": ("Accuracy change vs base (points, CI)", "相对基座的准确率变化（百分点，置信区间）"),
+    "scale_perplexity_title": ("Perplexity change vs base (%)", "相对基座的困惑度变化（%）"),
+    "chinese": ("Chinese", "中文"),
+    "english": ("English", "英文"),
 }
 
 CATEGORY_ZH = {

@@ -121,19 +121,6 @@ def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, 
     return float(low), float(high)
 
 
-def paired_bootstrap_ci(
-    base_correct: Sequence[bool],
-    tuned_correct: Sequence[bool],
-    *,
-    n_resamples: int,
-    confidence: float,
-    rng: np.random.Generator,
-) -> tuple[float, float]:
-    """Percentile CI (points) of tuned minus base accuracy, resampling items with replacement."""
-    samples = bootstrap_delta_samples(paired_counts(base_correct, tuned_correct), n_resamples, rng)
-    return percentile_interval(samples, confidence)
-
-
 def verdict(delta: float, p_adjusted: float, significance: float) -> str:
     """ "improved" / "forgot" when the Holm-adjusted p is below ``significance``, else no change."""
     if p_adjusted < significance and delta > 0:

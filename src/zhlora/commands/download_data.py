@@ -34,17 +34,19 @@ def main(args: argparse.Namespace) -> int:
     for noisy in ("httpx", "httpx2"):  # one INFO line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     data = config_from_args(args).data
+    names = resolve_datasets(data.datasets, data.replay_ratio)
     manifest = download_data(
         data.data_dir,
         source=data.source,
-        datasets=resolve_datasets(data.datasets, data.replay_ratio),
+        datasets=names,
         belle_dataset=data.belle_dataset,
         belle_sample_size=data.belle_sample_size,
         belle_heldout_size=data.belle_heldout_size,
         seed=data.data_seed,
         force=args.force,
     )
-    for name, entry in manifest["sources"].items():
+    for name in names:
+        entry = manifest["sources"][name]
         counts = ", ".join(f"{split} {info['rows']:,}" for split, info in entry["splits"].items())
         print(f"{data.data_dir}/{name}: {counts}  ({entry['request']['source']})")
     return 0

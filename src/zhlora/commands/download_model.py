@@ -16,8 +16,6 @@ import logging
 
 from zhlora.config import add_config_flags, config_from_args
 
-logger = logging.getLogger(__name__)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags: the model group (``--model_name_or_path``, ``--model_source``, ``--revision``, ...)."""

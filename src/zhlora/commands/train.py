@@ -53,6 +53,7 @@ class TrainOutcome:
     output_dir: Path
     step: int = 0
     last_loss: float | None = None
+    is_main_process: bool = True  # False on the other processes of a distributed launch (they print nothing)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -60,6 +61,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     output_dir = Path(args.output_dir or Path("results") / cfg.run_name)
     outcome = run(cfg, Path(args.model_path), Path(args.dataset_path), output_dir, resume=args.resume, overwrite=args.overwrite)
+    if not outcome.is_main_process:
+        return 130 if outcome.status == "interrupted" else 0
     if outcome.status == "complete":
         print(f"{output_dir} already holds this run's adapter; nothing to do (pass --overwrite to train again).")
     elif outcome.status == "interrupted":
@@ -158,7 +161,7 @@ def run(
     # --- the run folder: fresh, resume or already complete ----------------------------------
     start = outputs.decide_start(output_dir, fingerprint, resume=resume, overwrite=overwrite)
     if start.kind == "complete":
-        return TrainOutcome("complete", output_dir)
+        return TrainOutcome("complete", output_dir, is_main_process=accelerator.is_main_process)
     if accelerator.is_main_process:
         if overwrite:
             outputs.clear_run_artefacts(output_dir)
@@ -237,7 +240,7 @@ def run(
     )
     if result.status == "interrupted":
         accelerator.end_training()
-        return TrainOutcome("interrupted", output_dir, result.step, result.last_loss)
+        return TrainOutcome("interrupted", output_dir, result.step, result.last_loss, accelerator.is_main_process)
 
     # --- the adapter, curve and manifest (written last: it marks the run complete) ----------
     _write_final_adapter(accelerator, model, output_dir, initial_adapter if lora.is_mutating_init(init_weights) else None)
@@ -247,7 +250,7 @@ def run(
             len(bins), trainable, total, start_step, accelerator.num_processes, _attention_implementation(),
         )
     accelerator.end_training()  # closes the trackers and the process group: last
-    return TrainOutcome(result.status, output_dir, result.step, result.last_loss)
+    return TrainOutcome(result.status, output_dir, result.step, result.last_loss, accelerator.is_main_process)
 
 
 def _write_final_adapter(accelerator, model, output_dir: Path, initial_adapter: Path | None) -> None:
@@ -287,7 +290,7 @@ def _write_report_files(
         "dataset": {
             "path": str(dataset_path), "sha256": data_sha, "rows": len(rows), "tokens": int(rows.lengths.sum()),
             "scored_tokens": int(rows.scored_tokens_per_row().sum()),
-            "tokenizer": {k: meta.get("tokenizer", meta).get(k) for k in ("name_or_path", "vocab_size", "vocab_sha256")},
+            "tokenizer": {k: (meta.get("tokenizer") or {}).get(k) for k in ("name_or_path", "vocab_size", "vocab_sha256")},
         },
         "adapter": {
             "file": ADAPTER_WEIGHTS_NAME, "sha256": sha256_file(output_dir / ADAPTER_WEIGHTS_NAME),

@@ -194,6 +194,44 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     return rows
 
 
+def _input_files(data_dir: Path, replay_ratio: float) -> dict[str, Path]:
+    """The normalized files preprocessing reads; a missing one names the command that writes it."""
+    inputs = {"belle_train": data_dir / "belle" / "train.jsonl", "belle_heldout": data_dir / "belle" / "heldout.jsonl"}
+    if replay_ratio > 0:
+        inputs["alpaca_train"] = data_dir / "alpaca" / "train.jsonl"
+    for key, path in inputs.items():
+        if path.is_file():
+            continue
+        if key == "alpaca_train":
+            raise DataError(
+                f"{path} does not exist. --replay_ratio needs English instructions: run `zhlora download-data "
+                f"--data_dir {data_dir} --datasets alpaca` (add --source sample to use the bundled sample)."
+            )
+        raise DataError(
+            f"{path} does not exist. Run `zhlora download-data --data_dir {data_dir}` first "
+            "(add --source sample to try the bundled samples)."
+        )
+    return inputs
+
+
+def mix_replay(
+    chinese: list[dict[str, str]], english: list[dict[str, str]], replay_ratio: float, seed: int
+) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Mix ``replay_count`` English rows (drawn with ``seed``) into ``chinese`` and shuffle the mix.
+
+    Returns the mixed rows and ``{ratio, requested, used}`` (``used`` < ``requested`` when
+    there are not enough English rows).
+    """
+    requested = replay_count(replay_ratio, len(chinese))
+    if requested > len(english):
+        logger.warning("replay: %d English rows wanted, only %d available; using all", requested, len(english))
+    rng = random.Random(seed)
+    chosen = rng.sample(english, min(requested, len(english)))
+    mixed = chinese + chosen
+    rng.shuffle(mixed)
+    return mixed, {"ratio": replay_ratio, "requested": requested, "used": len(chosen)}
+
+
 def _save_dataset(columns: dict[str, list], path: Path) -> None:
     from datasets import Dataset, Features, List, Value
 
@@ -201,6 +239,24 @@ def _save_dataset(columns: dict[str, list], path: Path) -> None:
         {"input_ids": List(Value("int32")), "labels": List(Value("int32")), "length": Value("int32")}
     )
     Dataset.from_dict(columns, features=features).save_to_disk(str(path))
+
+
+def _write_outputs(output_dir: Path, datasets: dict[str, dict[str, list]], stats: dict, meta: dict) -> None:
+    """Save the datasets, then stats.json, then meta.json (the completion marker)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / META_NAME).unlink(missing_ok=True)  # incomplete until meta.json is back
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=output_dir))
+    try:
+        for dirname, columns in datasets.items():
+            _save_dataset(columns, staging / dirname)
+            final = output_dir / dirname
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging / dirname, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    atomic_write_json(output_dir / STATS_NAME, stats)
+    atomic_write_json(output_dir / META_NAME, meta)
 
 
 def preprocess_data(
@@ -220,24 +276,11 @@ def preprocess_data(
     marks the output complete; a complete output made from the same inputs and settings is
     reused, one made differently raises unless ``force`` is set.
     """
+    if overlong not in ("drop", "truncate"):
+        raise ZhloraError(f'overlong must be "drop" or "truncate", got "{overlong}".')
+    render_prompt(template, "", "")  # an unknown template fails here, before any work
     data_dir, output_dir = Path(data_dir), Path(output_dir)
-    download_hint = (
-        f"Run `zhlora download-data --data_dir {data_dir}` first (add --source sample to try the bundled samples)."
-    )
-    inputs = {
-        "belle_train": data_dir / "belle" / "train.jsonl",
-        "belle_heldout": data_dir / "belle" / "heldout.jsonl",
-    }
-    if replay_ratio > 0:
-        inputs["alpaca_train"] = data_dir / "alpaca" / "train.jsonl"
-    hints = {
-        "alpaca_train": f"--replay_ratio needs English instructions: run `zhlora download-data --data_dir {data_dir} "
-        "--datasets alpaca` (add --source sample to use the bundled sample).",
-    }
-    for key, path in inputs.items():
-        if not path.is_file():
-            raise DataError(f"{path} does not exist. {hints.get(key, download_hint)}")
-
+    inputs = _input_files(data_dir, replay_ratio)
     request = {
         "tokenizer": tokenizer_identity(tokenizer),
         "template": template,
@@ -249,8 +292,7 @@ def preprocess_data(
     }
     meta_path = output_dir / META_NAME
     if meta_path.is_file() and not force:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("request") == request:
+        if json.loads(meta_path.read_text(encoding="utf-8")).get("request") == request:
             logger.info("%s is complete for these inputs and settings; skipping (--force redoes it)", output_dir)
             return json.loads((output_dir / STATS_NAME).read_text(encoding="utf-8"))
         raise ZhloraError(
@@ -259,22 +301,13 @@ def preprocess_data(
         )
 
     belle_train = _read_rows(inputs["belle_train"])
-    heldout = _read_rows(inputs["belle_heldout"])
-    train_rows = list(belle_train)
-    replay = {"ratio": replay_ratio, "requested": 0, "used": 0}
+    train_rows, replay = belle_train, {"ratio": replay_ratio, "requested": 0, "used": 0}
     if replay_ratio > 0:
-        alpaca = _read_rows(inputs["alpaca_train"])
-        replay["requested"] = replay_count(replay_ratio, len(belle_train))
-        rng = random.Random(seed)
-        if replay["requested"] > len(alpaca):
-            logger.warning("replay: %d English rows wanted, only %d available; using all", replay["requested"], len(alpaca))
-        chosen = rng.sample(alpaca, min(replay["requested"], len(alpaca)))
-        replay["used"] = len(chosen)
-        train_rows += chosen
-        rng.shuffle(train_rows)
-
+        train_rows, replay = mix_replay(belle_train, _read_rows(inputs["alpaca_train"]), replay_ratio, seed)
     train_columns, train_counts = tokenize_rows(tokenizer, train_rows, template, max_seq_length, overlong)
-    eval_columns, eval_counts = tokenize_rows(tokenizer, heldout, template, max_seq_length, overlong)
+    eval_columns, eval_counts = tokenize_rows(
+        tokenizer, _read_rows(inputs["belle_heldout"]), template, max_seq_length, overlong
+    )
     for name, counts in (("train", train_counts), ("eval", eval_counts)):
         logger.info(
             "%s: %d rows in, %d out, dropped %s, truncated %d (%s rows/s)",
@@ -294,20 +327,6 @@ def preprocess_data(
         "tokens_per_chinese_char": tokens_per_chinese_char(tokenizer, texts),
         "tokens_per_chinese_char_rows": len(texts),
     }
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)  # the output is incomplete until meta.json is back
-    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=output_dir))
-    try:
-        for dirname, columns in ((TRAIN_DIRNAME, train_columns), (EVAL_DIRNAME, eval_columns)):
-            _save_dataset(columns, staging / dirname)
-            final = output_dir / dirname
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging / dirname, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    atomic_write_json(output_dir / STATS_NAME, stats)
     meta = {
         "schema_version": 1,
         "request": request,
@@ -318,5 +337,5 @@ def preprocess_data(
         "data_dir": str(data_dir),
         "provenance": provenance(),
     }
-    atomic_write_json(meta_path, meta)
+    _write_outputs(output_dir, {TRAIN_DIRNAME: train_columns, EVAL_DIRNAME: eval_columns}, stats, meta)
     return stats

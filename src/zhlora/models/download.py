@@ -153,8 +153,10 @@ def _fill_from_hub(repo_id: str, staging: Path, revision: str | None, token: str
     except failures as exc:
         raise _hub_error(repo_id, revision, exc) from None
     for leftover in staging.iterdir():  # client metadata, or files of an earlier interrupted download
-        if leftover.name not in names:
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        if leftover.is_dir() and leftover.name not in names:
+            shutil.rmtree(leftover)
+        elif leftover.name not in names:
+            leftover.unlink()
     expected = {name: s.lfs.sha256 for name, s in siblings.items() if name in names and getattr(s, "lfs", None)}
     return info.sha, expected
 

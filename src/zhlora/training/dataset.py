@@ -122,18 +122,13 @@ def read_processed_meta(dataset_path: str | Path) -> tuple[dict, Path]:
     return meta, meta_path
 
 
-def vocab_sha256(tokenizer) -> str:
-    """sha256 of the tokenizer's vocabulary: ``"<id>\\t<token>\\n"`` lines in id order, UTF-8."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    text = "".join(f"{index}\t{token}\n" for token, index in vocab)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def check_tokenizer_matches(meta: dict, meta_path: Path, tokenizer, model_path: str | Path) -> None:
     """Raise a DataError unless the processed data was tokenized with ``tokenizer``."""
-    recorded = {key: meta.get("tokenizer", meta).get(key) for key in ("vocab_size", "vocab_sha256", "name_or_path")}
+    from zhlora.data.preprocess import vocab_sha256
+
+    recorded = {key: (meta.get("tokenizer") or {}).get(key) for key in ("vocab_size", "vocab_sha256", "name_or_path")}
     if recorded["vocab_size"] is None and recorded["vocab_sha256"] is None:
-        raise DataError(f"{meta_path} records no tokenizer vocab_size / vocab_sha256. Rerun `zhlora preprocess`.")
+        raise DataError(f"{meta_path} records no tokenizer (vocab_size, vocab_sha256). Rerun `zhlora preprocess`.")
     actual_size, actual_sha = len(tokenizer), vocab_sha256(tokenizer)
     if (recorded["vocab_size"] is not None and int(recorded["vocab_size"]) != actual_size) or (
         recorded["vocab_sha256"] is not None and recorded["vocab_sha256"] != actual_sha

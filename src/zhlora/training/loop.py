@@ -96,11 +96,12 @@ def attention_layout(attn_implementation: str) -> str:
     raise ValueError(f"unsupported attention implementation {attn_implementation!r} for packed training")
 
 
-def packed_forward(model, batch: PackedBatch, layout: str, mask_dtype: torch.dtype, device) -> tuple[torch.Tensor, int]:
-    """Summed token loss and scored-token count of one packed micro-batch.
+def packed_inputs(batch: PackedBatch, layout: str, mask_dtype: torch.dtype, device) -> dict:
+    """Model keyword arguments for one packed micro-batch.
 
-    ``varlen`` expects a flattened batch (one row) whose ``position_ids`` resets mark the
-    rows; ``sdpa`` gets a boolean and ``eager`` an additive block-diagonal causal mask.
+    ``varlen`` expects a flattened batch (one row) whose ``position_ids`` resets mark the rows;
+    ``sdpa`` gets a boolean and ``eager`` an additive block-diagonal causal mask, which
+    transformers passes to the attention layers unchanged (a 4-D mask is taken as prepared).
     """
     inputs = {
         "input_ids": batch.input_ids.to(device),
@@ -110,7 +111,12 @@ def packed_forward(model, batch: PackedBatch, layout: str, mask_dtype: torch.dty
     if layout != "varlen":
         segment_ids = batch.segment_ids.to(device)
         inputs["attention_mask"] = block_causal_mask(segment_ids, None if layout == "sdpa" else mask_dtype)
-    logits = model(**inputs).logits
+    return inputs
+
+
+def packed_forward(model, batch: PackedBatch, layout: str, mask_dtype: torch.dtype, device) -> tuple[torch.Tensor, int]:
+    """Summed token loss and scored-token count of one packed micro-batch (see :func:`packed_inputs`)."""
+    logits = model(**packed_inputs(batch, layout, mask_dtype, device)).logits
     return token_loss_sum(logits, batch.targets.to(device))
 
 

@@ -1,0 +1,102 @@
+"""The files of ``evaluation_results/<name>/``: results.json, predictions, results.md, timings.json.
+
+``results.json`` (schema in docs/architecture.md) is deterministic: it holds no wall-clock
+time, so an evaluation resumed after a kill ends with a byte-identical file. Wall-clock
+timings and the creation time go to ``timings.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from zhlora.evaluation.runner import BenchmarkResult
+from zhlora.io_utils import atomic_write_json, atomic_write_jsonl, atomic_write_text, provenance, utc_now
+
+SCHEMA_VERSION = 1
+RESULT_FILES = ("results.json", "results.md", "timings.json")
+PREDICTIONS_DIRNAME = "predictions"
+
+
+def build_results(model: Mapping, settings: Mapping, benchmarks: Mapping[str, BenchmarkResult]) -> dict:
+    """The ``results.json`` object: identity of model and settings, and every benchmark's scores."""
+    origin = provenance()
+    origin.pop("created_at")  # in timings.json: results.json must not change when nothing else did
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "provenance": origin,
+        "model": dict(model),
+        "settings": dict(settings),
+        "benchmarks": {
+            name: {**result.summary, "predictions_file": f"{PREDICTIONS_DIRNAME}/{name}.jsonl"}
+            for name, result in benchmarks.items()
+        },
+    }
+
+
+def build_timings(benchmarks: Mapping[str, BenchmarkResult], total_seconds: float) -> dict:
+    """Wall-clock seconds of this process (units restored from the resume cache cost ~0 s)."""
+    return {
+        "created_at": utc_now(),
+        "total_seconds": round(total_seconds, 3),
+        "benchmarks": {
+            name: {"seconds": round(result.seconds, 3), "items": len(result.predictions),
+                   "items_per_second": round(len(result.predictions) / result.seconds, 3) if result.seconds > 0 else None}
+            for name, result in benchmarks.items()
+        },
+    }
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def results_markdown(results: Mapping) -> str:
+    """A Markdown summary of one ``results.json``: headline table, categories, subjects."""
+    model = results["model"]
+    lines = ["# Evaluation results", ""]
+    lines.append(f"- base model: `{model['base_path']}` (sha256 `{(model.get('base_sha256') or 'n/a')[:12]}`)")
+    if model.get("adapter_path"):
+        lines.append(f"- LoRA adapter: `{model['adapter_path']}` (sha256 `{model['adapter_sha256'][:12]}`), "
+                     f"scale {model['adapter_scale']:g}")
+        check = model.get("adapter_check") or {}
+        lines.append(f"- adapter check: {'ok' if check.get('ok') else '**FAILED**'} — {check.get('message', '')}")
+    settings = results["settings"]
+    lines.append(f"- protocol {settings.get('protocol')}, shots {settings.get('shots')}, limit {settings.get('limit')}")
+    lines += ["", "| benchmark | kind | shots | n | accuracy (micro) | accuracy (macro) | loss (nats/token) | perplexity |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, entry in results["benchmarks"].items():
+        if entry["kind"] == "perplexity":
+            lines.append(f"| {name} | perplexity | – | {entry['n_documents']} docs, {entry['n_tokens']} tokens | – | – | "
+                         f"{entry['loss']:.4f} | {entry['perplexity']:.3f} |")
+        else:
+            macro = _pct(entry["accuracy_macro"]) if "accuracy_macro" in entry else "–"
+            extra = f" (flexible {_pct(entry['exact_match_flexible'])})" if entry["kind"] == "generate" else ""
+            lines.append(f"| {name} | {entry.get('variant', entry['protocol'])} | {entry['shots']} | {entry['n']} | "
+                         f"{_pct(entry['accuracy_micro'])}{extra} | {macro} | – | – |")
+    for name, entry in results["benchmarks"].items():
+        if entry["kind"] != "multiple_choice":
+            continue
+        lines += ["", f"## {name}: categories", "", "| category | n | micro | macro |", "|---|---|---|---|"]
+        for category, scores in entry["categories"].items():
+            lines.append(f"| {category} | {scores['n']} | {_pct(scores['accuracy_micro'])} | {_pct(scores['accuracy_macro'])} |")
+        lines += ["", "<details><summary>subjects</summary>", "", "| subject | 中文 | n | accuracy |", "|---|---|---|---|"]
+        for subject, scores in entry["subjects"].items():
+            lines.append(f"| {subject} | {scores.get('name_zh') or ''} | {scores['n']} | {_pct(scores['accuracy'])} |")
+        lines += ["", "</details>"]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(results_dir: Path, results: Mapping, benchmarks: Mapping[str, BenchmarkResult], timings: Mapping) -> list[Path]:
+    """Write predictions, ``results.json``, ``results.md`` and ``timings.json`` atomically; return the paths."""
+    results_dir = Path(results_dir)
+    written = []
+    for name, result in benchmarks.items():
+        path = results_dir / PREDICTIONS_DIRNAME / f"{name}.jsonl"
+        atomic_write_jsonl(path, result.predictions)
+        written.append(path)
+    written.append(atomic_write_json(results_dir / "results.json", results))
+    written.append(atomic_write_text(results_dir / "results.md", results_markdown(results)))
+    written.append(atomic_write_json(results_dir / "timings.json", timings))
+    return written
