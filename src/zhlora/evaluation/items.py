@@ -41,7 +41,8 @@ class BenchmarkItems:
     ``groups`` maps a subject (multiple choice) or ``"all"`` to the scored items in file order;
     ``fewshot`` maps the same keys to the few-shot pool; ``shots`` is how many shots each item
     gets; ``subjects`` is the subject table (empty for benchmarks without one);
-    ``files_sha256`` maps ``<source>/<split>.jsonl`` to its sha256.
+    ``files_sha256`` maps ``<source>/<split>.jsonl`` to its sha256; ``available_subjects`` are
+    the subjects in the data file before any ``subjects`` filter.
     """
 
     spec: Spec
@@ -50,6 +51,7 @@ class BenchmarkItems:
     fewshot: dict[str, list] = field(default_factory=dict)
     subjects: dict[str, SubjectInfo] = field(default_factory=dict)
     files_sha256: dict[str, str] = field(default_factory=dict)
+    available_subjects: tuple[str, ...] = ()
 
     @property
     def n_items(self) -> int:
@@ -101,6 +103,7 @@ def _by_subject(questions: list[ChoiceQuestion]) -> dict[str, list[ChoiceQuestio
 def _load_choice(data_dir: Path, spec: ChoiceSpec, subjects: Sequence[str] | None, limit: int | None, shots: int) -> BenchmarkItems:
     eval_path = _data_file(data_dir, spec.source, spec.eval_split)
     groups = _by_subject(_questions(eval_path))
+    available = tuple(groups)
     if subjects is not None:
         groups = {s: items for s, items in groups.items() if s in subjects}
     groups = {s: items[:limit] for s, items in groups.items()}
@@ -117,7 +120,8 @@ def _load_choice(data_dir: Path, spec: ChoiceSpec, subjects: Sequence[str] | Non
                     f"than --shots {shots}. Pass a smaller --shots, or re-download the data with --force."
                 )
     table = subject_table(spec.source) if spec.source in CATEGORIZED_BENCHMARKS else {}
-    return BenchmarkItems(spec=spec, groups=groups, shots=shots, fewshot=fewshot, subjects=table, files_sha256=files)
+    return BenchmarkItems(spec=spec, groups=groups, shots=shots, fewshot=fewshot, subjects=table, files_sha256=files,
+                          available_subjects=available)
 
 
 def _load_generate(data_dir: Path, spec: GenerateSpec, limit: int | None) -> BenchmarkItems:
