@@ -58,7 +58,7 @@ def run_command(verb: str, argv: list[str], prog: str | None = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):  # one line per HTTP request otherwise
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock"):  # one line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(module.main(args) or 0)

@@ -12,7 +12,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import logging
 
 from zhlora.config import add_config_flags, config_from_args
 
@@ -28,8 +27,6 @@ def main(args: argparse.Namespace) -> int:
     """Download (or build) the model; the hub token comes from HF_TOKEN or the saved login."""
     from zhlora.modeling import download_model, read_manifest
 
-    for noisy in ("httpx", "httpx2"):  # one INFO line per HTTP request otherwise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     model = config_from_args(args).model
     folder = download_model(
         model.model_name_or_path,

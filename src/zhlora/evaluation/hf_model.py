@@ -247,7 +247,7 @@ class HFEvalModel:
         budget = self.max_length - max_new_tokens
         if budget <= 0:
             raise ZhloraError(f"--max_new_tokens {max_new_tokens} leaves no room for a prompt in the {self.max_length}-token window.")
-        encoded = [ids[-budget:] for ids in self.tokenizer(list(prompts))["input_ids"]]
+        encoded = [ids[-budget:] for ids in self.tokenizer(list(prompts), verbose=False)["input_ids"]]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         outputs: dict[int, str] = {}
 

@@ -49,7 +49,8 @@ class ScoredSequence:
 
 
 def _encode(tokenizer, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
-    return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+    # verbose=False: long few-shot prompts are expected; the engine truncates them itself.
+    return tokenizer(texts, add_special_tokens=add_special_tokens, verbose=False)["input_ids"]
 
 
 def encode_choice(tokenizer, request: ChoiceRequest) -> EncodedChoice:

@@ -62,7 +62,8 @@ def results_markdown(results: Mapping) -> str:
         check = model.get("adapter_check") or {}
         lines.append(f"- adapter check: {'ok' if check.get('ok') else '**FAILED**'} — {check.get('message', '')}")
     settings = results["settings"]
-    lines.append(f"- protocol {settings.get('protocol')}, shots {settings.get('shots')}, limit {settings.get('limit')}")
+    lines.append(f"- protocol {settings.get('protocol')}, items per subject limited to {settings.get('limit')}"
+                 if settings.get("limit") else f"- protocol {settings.get('protocol')}, all items")
     lines += ["", "| benchmark | kind | shots | n | accuracy (micro) | accuracy (macro) | loss (nats/token) | perplexity |",
               "|---|---|---|---|---|---|---|---|"]
     for name, entry in results["benchmarks"].items():

@@ -106,7 +106,7 @@ def choice_requests(tokenizer, bench: BenchmarkItems, subject: str, questions: S
 def _choice_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit) -> list[dict]:
     requests = choice_requests(engine.tokenizer, bench, unit.key, unit.items)
     encoded = [encode_choice(engine.tokenizer, request) for request in requests]
-    prefix_ids = engine.tokenizer(requests[0].prompt.prefix)["input_ids"] if requests else None
+    prefix_ids = engine.tokenizer(requests[0].prompt.prefix, verbose=False)["input_ids"] if requests else None
     loglikelihoods = engine.choice_loglikelihoods(encoded, prefix_ids)
     letters = bench.spec.choices
     rows = []
