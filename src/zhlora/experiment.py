@@ -400,13 +400,14 @@ def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
     for scale in scales:
         name = scale_results_name(run, scale)
         steps.append(_evaluate_step(cfg, layout, name, run_name=run, scale=scale))
+        # forgetting.json is computed from the two results alone (``zhlora evaluate`` of an adapter may
+        # already have written it beside them), so this step always replaces it.
         steps.append(Step(
             id=f"compare.{name}", settings=_pick(raw["report"], COMPARE_FIELDS),
             inputs=(f"evaluate.{BASELINE_NAME}", f"evaluate.{name}"),
             stamp=_file_stamp(layout.eval_dir(name) / "forgetting.json"), verb="compare",
             argv=(str(layout.eval_dir(BASELINE_NAME)), str(layout.eval_dir(name)), "--config", config_file,
-                  "--data_dir", str(layout.data_dir), "--no-report"),
-            redo_flags=("--overwrite",),
+                  "--data_dir", str(layout.data_dir), "--no-report", "--overwrite"),
         ))
         compare_ids.append(f"compare.{name}")
     report_dir = layout.eval_dir(run)

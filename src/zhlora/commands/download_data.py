@@ -12,7 +12,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import logging
 
 from zhlora.config import add_config_flags, config_from_args
 
@@ -31,8 +30,6 @@ def main(args: argparse.Namespace) -> int:
     """Fetch every named source (hub token from HF_TOKEN or the saved login) and print the row counts."""
     from zhlora.data.sources import download_data, resolve_datasets
 
-    for noisy in ("httpx", "httpx2"):  # one INFO line per HTTP request otherwise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     data = config_from_args(args).data
     names = resolve_datasets(data.datasets, data.replay_ratio)
     manifest = download_data(

@@ -268,4 +268,4 @@ def _compare_with_baseline(args: argparse.Namespace, cfg, results_dir: Path) -> 
         baseline, results_dir, results_dir, bootstrap_samples=report.bootstrap_samples, confidence=report.confidence,
         significance=report.significance, seed=report.stats_seed, data_dir=args.data_dir, overwrite=True,
     )
-    print(f"  forgetting: {forgetting.get('headline', '')} ({results_dir / 'forgetting.md'})")
+    print(f"  forgetting: {forgetting['headline']['text']} ({results_dir / 'forgetting.md'})")
