@@ -35,3 +35,13 @@ def sample_data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample_data") / "data"
     download_data(out, source="sample", belle_sample_size=200)
     return out
+
+
+@pytest.fixture(scope="session")
+def shared_eval_data(shared_data, tmp_path_factory) -> Path:
+    """``download-data --source local:../shared/data`` of the benchmark sources (real items), built once."""
+    from zhlora.data.sources import download_data
+
+    out = tmp_path_factory.mktemp("shared_eval_data") / "data"
+    download_data(out, source=f"local:{shared_data}", datasets=["ceval", "cmmlu", "mmlu", "gsm8k", "english_text"])
+    return out

@@ -174,6 +174,9 @@ class TrainConfig:
         metadata=_help("Allowed English loss, e.g. 'acc:2' (points of probe accuracy) or 'ppl:5%' (perplexity rise)."),
     )
     budget_action: str = field(default="stop", metadata=_help("When the budget is exceeded: stop or mark."))
+    probe_limit: int | None = field(
+        default=None, metadata=_help("At most N items per forgetting probe (default: 96 MMLU, 48 C-Eval/CMMLU, 64 zh rows, ...).")
+    )
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -185,6 +188,19 @@ class TrainConfig:
             raise ConfigError(f"--max_steps must be a positive number of steps or -1, got {self.max_steps}.")
         if self.lr_scheduler_type not in ("cosine", "linear", "constant"):
             raise ConfigError(f'--lr_scheduler_type must be cosine, linear or constant, got "{self.lr_scheduler_type}".')
+        if self.monitor_every < 0:
+            raise ConfigError(f"--monitor_every must be >= 0 (0 turns the probes off), got {self.monitor_every}.")
+        if self.probe_limit is not None and self.probe_limit <= 0:
+            raise ConfigError(f"--probe_limit must be a positive number of items, got {self.probe_limit}.")
+        if self.forgetting_budget:
+            from zhlora.monitoring.budget import parse_budget
+
+            parse_budget(self.forgetting_budget)
+            if not self.monitor_every:
+                raise ConfigError(
+                    f"--forgetting_budget {self.forgetting_budget} is checked by the forgetting probes: add "
+                    "--monitor_every N (probe every N optimizer steps, e.g. 50)."
+                )
         if self.budget_action not in ("stop", "mark"):
             raise ConfigError(f'--budget_action must be "stop" or "mark", got "{self.budget_action}".')
 

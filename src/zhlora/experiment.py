@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from zhlora.config import ExperimentConfig, config_to_dict, dump_config_yaml
-from zhlora.errors import ConfigError, ZhloraError
+from zhlora.errors import ConfigError, DataError, ZhloraError
 from zhlora.io_utils import atomic_write_json, atomic_write_text, dumps_json, provenance, sha256_file, utc_now
 
 logger = logging.getLogger(__name__)
@@ -355,7 +355,9 @@ def _evaluate_step(
     config_run = run_name or cfg.run_name
     argv = ["--config", str(layout.config_file(config_run)), "--model_path", str(layout.base_model),
             "--data_dir", str(layout.data_dir), "--results_dir", str(layout.eval_dir(name))]
-    if run_name is not None:
+    if run_name is None:
+        argv += ["--adapter_scales", "1"]  # the config's scales are for the adapter; the base model has none
+    else:
         inputs.append(f"train.{run_name}")
         argv += ["--lora_model_path", str(layout.run_dir(run_name)), "--adapter_scale", number_tag(scale)]
     return Step(
@@ -367,7 +369,7 @@ def _evaluate_step(
 
 def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
     """The steps of one run (``cfg.run_name``) after the shared ones: preprocess, train, evaluate, compare, report."""
-    from zhlora.training.outputs import NON_IDENTITY_TRAIN_FIELDS
+    from zhlora.training.outputs import identity_train_settings
 
     raw = config_to_dict(cfg)
     run, ratio = cfg.run_name, cfg.data.replay_ratio
@@ -383,17 +385,21 @@ def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
               "--model_name_or_path", str(layout.base_model)),
         redo_flags=("--force",),
     )]
+    train_inputs = [preprocess_id, "download-model"]
+    train_argv = ["--config", config_file, "--model_path", str(layout.base_model),
+                  "--dataset_path", str(processed / "train_dataset"), "--output_dir", str(layout.run_dir(run))]
+    if cfg.train.monitor_every:  # forgetting probes read the benchmarks' data while training
+        train_inputs += [f"download-data.{source}" for source in needed_sources(cfg, [ratio]) if source != "alpaca"]
+        train_argv += ["--probe_data_dir", str(layout.data_dir)]
     steps.append(Step(
         id=f"train.{run}",
         settings={
             "lora": raw["lora"],
-            "train": {k: v for k, v in raw["train"].items() if k not in NON_IDENTITY_TRAIN_FIELDS},
+            "train": identity_train_settings(raw["train"]),
             "model": _pick(raw["model"], MODEL_LOAD_FIELDS),
         },
-        inputs=(preprocess_id, "download-model"), stamp=_adapter_stamp(layout.run_dir(run)), verb="train",
-        argv=("--config", config_file, "--model_path", str(layout.base_model),
-              "--dataset_path", str(processed / "train_dataset"), "--output_dir", str(layout.run_dir(run))),
-        redo_flags=("--overwrite",), resumes=True,
+        inputs=tuple(dict.fromkeys(train_inputs)), stamp=_adapter_stamp(layout.run_dir(run)), verb="train",
+        argv=tuple(train_argv), redo_flags=("--overwrite",), resumes=True,
     ))
     scales = sorted(set(cfg.eval.adapter_scales) | {1.0})
     compare_ids = []
@@ -877,14 +883,18 @@ def summarize_sweep(cfg: ExperimentConfig) -> dict:
         status = trial_status(layout, trial.name, planned.get(f"compare.{trial.name}"), records)
         row = {**dataclasses.asdict(trial), "status": status}
         if status.startswith("complete"):
-            row.update(tradeoff_numbers(load_forgetting(layout.eval_dir(trial.name) / FORGETTING_FILE)))
+            try:
+                row.update(tradeoff_numbers(load_forgetting(layout.eval_dir(trial.name) / FORGETTING_FILE)))
+            except DataError as exc:
+                logger.warning("%s", exc)
+                row["status"] = "unreadable forgetting.json (rerun the trial)"
         rows.append(row)
     return {"schema_version": 1, "provenance": provenance(), "work_dir": str(layout.root), "run_name": cfg.run_name,
             "grid": config_to_dict(cfg)["sweep"], "confidence": cfg.report.confidence, "trials": rows}
 
 
 def _heatmaps(summary: dict, done: list[dict], out_dir: Path, language: str) -> list[tuple[str, Path]]:
-    """Rank x alpha heatmaps of Chinese gain and English loss, one pair per dropout and replay ratio."""
+    """Rank x alpha heatmaps of the Chinese and English accuracy changes, one pair per dropout and replay ratio."""
     from zhlora.analysis.charts import plot_heatmap
 
     grid = summary["grid"]
@@ -895,8 +905,10 @@ def _heatmaps(summary: dict, done: list[dict], out_dir: Path, language: str) -> 
         if not cells:
             continue
         suffix = f"dropout {number_tag(dropout)}" + (f", replay {number_tag(replay)}" if replay else "")
-        for key, title, sign in (("zh_delta_points", "Chinese gain (points)", 1), ("en_delta_points", "English loss (points)", -1)):
-            matrix = [[None if (cell := cells.get((rank, alpha))) is None or cell[key] is None else sign * cell[key]
+        # Signed changes on both maps: blue = gained, red = lost (plot_heatmap's diverging scale).
+        for key, title in (("zh_delta_points", "Chinese accuracy change (points)"),
+                           ("en_delta_points", "English accuracy change (points)")):
+            matrix = [[None if (cell := cells.get((rank, alpha))) is None or cell[key] is None else cell[key]
                        for alpha in grid["lora_alphas"]] for rank in grid["lora_ranks"]]
             if all(v is None for row in matrix for v in row):
                 continue

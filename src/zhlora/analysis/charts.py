@@ -410,6 +410,8 @@ def plot_adapter_scale_curve(rows: Sequence[dict], out_png: str | os.PathLike, *
     Left panel: accuracy changes with CI bars; right panel: perplexity changes in percent.
     """
     colors = {"zh": TUNED_COLOR, "en": "#2c7fb8"}
+    dodge = {"zh": -0.006, "en": 0.006}  # fraction of the scale range: keeps overlapping CI bars apart
+    spread = (max(r["scale"] for r in rows) - min(r["scale"] for r in rows)) or 1.0
     with _canvas(out_png, language, (10.0, 4.0), ncols=2) as canvas:
         lang, (acc_ax, ppl_ax) = canvas.language, canvas.axes
         for side in ("zh", "en"):
@@ -420,7 +422,7 @@ def plot_adapter_scale_curve(rows: Sequence[dict], out_png: str | os.PathLike, *
                 low = np.array([r[f"{side}_ci_low_points"] for r in points])
                 high = np.array([r[f"{side}_ci_high_points"] for r in points])
                 acc_ax.errorbar(
-                    [r["scale"] for r in points],
+                    [r["scale"] + dodge[side] * spread for r in points],
                     values,
                     yerr=[values - low, high - values],
                     marker="o",

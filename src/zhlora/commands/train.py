@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="Resume from the newest checkpoint (also automatic when one exists).")
     parser.add_argument("--overwrite", action="store_true",
                         help="Delete the adapter, checkpoints and logs of another run in --output_dir and start over.")
+    parser.add_argument("--probe_data_dir", default=None,
+                        help="Benchmark data for --monitor_every probes (default: the data_dir recorded by `zhlora preprocess`).")
     add_config_flags(parser, ["model", "lora", "train"])
 
 
@@ -54,13 +56,15 @@ class TrainOutcome:
     step: int = 0
     last_loss: float | None = None
     is_main_process: bool = True  # False on the other processes of a distributed launch (they print nothing)
+    monitoring: dict | None = None  # the manifest's monitoring section (--monitor_every)
 
 
 def main(args: argparse.Namespace) -> int:
     """Train; exit 0 when the adapter is written (or already was), 130 after Ctrl-C."""
     cfg = config_from_args(args)
     output_dir = Path(args.output_dir or Path("results") / cfg.run_name)
-    outcome = run(cfg, Path(args.model_path), Path(args.dataset_path), output_dir, resume=args.resume, overwrite=args.overwrite)
+    outcome = run(cfg, Path(args.model_path), Path(args.dataset_path), output_dir, resume=args.resume, overwrite=args.overwrite,
+                  probe_data_dir=Path(args.probe_data_dir) if args.probe_data_dir else None)
     if not outcome.is_main_process:
         return 130 if outcome.status == "interrupted" else 0
     if outcome.status == "complete":
@@ -71,7 +75,29 @@ def main(args: argparse.Namespace) -> int:
         return 130
     else:
         print(f"{output_dir}: adapter after {outcome.step} steps (last logged loss {outcome.last_loss}).")
+        if outcome.monitoring:
+            print(_monitoring_lines(outcome.monitoring, outcome.step))
     return 0
+
+
+def _monitoring_lines(summary: dict, last_step: int) -> str:
+    """What the user reads about the probes: a crossed budget, the exported step and the overhead."""
+    lines = []
+    exceeded = summary["budget_exceeded"]
+    if exceeded:
+        lines.append(f"Forgetting budget {summary['forgetting_budget']} exceeded at step {exceeded['step']}: "
+                     f"{'; '.join(exceeded['violations'])}.")
+    if summary["forgetting_budget"] and summary["selected_step"] is not None:
+        where = "the last step" if summary["selected_step"] == last_step else f"step {summary['selected_step']}"
+        lines.append(f"Final adapter = {where} ({summary['selection_reason']})."
+                     + ("" if summary["selected_within_budget"] else " WARNING: it exceeds the budget; lower "
+                        "--learning_rate or --lora_rank, add --replay_ratio, or probe more often."))
+    overhead = summary["overhead"]
+    if overhead["overhead_pct"] is not None:
+        lines.append(f"Probes: {overhead['probe_runs']} runs, {overhead['probe_seconds']} s vs {overhead['train_seconds']} s "
+                     f"of training = {overhead['overhead_pct']}% overhead (bound {overhead['bound_pct']:.0f}%; step-0 "
+                     f"baseline {overhead['baseline_seconds']} s); curves in probe_curves.png.")
+    return "\n".join(lines)
 
 
 def _check_environment(cfg: ExperimentConfig) -> None:
@@ -89,8 +115,6 @@ def _check_environment(cfg: ExperimentConfig) -> None:
             raise ConfigError(f'--report_to must be none, tensorboard or wandb, got "{cfg.train.report_to}".')
         if importlib.util.find_spec(package) is None:
             raise ConfigError(f"--report_to {cfg.train.report_to} needs the {package} package: pip install {package}.")
-    if cfg.train.monitor_every or cfg.train.forgetting_budget:
-        raise ConfigError("--monitor_every / --forgetting_budget (forgetting probes during training) are not available yet.")
 
 
 def _attention_implementation() -> str:
@@ -114,11 +138,13 @@ def _tracker_config(cfg: ExperimentConfig) -> dict:
 
 def run(
     cfg: ExperimentConfig, model_path: Path, dataset_path: Path, output_dir: Path,
-    resume: bool = False, overwrite: bool = False, callbacks: Sequence = (),
+    resume: bool = False, overwrite: bool = False, callbacks: Sequence = (), probe_data_dir: Path | None = None,
 ) -> TrainOutcome:
     """Validate the inputs, build model + adapter + data plan, train, and write the run folder.
 
-    ``callbacks`` are :class:`zhlora.training.loop.StepCallback` objects (the monitoring hook).
+    ``callbacks`` are :class:`zhlora.training.loop.StepCallback` objects, run after the
+    forgetting monitor (built here when ``cfg.train.monitor_every`` > 0, probing the benchmark
+    data in ``probe_data_dir``, by default the ``data_dir`` that ``preprocess`` recorded).
     Every process of a distributed launch runs this function.
     """
     import torch
@@ -130,7 +156,7 @@ def run(
     from zhlora.training import checkpoint as ckpt
     from zhlora.training import dataset as data
     from zhlora.training import lora, outputs
-    from zhlora.training.logbook import LOG_NAME, TrainingLog
+    from zhlora.training.logbook import LOG_NAME, TrainingLog, read_log_rows
     from zhlora.training.loop import LoopSettings, train_loop
     from zhlora.training.packing import pack_rows
     from zhlora.training.schedule import build_lr_scheduler, plan_steps
@@ -227,6 +253,14 @@ def run(
     if tcfg.report_to != "none":
         accelerator.init_trackers(cfg.run_name, config=_tracker_config(cfg))
 
+    monitor = None
+    if tcfg.monitor_every:
+        monitor = _build_monitor(cfg, accelerator, tokenizer, meta, probe_data_dir, output_dir, plan.total_steps)
+        record = monitor.start(accelerator.unwrap_model(model), start_step, read_log_rows(output_dir / LOG_NAME))
+        if record is not None:
+            log.append({"step": 0, **record})
+        callbacks = [monitor, *callbacks]
+
     settings = LoopSettings(
         output_dir=output_dir, seed=tcfg.seed, pad_token_id=tokenizer.pad_token_id,
         max_grad_norm=tcfg.max_grad_norm, logging_steps=tcfg.logging_steps, save_steps=tcfg.save_steps,
@@ -243,14 +277,52 @@ def run(
         return TrainOutcome("interrupted", output_dir, result.step, result.last_loss, accelerator.is_main_process)
 
     # --- the adapter, curve and manifest (written last: it marks the run complete) ----------
+    adapter_step = result.step
+    if monitor is not None and monitor.restore_selected(accelerator.unwrap_model(model), result.step) is not None:
+        adapter_step = monitor.selection.step  # an earlier step, chosen by the forgetting budget
     _write_final_adapter(accelerator, model, output_dir, initial_adapter if lora.is_mutating_init(init_weights) else None)
     if accelerator.is_main_process:
         _write_report_files(
             output_dir, cfg, result, plan, fingerprint, model_path, base_sha, dataset_path, data_sha, meta, rows,
             len(bins), trainable, total, start_step, accelerator.num_processes, _attention_implementation(),
+            adapter_step=adapter_step, monitoring=None if monitor is None else monitor.summary(),
         )
     accelerator.end_training()  # closes the trackers and the process group: last
-    return TrainOutcome(result.status, output_dir, result.step, result.last_loss, accelerator.is_main_process)
+    return TrainOutcome(result.status, output_dir, result.step, result.last_loss, accelerator.is_main_process,
+                        monitoring=None if monitor is None or not accelerator.is_main_process else monitor.summary())
+
+
+def _build_monitor(cfg: ExperimentConfig, accelerator, tokenizer, meta: dict, probe_data_dir: Path | None,
+                   output_dir: Path, total_steps: int):
+    """The forgetting monitor of ``--monitor_every``: probe sets drawn from the benchmark data, the parsed budget."""
+    from accelerate.utils import DistributedType
+
+    from zhlora.monitoring.budget import parse_budget
+    from zhlora.monitoring.callback import ForgettingMonitor
+    from zhlora.monitoring.probes import ProbeSizes, select_probe_sets
+
+    tcfg = cfg.train
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise ConfigError(
+            "--monitor_every evaluates the whole model in place on the main process, but DeepSpeed and FSDP shard it "
+            "across processes. Train without --monitor_every and evaluate the checkpoint-<step>/ folders afterwards "
+            "(zhlora evaluate --lora_model_path ...), or launch with plain data parallelism."
+        )
+    data_dir = probe_data_dir or (Path(meta["data_dir"]) if meta.get("data_dir") else None)
+    if data_dir is None or not data_dir.is_dir():
+        raise ConfigError(
+            f"--monitor_every needs the benchmark data (data/<source>/<split>.jsonl), but {data_dir or 'no data folder'} "
+            "is not a folder (the processed data does not record where it came from). Pass --probe_data_dir DATA_DIR."
+        )
+    budget = parse_budget(tcfg.forgetting_budget)
+    suite = select_probe_sets(data_dir, ProbeSizes().capped(tcfg.probe_limit), prompt_template=meta.get("template", "alpaca"),
+                              required=tuple(budget.probes) if budget else ())
+    log_metrics = None if tcfg.report_to == "none" else lambda values, step: accelerator.log(values, step=step)
+    return ForgettingMonitor(
+        suite, tokenizer, budget, tcfg.budget_action, monitor_every=tcfg.monitor_every, save_steps=tcfg.save_steps,
+        total_steps=total_steps, output_dir=output_dir, is_main_process=accelerator.is_main_process,
+        log_metrics=log_metrics,
+    )
 
 
 def _write_final_adapter(accelerator, model, output_dir: Path, initial_adapter: Path | None) -> None:
@@ -272,7 +344,7 @@ def _write_final_adapter(accelerator, model, output_dir: Path, initial_adapter: 
 
 def _write_report_files(
     output_dir, cfg, result, plan, fingerprint, model_path, base_sha, dataset_path, data_sha, meta, rows,
-    n_bins, trainable, total, start_step, world_size, attention,
+    n_bins, trainable, total, start_step, world_size, attention, adapter_step: int, monitoring: dict | None = None,
 ) -> None:
     from zhlora.io_utils import atomic_write_json, provenance, sha256_file
     from zhlora.training.checkpoint import ADAPTER_WEIGHTS_NAME
@@ -281,6 +353,11 @@ def _write_report_files(
 
     plot_loss_curve(read_log_rows(output_dir / LOG_NAME), output_dir / CURVE_NAME,
                     title=f"{cfg.run_name}: LoRA r={cfg.lora.lora_rank}, lr={cfg.train.learning_rate:g}")
+    if monitoring is not None:
+        from zhlora.analysis.charts import plot_probe_curves
+        from zhlora.monitoring.callback import PROBE_CURVES_NAME
+
+        plot_probe_curves(output_dir / LOG_NAME, output_dir / PROBE_CURVES_NAME)
     manifest = {
         "schema_version": 1,
         "provenance": provenance(),
@@ -295,7 +372,9 @@ def _write_report_files(
         "adapter": {
             "file": ADAPTER_WEIGHTS_NAME, "sha256": sha256_file(output_dir / ADAPTER_WEIGHTS_NAME),
             "trainable_parameters": trainable, "total_parameters": total,
+            "step": adapter_step,  # the last step, unless a forgetting budget chose an earlier one
         },
+        "monitoring": monitoring,
         "training": {
             "status": result.status, "steps": result.step, "planned_steps": plan.total_steps,
             "epochs": round(plan.epoch_of(result.step), 4), "last_logged_loss": result.last_loss,

@@ -1,0 +1,26 @@
+"""Evaluation: declarative benchmark specs and the log-likelihood, generation and perplexity engines.
+
+Library API (works on an in-memory model, e.g. during training)::
+
+    from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items, resolve_spec
+
+    items = {"mmlu": load_benchmark_items("data", resolve_spec("mmlu"), limit=5)}
+    results = evaluate_benchmarks(model, tokenizer, items)   # {"mmlu": BenchmarkResult(summary, predictions, seconds)}
+
+``zhlora evaluate`` (:mod:`zhlora.commands.evaluate`) adds model/adapter loading, resume and
+the results folder. See docs/evaluation.md.
+"""
+
+from zhlora.evaluation.items import BenchmarkItems, load_benchmark_items
+from zhlora.evaluation.runner import BenchmarkResult, evaluate_benchmarks
+from zhlora.evaluation.specs import SPECS, benchmark_names, resolve_spec
+
+__all__ = [
+    "SPECS",
+    "BenchmarkItems",
+    "BenchmarkResult",
+    "benchmark_names",
+    "evaluate_benchmarks",
+    "load_benchmark_items",
+    "resolve_spec",
+]

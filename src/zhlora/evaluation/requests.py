@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zhlora.errors import ZhloraError
 from zhlora.evaluation.prompts import Prompt
 
 
@@ -69,19 +70,24 @@ def encode_choice(tokenizer, request: ChoiceRequest) -> EncodedChoice:
     context_ids = encoded[0]
     continuations = [whole[len(context_ids):] for whole in encoded[1:]]
     if any(not c for c in continuations):
-        raise ValueError(f"a continuation of {request.continuations} encodes to no tokens after the context")
+        raise ZhloraError(
+            f"With this tokenizer an answer option of {request.continuations} adds no token after the prompt "
+            f"(it merges into the prompt's last token, ...{context[-20:]!r}), so it cannot be scored. "
+            "Use --protocol official (which scores letter tokens) or a different tokenizer."
+        )
     return EncodedChoice(context_ids, continuations)
 
 
 def response_sequence(tokenizer, prompt: str, response: str) -> ScoredSequence:
-    """The tokens of ``prompt + response + </s>`` with only the response (and ``</s>``) scored.
+    """``prompt + response + </s>`` tokenized as training rows are, with the response and ``</s>`` scored.
 
-    The prompt is encoded with the tokenizer's special tokens (``<s>``); the boundary is where
-    ``encode(prompt)`` ends inside ``encode(prompt + response)``, as for a continuation.
+    As in :mod:`zhlora.data.preprocess`, the prompt is encoded with special tokens (``<s>``)
+    and the response without, separately, so this loss is the fine-tuning loss on held-out rows.
     """
-    prompt_ids, whole = _encode(tokenizer, [prompt, prompt + response])
+    prompt_ids = _encode(tokenizer, [prompt])[0]
+    response_ids = _encode(tokenizer, [response], add_special_tokens=False)[0]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return ScoredSequence(input_ids=whole + eos, first_target=len(prompt_ids))
+    return ScoredSequence(input_ids=prompt_ids + response_ids + eos, first_target=len(prompt_ids))
 
 
 def document_windows(tokenizer, text: str, window_tokens: int) -> list[ScoredSequence]:

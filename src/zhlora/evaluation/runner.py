@@ -36,7 +36,7 @@ from zhlora.evaluation.scoring import (
 from zhlora.evaluation.specs import ChoiceSpec, GenerateSpec
 from zhlora.evaluation.tasks import choice as choice_hooks
 from zhlora.evaluation.tasks import gsm8k as gsm8k_hooks
-from zhlora.io_utils import atomic_write_json, dumps_json
+from zhlora.io_utils import atomic_write_json, atomic_write_text, dumps_json
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +232,9 @@ class PredictionCache:
         return cached["rows"]
 
     def save(self, benchmark: str, key: str, ids_sha256: str, rows: list[dict]) -> None:
-        """Write a finished unit atomically."""
-        atomic_write_json(self._path(benchmark, key), {"fingerprint": self.fingerprint, "item_ids_sha256": ids_sha256, "rows": rows})
+        """Write a finished unit atomically (rows keep their key order, so resumed predictions files are identical)."""
+        payload = {"fingerprint": self.fingerprint, "item_ids_sha256": ids_sha256, "rows": rows}
+        atomic_write_text(self._path(benchmark, key), json.dumps(payload, ensure_ascii=False))
 
 
 def _differences(old: Mapping, new: Mapping, where: str = "") -> list[str]:

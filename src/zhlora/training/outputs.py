@@ -23,17 +23,27 @@ CONFIG_NAME = "train_config.yaml"
 INITIAL_ADAPTER_DIR = "initial_adapter"  # PiSSA/OLoRA start point, for the conversion to plain LoRA
 # Files and folders zhlora writes into a run folder; --overwrite removes exactly these.
 RUN_ARTEFACTS = (ADAPTER_WEIGHTS_NAME, "adapter_config.json", "README.md", CONFIG_NAME, MANIFEST_NAME,
-                 "training_log.jsonl", "loss_curve.png", INITIAL_ADAPTER_DIR, "runs")
-# Settings that change how a run reports or saves, never the adapter it produces.
+                 "training_log.jsonl", "loss_curve.png", INITIAL_ADAPTER_DIR, "runs",
+                 "probe_curves.png", "probe_sets.json", "probe_snapshots")
+# Settings that change how a run reports or saves, never the adapter it produces...
 NON_IDENTITY_TRAIN_FIELDS = ("save_steps", "save_total_limit", "logging_steps", "report_to",
-                             "monitor_every", "forgetting_budget", "budget_action")
+                             "monitor_every", "forgetting_budget", "budget_action", "probe_limit")
+# ...unless a forgetting budget is set: then when and on how many items the probes run can stop
+# the run early and choose the step whose adapter is exported.
+BUDGET_IDENTITY_FIELDS = ("save_steps", "monitor_every", "forgetting_budget", "budget_action", "probe_limit")
+
+
+def identity_train_settings(train: dict) -> dict:
+    """The train settings (config group as a dict) that determine the adapter a run produces."""
+    counted = set(BUDGET_IDENTITY_FIELDS) if train.get("forgetting_budget") else set()
+    return {k: v for k, v in train.items() if k not in NON_IDENTITY_TRAIN_FIELDS or k in counted}
 
 
 def run_fingerprint(lora: dict, train: dict, model: dict, base_weights_sha256: str, dataset_sha256: str) -> str:
     """sha256 of the settings that determine the adapter (config groups as dicts, plus data and weights)."""
     identity = {
         "lora": lora,
-        "train": {k: v for k, v in train.items() if k not in NON_IDENTITY_TRAIN_FIELDS},
+        "train": identity_train_settings(train),
         "model": {k: model.get(k) for k in ("torch_dtype", "load_in_4bit")},
         "base_weights_sha256": base_weights_sha256,
         "dataset_sha256": dataset_sha256,

@@ -1,0 +1,257 @@
+#!/usr/bin/env python
+"""Questions per second of zhlora's evaluation engine vs lm-evaluation-harness, same model, same items.
+
+    python benchmarks/eval_throughput.py                       # defaults below, ~5-10 min on 2 CPU cores
+    python benchmarks/eval_throughput.py --items_per_subject 20 --batch_size 16 --out /tmp/eval_throughput.json
+
+What it does (nothing is downloaded except the lm-eval package from PyPI):
+
+1. Normalizes the real C-Eval/CMMLU/MMLU files of ``../shared/data`` into a temporary folder
+   (``download-data --source local:...``) and picks 5-shot MMLU and CMMLU subsets.
+2. Builds a Llama-shaped model with random weights (``--hidden_size`` 384, 6 layers, the
+   Llama-2 tokenizer of ``../shared/data/tokenizers/llama2``: ~36M parameters) in a temp folder.
+3. Runs lm-evaluation-harness (``lm_eval.simple_evaluate``, HF backend, the same batch size) in
+   its own virtual environment (``benchmarks/.venv``, created with ``--system-site-packages``
+   and ``pip install lm-eval``) on the same items, through task YAMLs that reproduce its
+   ``mmlu`` / ``cmmlu`` prompts over the local files.
+4. Runs ``zhlora.evaluation.evaluate_benchmarks`` on the same items in this process.
+5. Checks that both rendered the same prompts and predicted the same answer for every item,
+   and prints items/s of each and the ratio. Model loading is excluded from both timings;
+   tokenization, prompt building and scoring are included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ZHLORA_SHARED_DATA", REPO.parent / "shared" / "data"))
+VENV = REPO / "benchmarks" / ".venv"
+LM_EVAL_VERSION = "0.4.13"
+SUBJECTS = {
+    "mmlu": ["abstract_algebra", "astronomy", "college_biology", "high_school_geography"],
+    "cmmlu": ["agronomy", "anatomy", "ancient_chinese", "arts"],
+}
+LETTERS = ["A", "B", "C", "D"]
+
+
+# ---------------------------------------------------------------------------------------
+# Shared setup: data subset and random-weight model
+# ---------------------------------------------------------------------------------------
+def prepare_data(work: Path, items_per_subject: int) -> Path:
+    """Normalized data, then per-subject dev/test JSON lines files of the chosen subset."""
+    from zhlora.data.sources import download_data
+    from zhlora.io_utils import read_jsonl
+
+    data = work / "data"
+    download_data(data, source=f"local:{SHARED}", datasets=list(SUBJECTS))
+    subset = work / "subset"
+    for benchmark, subjects in SUBJECTS.items():
+        for split, limit in (("dev", 5), ("test", items_per_subject)):
+            rows = read_jsonl(data / benchmark / f"{split}.jsonl")
+            for subject in subjects:
+                chosen = [r for r in rows if r["subject"] == subject][:limit]
+                path = subset / benchmark / f"{subject}_{split}.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen), encoding="utf-8")
+    return data
+
+
+def build_random_llama(folder: Path, hidden_size: int, layers: int) -> Path:
+    """A Llama-2-shaped causal LM with random weights and the Llama-2 tokenizer, saved to ``folder``."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from zhlora.modeling import load_tokenizer
+
+    tokenizer_dir = folder / "sp"
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SHARED / "tokenizers" / "llama2" / "tokenizer.model", tokenizer_dir / "tokenizer.model")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32000, hidden_size=hidden_size, intermediate_size=int(hidden_size * 8 / 3 // 64 * 64),
+                         num_hidden_layers=layers, num_attention_heads=hidden_size // 64,
+                         num_key_value_heads=hidden_size // 64, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    print(f"random Llama: {model.num_parameters() / 1e6:.1f}M parameters, hidden {hidden_size}, {layers} layers")
+    return folder / "model"
+
+
+# ---------------------------------------------------------------------------------------
+# lm-evaluation-harness side (runs inside the venv: --worker)
+# ---------------------------------------------------------------------------------------
+def _task_yaml(benchmark: str, subject: str, subset: Path) -> dict:
+    """An lm-eval task over local files with the prompts of lm-eval's own mmlu / cmmlu tasks."""
+    from zhlora.data.categories import subject_table
+
+    if benchmark == "mmlu":
+        description = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+        answer_cue = "Answer:"
+    else:
+        description = f"以下是关于{subject_table('cmmlu')[subject].name_zh}的单项选择题，请直接给出正确答案的选项。\n\n"
+        answer_cue = "答案："
+    return {
+        "task": f"zb_{benchmark}_{subject}",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {split: str(subset / benchmark / f"{subject}_{split}.jsonl") for split in ("dev", "test")}},
+        "test_split": "test",
+        "fewshot_split": "dev",
+        "fewshot_config": {"sampler": "first_n"},
+        "output_type": "multiple_choice",
+        "description": description,
+        "doc_to_text": "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\n"
+                       + answer_cue,
+        "doc_to_choice": LETTERS,
+        "doc_to_target": "{{['A', 'B', 'C', 'D'].index(answer)}}",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0},
+    }
+
+
+def lm_eval_worker(model_dir: Path, subset: Path, batch_size: int, out: Path) -> None:
+    """Run lm-eval on every subject task; write per-item log-likelihoods, prompts and seconds to ``out``."""
+    import lm_eval
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from zhlora.modeling import load_model, load_tokenizer
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    tasks_dir = Path(tempfile.mkdtemp(prefix="zb_tasks_"))
+    names = []
+    for benchmark, subjects in SUBJECTS.items():
+        for subject in subjects:
+            config = _task_yaml(benchmark, subject, subset)
+            (tasks_dir / f"{config['task']}.yaml").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+            names.append(config["task"])
+    lm = HFLM(pretrained=load_model(model_dir, torch_dtype="float32"), tokenizer=load_tokenizer(model_dir), batch_size=batch_size)
+    manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+    started = time.perf_counter()
+    results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=5, task_manager=manager, log_samples=True,
+                                      bootstrap_iters=0)
+    seconds = time.perf_counter() - started
+    items = {}
+    for task, samples in results["samples"].items():
+        for sample in sorted(samples, key=lambda s: s["doc_id"]):
+            items[sample["doc"]["id"]] = {
+                "context": sample["arguments"][0][0],
+                "continuations": [arguments[1] for arguments in sample["arguments"]],
+                "loglikelihoods": [float(resp[0][0]) for resp in sample["resps"]],
+            }
+    out.write_text(json.dumps({"seconds": seconds, "items": items, "version": lm_eval.__version__}, ensure_ascii=False))
+
+
+def ensure_lm_eval_venv() -> Path:
+    """``benchmarks/.venv`` with lm-eval installed on top of this interpreter's packages."""
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {VENV} (--system-site-packages) and installing lm-eval=={LM_EVAL_VERSION} ...")
+        venv.EnvBuilder(system_site_packages=True, with_pip=True).create(VENV)
+    check = subprocess.run([str(python), "-c", "import lm_eval"], capture_output=True)
+    if check.returncode != 0:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"lm-eval=={LM_EVAL_VERSION}"], check=True)
+    return python
+
+
+# ---------------------------------------------------------------------------------------
+# zhlora side and comparison
+# ---------------------------------------------------------------------------------------
+def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: int):
+    """Per-item log-likelihoods, prompts and seconds of zhlora's engine on the same subset."""
+    import torch
+
+    from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items, resolve_spec
+    from zhlora.evaluation.runner import choice_requests
+    from zhlora.modeling import load_model, load_tokenizer
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    model, tokenizer = load_model(model_dir, torch_dtype="float32"), load_tokenizer(model_dir)
+    benches = {name: load_benchmark_items(data, resolve_spec(name), shots=5, subjects=subjects, limit=items_per_subject)
+               for name, subjects in SUBJECTS.items()}
+    started = time.perf_counter()
+    results = evaluate_benchmarks(model, tokenizer, benches, batch_size=batch_size)
+    seconds = time.perf_counter() - started
+    items = {}
+    for name, bench in benches.items():
+        contexts = {q.id: r.prompt.text for subject, questions in bench.groups.items()
+                    for q, r in zip(questions, choice_requests(tokenizer, bench, subject, questions))}
+        for row in results[name].predictions:
+            items[row["id"]] = {"context": contexts[row["id"]], "loglikelihoods": row["loglikelihoods"]}
+    return {"seconds": seconds, "items": items}
+
+
+def _argmax(values):
+    return max(range(len(values)), key=lambda k: (values[k], -k))
+
+
+def compare(zhlora: dict, lm_eval: dict) -> dict:
+    """Prompt equality, prediction agreement and the largest log-likelihood difference."""
+    assert set(zhlora["items"]) == set(lm_eval["items"]), "the two runs scored different items"
+    same_prompt = same_prediction = 0
+    largest = 0.0
+    for item_id, ours in zhlora["items"].items():
+        theirs = lm_eval["items"][item_id]
+        same_prompt += ours["context"] == theirs["context"]
+        same_prediction += _argmax(ours["loglikelihoods"]) == _argmax(theirs["loglikelihoods"])
+        largest = max(largest, *(abs(a - b) for a, b in zip(ours["loglikelihoods"], theirs["loglikelihoods"])))
+    n = len(zhlora["items"])
+    return {"items": n, "identical_prompts": same_prompt, "identical_predictions": same_prediction,
+            "max_abs_loglikelihood_difference": largest,
+            "zhlora_items_per_second": n / zhlora["seconds"], "lm_eval_items_per_second": n / lm_eval["seconds"],
+            "speedup": lm_eval["seconds"] / zhlora["seconds"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items_per_subject", type=int, default=10)
+    parser.add_argument("--batch_size", type=int, default=8, help="Same fixed batch size for both tools.")
+    parser.add_argument("--hidden_size", type=int, default=384)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--lm_eval_python", default=None, help="A python with lm-eval installed (default: create benchmarks/.venv).")
+    parser.add_argument("--out", default=None, help="Write the figures as JSON here.")
+    parser.add_argument("--worker", nargs=4, metavar=("MODEL", "SUBSET", "BATCH", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        model_dir, subset, batch, out = args.worker
+        lm_eval_worker(Path(model_dir), Path(subset), int(batch), Path(out))
+        return 0
+    if not (SHARED / "README.md").is_file():
+        print(f"{SHARED} is absent: this benchmark needs the real data folder.", file=sys.stderr)
+        return 2
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    python = Path(args.lm_eval_python) if args.lm_eval_python else ensure_lm_eval_venv()
+    with tempfile.TemporaryDirectory(prefix="zhlora_eval_throughput_") as tmp:
+        work = Path(tmp)
+        data = prepare_data(work, args.items_per_subject)
+        model_dir = build_random_llama(work / "llama", args.hidden_size, args.layers)
+        lm_eval_out = work / "lm_eval.json"
+        subprocess.run([str(python), __file__, "--worker", str(model_dir), str(work / "subset"), str(args.batch_size),
+                        str(lm_eval_out)], check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+        lm_eval = json.loads(lm_eval_out.read_text(encoding="utf-8"))
+        ours = run_zhlora(model_dir, data, args.items_per_subject, args.batch_size)
+    figures = compare(ours, lm_eval)
+    figures.update(lm_eval_version=lm_eval["version"], batch_size=args.batch_size, hidden_size=args.hidden_size,
+                   layers=args.layers, omp_num_threads=os.environ["OMP_NUM_THREADS"], subjects=SUBJECTS)
+    print(json.dumps(figures, indent=2, ensure_ascii=False))
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    ok = figures["identical_predictions"] == figures["items"] and figures["identical_prompts"] == figures["items"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

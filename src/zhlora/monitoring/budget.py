@@ -1,0 +1,209 @@
+"""The forgetting budget: parse ``--forgetting_budget``, test probe values against it, pick the step to export.
+
+Pure functions over probe values (``{probe name: number}``), so every rule here is tested on
+constructed sequences without a model.
+
+A budget bounds what the English side may lose relative to the step-0 probes (the base model
+with its freshly initialised adapter):
+
+- ``acc:2`` — English probe accuracy (``en_acc``, a fraction in [0, 1]) may drop by at most
+  2 percentage points: exceeded when ``100 * (baseline - value) > 2``;
+- ``ppl:5%`` — English perplexity (``en_ppl``) may rise by at most 5 %: exceeded when
+  ``value / baseline - 1 > 0.05``;
+- ``acc:2,ppl:5%`` — both must hold.
+
+The step exported as the run's adapter is the probed step with the largest Chinese gain —
+the drop of the Chinese held-out loss ``zh_loss`` (nats/token) below its step-0 value —
+among the steps within the budget (ties: the earlier step, which has drifted less).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from zhlora.errors import ConfigError
+
+ENGLISH_ACCURACY = "en_acc"
+ENGLISH_PERPLEXITY = "en_ppl"
+CHINESE_LOSS = "zh_loss"
+_TOLERANCE = 1e-9  # values exactly at the limit are within the budget, whatever the float rounding
+_TERM = re.compile(r"^(?P<metric>[a-z]+)\s*:\s*(?P<number>[0-9]*\.?[0-9]+)\s*(?P<percent>%?)$")
+_EXAMPLES = "Examples: acc:2 (at most 2 points of English probe accuracy), ppl:5% (at most +5% English perplexity), acc:2,ppl:5%."
+
+
+@dataclass(frozen=True)
+class BudgetLimit:
+    """One bound: ``metric`` "acc" (``limit`` in accuracy points) or "ppl" (``limit`` a relative rise, 0.05 = 5 %)."""
+
+    metric: str
+    limit: float
+    text: str
+
+    @property
+    def probe(self) -> str:
+        """The probe value this limit reads."""
+        return ENGLISH_ACCURACY if self.metric == "acc" else ENGLISH_PERPLEXITY
+
+
+@dataclass(frozen=True)
+class ForgettingBudget:
+    """The parsed ``--forgetting_budget``: every limit must hold."""
+
+    limits: tuple[BudgetLimit, ...]
+    text: str
+
+    @property
+    def probes(self) -> list[str]:
+        """Probe values the budget needs."""
+        return sorted({limit.probe for limit in self.limits})
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A limit crossed at one step: ``change`` is in the limit's unit (points, or a relative rise)."""
+
+    limit: BudgetLimit
+    baseline: float
+    value: float
+    change: float
+
+    @property
+    def excess(self) -> float:
+        """How far past the limit, as a multiple of it (0.5 = half as much again)."""
+        return self.change / self.limit.limit - 1.0 if self.limit.limit > 0 else math.inf
+
+    def describe(self) -> str:
+        """One line for the training log, e.g. ``en_ppl rose 7.3% (12.10 -> 12.98), over ppl:5%``."""
+        if self.limit.metric == "acc":
+            return (f"{self.limit.probe} fell {self.change:.1f} points ({100 * self.baseline:.1f}% -> "
+                    f"{100 * self.value:.1f}%), over {self.limit.text}")
+        return (f"{self.limit.probe} rose {100 * self.change:.1f}% ({self.baseline:.4g} -> {self.value:.4g}), "
+                f"over {self.limit.text}")
+
+
+@dataclass(frozen=True)
+class ProbePoint:
+    """The probe values measured after ``step`` optimizer steps (step 0 = before training)."""
+
+    step: int
+    values: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The step whose adapter is exported, whether it is within the budget, and why it was chosen."""
+
+    step: int
+    within_budget: bool
+    zh_gain: float | None  # step-0 zh_loss minus this step's (nats/token); positive = learned
+    reason: str
+
+
+def parse_budget(text: str | None) -> ForgettingBudget | None:
+    """Parse ``--forgetting_budget`` (None or empty: no budget).
+
+    Raises:
+        ConfigError: unknown metric, a ``ppl`` bound without ``%``, an ``acc`` bound with ``%``,
+            a negative or repeated bound.
+    """
+    if text is None or not text.strip():
+        return None
+    limits = []
+    for raw in text.split(","):
+        term = raw.strip().lower()
+        match = _TERM.match(term)
+        if not match:
+            raise ConfigError(f'--forgetting_budget: cannot read "{raw.strip()}". {_EXAMPLES}')
+        metric, number, percent = match["metric"], float(match["number"]), match["percent"]
+        if metric == "acc":
+            if percent:
+                raise ConfigError(
+                    f'--forgetting_budget "{raw.strip()}": accuracy bounds are in percentage points, written '
+                    f"without %: acc:{match['number']} allows a drop from e.g. 45.0% to {45 - number:.1f}%."
+                )
+            limit = number
+        elif metric == "ppl":
+            if not percent:
+                raise ConfigError(
+                    f'--forgetting_budget "{raw.strip()}": a perplexity bound is a relative rise; write it with %, '
+                    f"e.g. ppl:{match['number']}% (perplexity may grow by at most {match['number']}%)."
+                )
+            limit = number / 100.0
+        else:
+            raise ConfigError(f'--forgetting_budget: unknown metric "{metric}" in "{raw.strip()}". {_EXAMPLES}')
+        if any(existing.metric == metric for existing in limits):
+            raise ConfigError(f'--forgetting_budget "{text}": {metric} is bounded twice; keep one bound per metric.')
+        limits.append(BudgetLimit(metric, limit, f"{metric}:{match['number']}{percent}"))
+    return ForgettingBudget(tuple(limits), ",".join(limit.text for limit in limits))
+
+
+def violations(budget: ForgettingBudget | None, baseline: Mapping[str, float], values: Mapping[str, float]) -> list[Violation]:
+    """The limits of ``budget`` that ``values`` cross relative to ``baseline`` (none without a budget).
+
+    Raises:
+        KeyError: a probe value the budget needs is missing (a bug: the monitor checks this up front).
+    """
+    if budget is None:
+        return []
+    crossed = []
+    for limit in budget.limits:
+        base, value = float(baseline[limit.probe]), float(values[limit.probe])
+        if limit.metric == "acc":
+            change = 100.0 * (base - value)  # points lost
+        else:
+            change = value / base - 1.0  # relative rise
+        if change > limit.limit + _TOLERANCE:
+            crossed.append(Violation(limit, base, value, change))
+    return crossed
+
+
+def _zh_gain(baseline: Mapping[str, float], values: Mapping[str, float]) -> float | None:
+    if baseline.get(CHINESE_LOSS) is None or values.get(CHINESE_LOSS) is None:
+        return None
+    return float(baseline[CHINESE_LOSS]) - float(values[CHINESE_LOSS])
+
+
+def select_step(budget: ForgettingBudget | None, baseline: ProbePoint, points: Sequence[ProbePoint]) -> Selection:
+    """Choose the step to export among the probed steps ``points`` (after step 0, in step order).
+
+    - No budget: the last step (monitoring only observed the run).
+    - Some steps within the budget: the one with the largest Chinese gain; ties go to the
+      earlier step. Without a ``zh_loss`` probe: the last step within the budget.
+    - No step within the budget: the step that exceeds it least (smallest
+      :attr:`Violation.excess`), flagged ``within_budget=False``.
+
+    Raises:
+        ValueError: ``points`` is empty.
+    """
+    if not points:
+        raise ValueError("select_step needs at least one probed step after step 0")
+    if budget is None:
+        last = points[-1]
+        return Selection(last.step, True, _zh_gain(baseline.values, last.values),
+                         "no --forgetting_budget: the adapter of the last step is kept")
+    within = [p for p in points if not violations(budget, baseline.values, p.values)]
+    if within:
+        gains = [(_zh_gain(baseline.values, p.values), p) for p in within]
+        if any(gain is None for gain, _ in gains):
+            chosen = within[-1]
+            return Selection(chosen.step, True, None, f"last step within {budget.text} (no zh_loss probe to rank by)")
+        best_gain = max(gain for gain, _ in gains)
+        chosen = next(p for gain, p in gains if gain == best_gain)
+        return Selection(chosen.step, True, best_gain,
+                         f"largest Chinese gain (zh_loss {best_gain:+.4f} nats/token below step 0) among the "
+                         f"{len(within)} probed step(s) within {budget.text}")
+
+    def worst_excess(point: ProbePoint) -> float:
+        return max(v.excess for v in violations(budget, baseline.values, point.values))
+
+    chosen = min(points, key=lambda p: (worst_excess(p), p.step))
+    return Selection(chosen.step, False, _zh_gain(baseline.values, chosen.values),
+                     f"no probed step stayed within {budget.text}; this step exceeds it least")
+
+
+def resolution_points(n_items: int) -> float:
+    """Accuracy points one item is worth on a probe of ``n_items`` items (100 / n)."""
+    return 100.0 / n_items if n_items > 0 else math.inf

@@ -1,0 +1,142 @@
+"""`zhlora evaluate` and the seed scripts end to end on the tiny model: outputs, resume after SIGKILL, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from zhlora.cli import run_command
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--limit", "1", "--max_new_tokens", "4", "--batch_size", "8"]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _script(name, *argv, cwd):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, argv)], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    from test_eval_adapters import make_adapter
+
+    return make_adapter(tiny_model_dir, tmp_path_factory.mktemp("run") / "lora-chinese-llama")
+
+
+def test_seed_scripts_evaluate_base_and_adapter_offline(tmp_path, tiny_model_dir, sample_data_dir, adapter_dir):
+    base = _script("evaluate_baseline.py", "--model_path", tiny_model_dir, "--results_dir", "evaluation_results/baseline",
+                   "--data_dir", sample_data_dir, *FAST, cwd=tmp_path)
+    assert base.returncode == 0, base.stderr[-3000:]
+    tuned = _script("evaluate_model.py", "--base_model_path", tiny_model_dir, "--lora_model_path", adapter_dir,
+                    "--results_dir", "evaluation_results/lora", "--data_dir", sample_data_dir, *FAST, cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    for name, has_adapter in (("baseline", False), ("lora", True)):
+        folder = tmp_path / "evaluation_results" / name
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        assert results["schema_version"] == 1 and "created_at" not in results["provenance"]
+        assert set(results["benchmarks"]) == {"ceval", "cmmlu", "mmlu", "gsm8k", "ppl_zh", "ppl_en"}
+        for bench, entry in results["benchmarks"].items():
+            rows = (folder / entry["predictions_file"]).read_text(encoding="utf-8").splitlines()
+            assert len(rows) == entry.get("n", entry.get("n_documents")), bench
+            assert entry["spec_version"] and entry["item_ids_sha256"]
+        mmlu = results["benchmarks"]["mmlu"]
+        assert mmlu["n"] == len(mmlu["subjects"]) == 8 and set(mmlu["categories"]) <= {"stem", "humanities", "social_sciences", "other"}
+        assert 0.0 <= mmlu["accuracy_micro"] <= 1.0 and results["benchmarks"]["ppl_en"]["perplexity"] > 1.0
+        assert results["model"]["base_sha256"] and (results["model"]["adapter_sha256"] is not None) == has_adapter
+        assert (folder / "results.md").is_file() and (folder / "timings.json").is_file()
+        assert list(folder.glob("*.png")) and not (folder / ".cache").exists()
+    check = json.loads((tmp_path / "evaluation_results/lora/results.json").read_text())["model"]["adapter_check"]
+    assert check["ok"] and check["applied_modules"] == 8
+    assert (tmp_path / "evaluation_results/lora/forgetting.json").is_file()  # baseline beside it -> compared
+
+
+def test_resume_after_sigkill_gives_byte_identical_results(tmp_path, tiny_model_dir, sample_data_dir):
+    argv = [sys.executable, "-m", "zhlora", "evaluate", "--model_path", str(tiny_model_dir), "--data_dir",
+            str(sample_data_dir), "--results_dir", "out", "--benchmarks", "ceval,cmmlu,mmlu,gsm8k", "--limit", "2",
+            "--max_new_tokens", "24", "--batch_size", "4"]
+    done = subprocess.run(argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    expected = {p.relative_to(out): p.read_bytes() for p in [out / "results.json", *out.glob("predictions/*.jsonl")]}
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+
+    process = subprocess.Popen(argv, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((out / ".cache" / "cmmlu").glob("*.json")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the evaluation finished before it could be killed"
+    assert not (out / "results.json").exists()
+    cached = list((out / ".cache").glob("*/*.json"))
+    assert cached and all(json.loads(p.read_text())["rows"] for p in cached)  # finished units, written whole
+
+    resumed = subprocess.run(argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming the evaluation" in resumed.stderr
+    assert {p: (out / p).read_bytes() for p in expected} == expected
+
+
+def _evaluate(capsys, *argv):
+    code = run_command("evaluate", [str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def test_missing_benchmark_data_names_the_download_command(capsys, tmp_path, tiny_model_dir):
+    code, err = _evaluate(capsys, "--model_path", tiny_model_dir, "--data_dir", tmp_path / "data", "--benchmarks", "cmmlu")
+    assert code == 2 and "cmmlu/test.jsonl is missing" in err and "zhlora download-data --datasets cmmlu" in err
+
+
+def test_unknown_benchmark_and_subject_suggest_names(capsys, tiny_model_dir, sample_data_dir):
+    code, err = _evaluate(capsys, "--model_path", tiny_model_dir, "--data_dir", sample_data_dir, "--benchmarks", "cevall")
+    assert code == 2 and 'Did you mean "ceval"' in err
+    code, err = _evaluate(capsys, "--model_path", tiny_model_dir, "--data_dir", sample_data_dir, "--benchmarks", "ceval",
+                          "--subjects", "computer_netwrok")
+    assert code == 2 and 'Did you mean "computer_network"' in err
+
+
+def test_existing_results_and_foreign_cache_are_not_mixed(capsys, monkeypatch, tmp_path, tiny_model_dir, sample_data_dir):
+    import zhlora.evaluation.runner as runner
+
+    common = ["--model_path", tiny_model_dir, "--data_dir", sample_data_dir, "--benchmarks", "ceval", "--limit", "1",
+              "--results_dir"]
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "results.json").write_text("{}")
+    code, err = _evaluate(capsys, *common, done)
+    assert code == 2 and "already exists. Pass --overwrite" in err
+
+    real_run_unit, units = runner.run_unit, []
+
+    def interrupted(*args, **kwargs):
+        if units:
+            raise KeyboardInterrupt
+        units.append(1)
+        return real_run_unit(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_unit", interrupted)
+    code, err = _evaluate(capsys, *common, tmp_path / "partial", "--shots", "0")
+    assert code == 130 and len(list((tmp_path / "partial" / ".cache" / "ceval").glob("*.json"))) == 1
+    monkeypatch.setattr(runner, "run_unit", real_run_unit)
+    code, err = _evaluate(capsys, *common, tmp_path / "partial", "--shots", "1")
+    assert code == 2 and "other settings (settings.shots (cached 0, now 1)" in err and "--overwrite" in err
+    code, err = _evaluate(capsys, *common, tmp_path / "partial", "--shots", "1", "--overwrite")
+    assert code == 0 and (tmp_path / "partial" / "results.json").is_file()
+
+
+def test_bad_adapter_arguments(capsys, tmp_path, tiny_model_dir, sample_data_dir):
+    code, err = _evaluate(capsys, "--model_path", tiny_model_dir, "--data_dir", sample_data_dir, "--lora_model_path", tmp_path)
+    assert code == 2 and "no adapter_config.json" in err
+    code, err = _evaluate(capsys, "--model_path", tiny_model_dir, "--data_dir", sample_data_dir, "--adapter_scale", "0.5")
+    assert code == 2 and "pass --lora_model_path too" in err

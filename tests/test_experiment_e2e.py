@@ -1,0 +1,100 @@
+"""``zhlora run`` end to end on the demo config with tiny limits: layout, skip, redo, adapter-scale curve."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from zhlora.cli import main
+
+# Fewer steps, items and tokens than the demo; everything else is configs/demo.yaml.
+FAST = ["--max_steps", "4", "--save_steps", "2", "--limit", "2", "--max_new_tokens", "16", "--bootstrap_samples", "200"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """One full run with three adapter scales; returns (work folder, stdout)."""
+    work = tmp_path_factory.mktemp("e2e") / "work"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["run", "--work_dir", str(work), *FAST, "--adapter_scales", "0,0.5,1"])
+    assert status == 0, out.getvalue()
+    return work, out.getvalue()
+
+
+def test_run_writes_the_seed_layout_and_prints_the_headline(first_run):
+    work, stdout = first_run
+    assert (work / "data" / "manifest.json").is_file()
+    assert (work / "models" / "base_model" / "zhlora_manifest.json").is_file()
+    assert (work / "processed_data" / "train_dataset").is_dir()
+    assert (work / "results" / "lora-demo" / "adapter_model.safetensors").is_file()
+    for name in ("baseline", "lora-demo", "lora-demo-scale0", "lora-demo-scale0.5"):
+        assert (work / "evaluation_results" / name / "results.json").is_file(), name
+    report = work / "evaluation_results" / "lora-demo" / "report.html"
+    forgetting = json.loads((work / "evaluation_results" / "lora-demo" / "forgetting.json").read_text(encoding="utf-8"))
+    assert forgetting["headline"]["text"] in stdout
+    assert f"Report: {report}" in stdout
+    assert "Adapter scale" in report.read_text(encoding="utf-8")
+    config = (work / ".zhlora" / "configs" / "lora-demo.yaml").read_text(encoding="utf-8")
+    assert "max_steps: 4" in config and str(work / "data") in config
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in (work / ".zhlora" / "steps").glob("*.json")]
+    assert len(records) == 17 and all(r["status"] == "complete" for r in records)
+    assert not list((work / ".zhlora" / "locks").glob("*.lock"))
+
+
+def test_scale_zero_is_the_base_model(first_run):
+    """The curve's anchor: at scale 0 the adapter is off, so every prediction equals the baseline's."""
+    work, _ = first_run
+    rows = json.loads((work / "evaluation_results" / "lora-demo" / "adapter_scales.json").read_text(encoding="utf-8"))["rows"]
+    assert [row["scale"] for row in rows] == [0.0, 0.5, 1.0]
+    zero = rows[0]
+    assert zero["zh_delta_points"] == 0.0 and zero["en_delta_points"] == 0.0
+    assert abs(zero["ppl_zh"]) < 1e-4 and abs(zero["ppl_en"]) < 1e-4
+    assert rows[2]["ppl_zh"] < 0  # trained on Chinese: the held-out Chinese loss falls at full scale
+
+
+def test_rerun_skips_every_step(first_run, capsys):
+    work, _ = first_run
+    assert main(["run", "--work_dir", str(work), *FAST, "--adapter_scales", "0,0.5,1"]) == 0
+    assert "0 ran, 0 redone, 17 skipped" in capsys.readouterr().out
+
+
+def test_changed_setting_redoes_training_and_after_but_not_the_baseline(first_run, capsys, caplog):
+    work, _ = first_run
+    baseline = (work / "evaluation_results" / "baseline" / "results.json").read_bytes()
+    with caplog.at_level(logging.INFO, logger="zhlora.experiment"):
+        assert main(["run", "--work_dir", str(work), *FAST, "--learning_rate", "0.004"]) == 0
+    out = capsys.readouterr().out
+    # the three scales' steps were planned before; now only scale 1 is: train, evaluate, compare, report redone
+    assert "4 redone" in out and "0 ran" in out
+    assert "train.learning_rate: 0.002 -> 0.004" in caplog.text
+    assert (work / "evaluation_results" / "baseline" / "results.json").read_bytes() == baseline
+    record = json.loads((work / ".zhlora" / "steps" / "train.lora-demo.json").read_text(encoding="utf-8"))
+    assert record["redo"] is True and record["command"].endswith("--overwrite")
+
+
+def test_dry_run_shows_the_plan_and_runs_nothing(first_run, capsys):
+    work, _ = first_run
+    assert main(["run", "--work_dir", str(work), *FAST, "--lora_rank", "4", "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "download-model: complete, same settings; skipping" in out
+    train_line = next(line for line in out.splitlines() if "] train.lora-demo:" in line)
+    assert "redoing: settings changed (" in train_line and "lora.lora_rank: 16 -> 4" in train_line
+    assert "zhlora train --config" in out and out.count("--overwrite") >= 2
+    record = json.loads((work / ".zhlora" / "steps" / "train.lora-demo.json").read_text(encoding="utf-8"))
+    assert record["settings"]["lora"]["lora_rank"] == 16
+
+
+def test_a_failing_step_names_itself_and_how_to_continue(tmp_path, capsys):
+    work = tmp_path / "work"
+    status = main(["run", "--work_dir", str(work), *FAST, "--model_name_or_path", str(tmp_path / "no-such-model"),
+                   "--model_source", "local"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "zhlora download-model: error:" in err and "Step download-model failed" in err
+    assert Path(work / "data" / "belle" / "train.jsonl").is_file()  # the steps before it are kept
