@@ -16,8 +16,10 @@ What it does (nothing is downloaded except the lm-eval package from PyPI):
    ``mmlu`` / ``cmmlu`` prompts over the local files.
 4. Runs ``zhlora.evaluation.evaluate_benchmarks`` on the same items in this process.
 5. Checks that both rendered the same prompts and predicted the same answer for every item,
-   and prints items/s of each and the ratio. Model loading is excluded from both timings;
-   tokenization, prompt building and scoring are included.
+   and prints items/s of each and the ratio. Timed: zhlora's ``evaluate_benchmarks`` call
+   (prompts, tokenization, forward passes) against lm-eval's ``loglikelihood`` calls
+   (tokenization, forward passes); model and data loading are excluded from both, and
+   lm-eval's whole ``simple_evaluate`` time is reported beside it.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def prepare_data(work: Path, items_per_subject: int) -> Path:
     return data
 
 
-def build_random_llama(folder: Path, hidden_size: int, layers: int) -> Path:
+def build_random_llama(folder: Path, hidden_size: int, layers: int, intermediate_size: int | None, torch_dtype: str,
+                       device: str) -> Path:
     """A Llama-2-shaped causal LM with random weights and the Llama-2 tokenizer, saved to ``folder``."""
     import shutil
 
@@ -79,10 +82,12 @@ def build_random_llama(folder: Path, hidden_size: int, layers: int) -> Path:
     shutil.copy(SHARED / "tokenizers" / "llama2" / "tokenizer.model", tokenizer_dir / "tokenizer.model")
     tokenizer = load_tokenizer(tokenizer_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, hidden_size=hidden_size, intermediate_size=int(hidden_size * 8 / 3 // 64 * 64),
+    intermediate_size = intermediate_size or int(hidden_size * 8 / 3 // 64 * 64)
+    config = LlamaConfig(vocab_size=32000, hidden_size=hidden_size, intermediate_size=intermediate_size,
                          num_hidden_layers=layers, num_attention_heads=hidden_size // 64,
                          num_key_value_heads=hidden_size // 64, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(config)
+    with torch.device(device):  # a 7B-shaped model initialises in seconds on a GPU, minutes on a CPU
+        model = LlamaForCausalLM(config).to(getattr(torch, torch_dtype))
     model.save_pretrained(folder / "model")
     tokenizer.save_pretrained(folder / "model")
     print(f"random Llama: {model.num_parameters() / 1e6:.1f}M parameters, hidden {hidden_size}, {layers} layers")
@@ -120,14 +125,19 @@ def _task_yaml(benchmark: str, subject: str, subset: Path) -> dict:
     }
 
 
-def lm_eval_worker(model_dir: Path, subset: Path, batch_size: int, out: Path) -> None:
+def _load(model_dir: Path, torch_dtype: str, device: str):
+    from zhlora.modeling import load_model, load_tokenizer
+
+    model = load_model(model_dir, torch_dtype=torch_dtype, device_map={"": 0} if device == "cuda" else None)
+    return model, load_tokenizer(model_dir)
+
+
+def lm_eval_worker(model_dir: Path, subset: Path, batch_size: int, out: Path, torch_dtype: str, device: str) -> None:
     """Run lm-eval on every subject task; write per-item log-likelihoods, prompts and seconds to ``out``."""
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
-
-    from zhlora.modeling import load_model, load_tokenizer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     tasks_dir = Path(tempfile.mkdtemp(prefix="zb_tasks_"))
@@ -137,12 +147,24 @@ def lm_eval_worker(model_dir: Path, subset: Path, batch_size: int, out: Path) ->
             config = _task_yaml(benchmark, subject, subset)
             (tasks_dir / f"{config['task']}.yaml").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
             names.append(config["task"])
-    lm = HFLM(pretrained=load_model(model_dir, torch_dtype="float32"), tokenizer=load_tokenizer(model_dir), batch_size=batch_size)
+    model, tokenizer = _load(model_dir, torch_dtype, device)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    scoring = {"seconds": 0.0}
+    loglikelihood = lm.loglikelihood
+
+    def timed_loglikelihood(requests, *args, **kwargs):  # tokenization + forward passes, as zhlora's timing
+        started = time.perf_counter()
+        try:
+            return loglikelihood(requests, *args, **kwargs)
+        finally:
+            scoring["seconds"] += time.perf_counter() - started
+
+    lm.loglikelihood = timed_loglikelihood
     manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
     started = time.perf_counter()
     results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=5, task_manager=manager, log_samples=True,
                                       bootstrap_iters=0)
-    seconds = time.perf_counter() - started
+    total_seconds = time.perf_counter() - started
     items = {}
     for task, samples in results["samples"].items():
         for sample in sorted(samples, key=lambda s: s["doc_id"]):
@@ -151,7 +173,8 @@ def lm_eval_worker(model_dir: Path, subset: Path, batch_size: int, out: Path) ->
                 "continuations": [arguments[1] for arguments in sample["arguments"]],
                 "loglikelihoods": [float(resp[0][0]) for resp in sample["resps"]],
             }
-    out.write_text(json.dumps({"seconds": seconds, "items": items, "version": lm_eval.__version__}, ensure_ascii=False))
+    out.write_text(json.dumps({"seconds": scoring["seconds"], "total_seconds": total_seconds, "items": items,
+                               "version": lm_eval.__version__}, ensure_ascii=False))
 
 
 def ensure_lm_eval_venv() -> Path:
@@ -169,16 +192,15 @@ def ensure_lm_eval_venv() -> Path:
 # ---------------------------------------------------------------------------------------
 # zhlora side and comparison
 # ---------------------------------------------------------------------------------------
-def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: int):
+def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: int, torch_dtype: str, device: str):
     """Per-item log-likelihoods, prompts and seconds of zhlora's engine on the same subset."""
     import torch
 
     from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items, resolve_spec
     from zhlora.evaluation.runner import choice_requests
-    from zhlora.modeling import load_model, load_tokenizer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    model, tokenizer = load_model(model_dir, torch_dtype="float32"), load_tokenizer(model_dir)
+    model, tokenizer = _load(model_dir, torch_dtype, device)
     benches = {name: load_benchmark_items(data, resolve_spec(name), shots=5, subjects=subjects, limit=items_per_subject)
                for name, subjects in SUBJECTS.items()}
     started = time.perf_counter()
@@ -210,8 +232,11 @@ def compare(zhlora: dict, lm_eval: dict) -> dict:
     n = len(zhlora["items"])
     return {"items": n, "identical_prompts": same_prompt, "identical_predictions": same_prediction,
             "max_abs_loglikelihood_difference": largest,
-            "zhlora_items_per_second": n / zhlora["seconds"], "lm_eval_items_per_second": n / lm_eval["seconds"],
-            "speedup": lm_eval["seconds"] / zhlora["seconds"]}
+            "zhlora_seconds": round(zhlora["seconds"], 2), "lm_eval_seconds": round(lm_eval["seconds"], 2),
+            "lm_eval_simple_evaluate_seconds": round(lm_eval["total_seconds"], 2),
+            "zhlora_items_per_second": round(n / zhlora["seconds"], 3),
+            "lm_eval_items_per_second": round(n / lm_eval["seconds"], 3),
+            "speedup": round(lm_eval["seconds"] / zhlora["seconds"], 2)}
 
 
 def main() -> int:
@@ -220,13 +245,16 @@ def main() -> int:
     parser.add_argument("--batch_size", type=int, default=8, help="Same fixed batch size for both tools.")
     parser.add_argument("--hidden_size", type=int, default=384)
     parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--intermediate_size", type=int, default=None, help="MLP width (default: 8/3 x hidden, rounded to 64).")
+    parser.add_argument("--torch_dtype", default="float32", help="float32 (CPU default) or bfloat16 (GPU).")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--lm_eval_python", default=None, help="A python with lm-eval installed (default: create benchmarks/.venv).")
     parser.add_argument("--out", default=None, help="Write the figures as JSON here.")
-    parser.add_argument("--worker", nargs=4, metavar=("MODEL", "SUBSET", "BATCH", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "SUBSET", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        model_dir, subset, batch, out = args.worker
-        lm_eval_worker(Path(model_dir), Path(subset), int(batch), Path(out))
+        model_dir, subset, out = args.worker
+        lm_eval_worker(Path(model_dir), Path(subset), args.batch_size, Path(out), args.torch_dtype, args.device)
         return 0
     if not (SHARED / "README.md").is_file():
         print(f"{SHARED} is absent: this benchmark needs the real data folder.", file=sys.stderr)
@@ -237,15 +265,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="zhlora_eval_throughput_") as tmp:
         work = Path(tmp)
         data = prepare_data(work, args.items_per_subject)
-        model_dir = build_random_llama(work / "llama", args.hidden_size, args.layers)
+        model_dir = build_random_llama(work / "llama", args.hidden_size, args.layers, args.intermediate_size,
+                                       args.torch_dtype, args.device)
         lm_eval_out = work / "lm_eval.json"
-        subprocess.run([str(python), __file__, "--worker", str(model_dir), str(work / "subset"), str(args.batch_size),
-                        str(lm_eval_out)], check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+        subprocess.run([str(python), __file__, "--worker", str(model_dir), str(work / "subset"), str(lm_eval_out),
+                        "--batch_size", str(args.batch_size), "--torch_dtype", args.torch_dtype, "--device", args.device],
+                       check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
         lm_eval = json.loads(lm_eval_out.read_text(encoding="utf-8"))
-        ours = run_zhlora(model_dir, data, args.items_per_subject, args.batch_size)
+        ours = run_zhlora(model_dir, data, args.items_per_subject, args.batch_size, args.torch_dtype, args.device)
     figures = compare(ours, lm_eval)
     figures.update(lm_eval_version=lm_eval["version"], batch_size=args.batch_size, hidden_size=args.hidden_size,
-                   layers=args.layers, omp_num_threads=os.environ["OMP_NUM_THREADS"], subjects=SUBJECTS)
+                   layers=args.layers, torch_dtype=args.torch_dtype, device=args.device,
+                   items_per_subject=args.items_per_subject, omp_num_threads=os.environ["OMP_NUM_THREADS"], subjects=SUBJECTS)
     print(json.dumps(figures, indent=2, ensure_ascii=False))
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -271,3 +271,15 @@ def test_forgetting_probes_make_training_depend_on_the_benchmark_data(tmp_path):
     assert "--probe_data_dir" in train.argv
     _, plain = plan_run(_demo(tmp_path))
     assert "download-data.mmlu" not in next(s for s in plain if s.id == "train.lora-demo").inputs
+
+
+def test_config_falls_back_to_the_shipped_file_of_that_name(tmp_path, monkeypatch):
+    from zhlora.experiment import resolve_config_path, shipped_configs_dir
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here, as after `pip install zhlora`
+    assert resolve_config_path("configs/llama2-7b-belle.yaml") == shipped_configs_dir() / "llama2-7b-belle.yaml"
+    assert resolve_config_path("demo") == shipped_configs_dir() / "demo.yaml"
+    (tmp_path / "mine.yaml").write_text("run_name: mine\n", encoding="utf-8")
+    assert resolve_config_path("mine.yaml") == Path("mine.yaml")
+    with pytest.raises(ConfigError, match="shipped: .*demo.yaml"):
+        resolve_config_path("configs/nope.yaml")

@@ -1,4 +1,8 @@
-"""``zhlora run`` end to end on the demo config with tiny limits: layout, skip, redo, adapter-scale curve."""
+"""``zhlora run`` and ``zhlora sweep`` end to end on the demo config with tiny limits.
+
+One work folder for the module: a run with a three-scale adapter curve, its skip and redo
+behaviour, then a two-trial sweep split into two shards that reuses the run's shared steps.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from zhlora.cli import main
+from zhlora.experiment import runs_overview
 
 # Fewer steps, items and tokens than the demo; everything else is configs/demo.yaml.
-FAST = ["--max_steps", "4", "--save_steps", "2", "--limit", "2", "--max_new_tokens", "16", "--bootstrap_samples", "200"]
+FAST = ["--max_steps", "4", "--save_steps", "2", "--limit", "2", "--shots", "0", "--max_new_tokens", "16",
+        "--bootstrap_samples", "200"]
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +104,33 @@ def test_a_failing_step_names_itself_and_how_to_continue(tmp_path, capsys):
     assert status == 2
     assert "zhlora download-model: error:" in err and "Step download-model failed" in err
     assert Path(work / "data" / "belle" / "train.jsonl").is_file()  # the steps before it are kept
+
+
+def test_two_shard_sweep_reuses_the_work_folder_and_merges(first_run, capsys):
+    """A two-trial sweep in the same work folder: data, model, baseline and preprocessing are shared."""
+    work, _ = first_run
+    sweep = [*FAST, "--max_steps", "2", "--lora_ranks", "4,8", "--lora_alphas", "16", "--lora_dropouts", "0.05"]
+    baseline_record = work / ".zhlora" / "steps" / "evaluate.baseline.json"
+    before = baseline_record.read_text(encoding="utf-8")
+
+    assert main(["sweep", "--work_dir", str(work), *sweep, "--shard", "0/2"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 trials complete" in out and "lora-demo-r4-a16-d0.05" in out
+    assert not (work / "results" / "lora-demo-r8-a16-d0.05").exists()
+
+    assert main(["sweep", "--work_dir", str(work), *sweep, "--shard", "1/2"]) == 0
+    assert "2 of 2 trials complete" in capsys.readouterr().out
+    assert baseline_record.read_text(encoding="utf-8") == before  # the baseline was evaluated once, by `zhlora run`
+
+    summary_dir = work / "sweeps" / "lora-demo"
+    summary = json.loads((summary_dir / "summary.json").read_text(encoding="utf-8"))
+    assert [row["status"] for row in summary["trials"]] == ["complete", "complete"]
+    assert all(row["ppl_zh"] is not None and row["zh_delta_points"] is not None for row in summary["trials"])
+    html = (summary_dir / "report.html").read_text(encoding="utf-8")
+    assert "lora-demo-r8-a16-d0.05" in html and "data:image/png;base64" in html
+    assert (summary_dir / "tradeoff.png").is_file() and (summary_dir / "heatmap_zh_d0.05.png").is_file()
+
+    assert main(["sweep", "--work_dir", str(work), *sweep, "--summary_only"]) == 0
+    assert "2 of 2 trials complete" in capsys.readouterr().out
+    rows = {row["name"]: row for row in runs_overview(work)}
+    assert rows["lora-demo-r8-a16-d0.05"]["status"] == "compared"

@@ -278,3 +278,32 @@ def test_resume_without_checkpoint(tmp_path, tiny_model_dir, processed, capsys):
 def test_train_config_written_is_the_resolved_config(reference_run):
     raw = yaml.safe_load((reference_run / "train_config.yaml").read_text())
     assert raw["train"]["max_steps"] == 8 and raw["lora"]["lora_dropout"] == 0.1
+
+
+def test_a_callback_can_log_rows_and_stop_the_run(tmp_path, tiny_model_dir, processed):
+    """The monitoring hook: on_step_end(step, model) -> StepReport(record, stop)."""
+    from zhlora.commands.train import run
+    from zhlora.config import config_from_dict
+    from zhlora.training.loop import StepReport
+
+    class StopAtTwo:
+        def __init__(self):
+            self.seen = []
+
+        def on_step_end(self, step, model):
+            self.seen.append((step, model.training))
+            return StepReport(record={"probe": step * 10}, stop=step == 2)
+
+    cfg = config_from_dict({"lora": {"lora_rank": 4}, "train": {
+        "max_steps": 6, "save_steps": 100, "max_seq_length": 256, "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": 1, "logging_steps": 5}})
+    callback = StopAtTwo()
+    out = tmp_path / "run"
+    outcome = run(cfg, tiny_model_dir, processed / "train_dataset", out, callbacks=[callback])
+    assert (outcome.status, outcome.step) == ("stopped", 2)
+    assert callback.seen == [(1, True), (2, True)]
+    rows = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert {"step": 1, "probe": 10} in rows and {"step": 2, "probe": 20} in rows
+    assert any(r["step"] == 2 and "loss" in r for r in rows)  # a stop also logs the step it ends on
+    assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "manifest.json").read_text())["training"]["status"] == "stopped"

@@ -75,6 +75,25 @@ def default_config_path() -> Path:
     return shipped_configs_dir() / DEFAULT_CONFIG
 
 
+def resolve_config_path(text: str) -> Path:
+    """``--config`` as given when that file exists, else the shipped config of that name.
+
+    So ``zhlora run --config configs/llama2-7b-belle.yaml`` (or ``--config llama2-7b-belle``)
+    works from any folder once zhlora is pip-installed, not only from a checkout.
+    """
+    path = Path(text)
+    if path.is_file():
+        return path
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    shipped = shipped_configs_dir() / name
+    if shipped.is_file():
+        logger.info("--config %s: no such file here; using the shipped %s", text, shipped)
+        return shipped
+    known = ", ".join(sorted(p.name for p in shipped_configs_dir().glob("*.yaml")))
+    raise ConfigError(f"--config {text}: no such file, and no shipped config of that name (shipped: {known}; "
+                      "see `zhlora ls configs`).")
+
+
 def number_tag(value: float) -> str:
     """A short, file-name-safe spelling of a number (``0.2`` -> ``0.2``, ``32.0`` -> ``32``)."""
     return f"{value:g}"

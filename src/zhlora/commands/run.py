@@ -36,13 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace):
-    """The experiment config of ``args``; without ``--config``, the embedded demo (``configs/demo.yaml``)."""
+    """The experiment config of ``args``: ``--config`` (a file, or a shipped config's name), else the embedded demo."""
     from zhlora.config import config_from_args
-    from zhlora.experiment import default_config_path
+    from zhlora.experiment import default_config_path, resolve_config_path
 
     if args.config is None:
         args.config = str(default_config_path())
         print(f"No --config given: running the embedded demo ({args.config}).")
+    else:
+        args.config = str(resolve_config_path(args.config))
     return config_from_args(args)
 
 

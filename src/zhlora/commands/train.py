@@ -126,6 +126,25 @@ def _attention_implementation() -> str:
     return "sdpa"
 
 
+def _configure_sharding(accelerator, model, batch_size: int, max_grad_norm: float) -> None:
+    """DeepSpeed and FSDP settings that depend on zhlora's flags and model (nothing to do otherwise).
+
+    DeepSpeed cannot infer the micro-batch size without an accelerate dataloader and clips
+    gradients itself; FSDP needs PEFT's wrap policy so frozen and trainable weights sit in
+    separate flat parameters.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = batch_size
+        ds_config["gradient_clipping"] = max_grad_norm
+    elif accelerator.distributed_type == DistributedType.FSDP:
+        from peft.utils.other import fsdp_auto_wrap_policy
+
+        accelerator.state.fsdp_plugin.auto_wrap_policy = fsdp_auto_wrap_policy(model)
+
+
 def _tracker_config(cfg: ExperimentConfig) -> dict:
     """The config flattened to scalars (what TensorBoard's hparams accept)."""
     flat = {}
@@ -240,6 +259,7 @@ def run(
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.learning_rate,
                                   weight_decay=tcfg.weight_decay)
     scheduler = build_lr_scheduler(optimizer, tcfg.lr_scheduler_type, plan.warmup_steps, plan.total_steps)
+    _configure_sharding(accelerator, model, tcfg.per_device_train_batch_size, tcfg.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     ckpt.register_adapter_only_hooks(accelerator)
@@ -348,11 +368,11 @@ def _write_report_files(
 ) -> None:
     from zhlora.io_utils import atomic_write_json, provenance, sha256_file
     from zhlora.training.checkpoint import ADAPTER_WEIGHTS_NAME
-    from zhlora.training.logbook import CURVE_NAME, LOG_NAME, plot_loss_curve, read_log_rows
-    from zhlora.training.outputs import MANIFEST_NAME
+    from zhlora.analysis.charts import plot_loss_curve
+    from zhlora.training.logbook import LOG_NAME
+    from zhlora.training.outputs import CURVE_NAME, MANIFEST_NAME
 
-    plot_loss_curve(read_log_rows(output_dir / LOG_NAME), output_dir / CURVE_NAME,
-                    title=f"{cfg.run_name}: LoRA r={cfg.lora.lora_rank}, lr={cfg.train.learning_rate:g}")
+    plot_loss_curve(output_dir / LOG_NAME, output_dir / CURVE_NAME)
     if monitoring is not None:
         from zhlora.analysis.charts import plot_probe_curves
         from zhlora.monitoring.callback import PROBE_CURVES_NAME

@@ -137,7 +137,8 @@ class ForgettingMonitor:
             logger.info("probes at step 0 (baseline, %.1f s): %s", measurement.seconds, _format_values(measurement.values, None))
             self._log_metrics(measurement.values, 0)
             self._mark = time.perf_counter()
-            return {"probes": measurement.values, "probe_seconds": round(measurement.seconds, 3)}
+            return {"probes": measurement.values, "probe_seconds": round(measurement.seconds, 3),
+                    "probe_seconds_each": measurement.seconds_per_probe}
         self._resume(log_rows, start_step, record_path, probe_sets)
         self._mark = time.perf_counter()
         return None
@@ -213,6 +214,7 @@ class ForgettingMonitor:
         record = {
             "probes": values,
             "probe_seconds": round(measurement.seconds, 3),
+            "probe_seconds_each": measurement.seconds_per_probe,
             "train_seconds": round(train_window, 3),
             "probe_overhead_pct": round(100 * overhead, 2),
             "selected_step": self.selection.step,

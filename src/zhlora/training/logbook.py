@@ -1,4 +1,4 @@
-"""``training_log.jsonl`` and ``loss_curve.png``: what a run reports about itself as it goes.
+"""``training_log.jsonl``: what a run reports about itself as it goes.
 
 One JSON object per logging step (``step, loss, learning_rate, grad_norm, tokens_per_second,
 epoch``; callbacks add ``{step, ...}`` rows of their own). Rows are appended and flushed as
@@ -14,7 +14,6 @@ from pathlib import Path
 from zhlora.io_utils import atomic_write_text
 
 LOG_NAME = "training_log.jsonl"
-CURVE_NAME = "loss_curve.png"
 
 
 def read_log_rows(path: str | Path) -> list[dict]:
@@ -51,29 +50,3 @@ class TrainingLog:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             handle.flush()
-
-
-def plot_loss_curve(rows: list[dict], path: str | Path, title: str) -> Path | None:
-    """Draw training loss against optimizer step into a PNG; None when there is no loss row."""
-    points = [(row["step"], row["loss"]) for row in rows if "loss" in row]
-    if not points:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from zhlora.io_utils import atomic_path
-
-    steps, losses = zip(*points)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.plot(steps, losses, marker="o" if len(points) < 30 else None, linewidth=1.5)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (nats / response token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)

@@ -20,6 +20,7 @@ from zhlora.training.checkpoint import ADAPTER_WEIGHTS_NAME, list_checkpoints, r
 
 MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "train_config.yaml"
+CURVE_NAME = "loss_curve.png"
 INITIAL_ADAPTER_DIR = "initial_adapter"  # PiSSA/OLoRA start point, for the conversion to plain LoRA
 # Files and folders zhlora writes into a run folder; --overwrite removes exactly these.
 RUN_ARTEFACTS = (ADAPTER_WEIGHTS_NAME, "adapter_config.json", "README.md", CONFIG_NAME, MANIFEST_NAME,

@@ -1,0 +1,270 @@
+"""Probe sets (seeded, spread over subjects, disjoint from the final items where the data allows) and the
+training callback (schedule, stop/mark, adapter snapshots, export, resume), with scripted probe values."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from zhlora.errors import DataError, ZhloraError
+from zhlora.evaluation.items import load_benchmark_items
+from zhlora.evaluation.specs import resolve_spec
+from zhlora.monitoring import callback as callback_module
+from zhlora.monitoring.budget import parse_budget
+from zhlora.monitoring.callback import ForgettingMonitor, is_probe_step, suggested_monitor_every
+from zhlora.monitoring.probes import ProbeMeasurement, ProbeSizes, probe_manifest, select_probe_sets, spread_over_groups
+
+SMALL = ProbeSizes(zh_loss=5, en_ppl=3, en_ppl_chars=300, mmlu_acc=16, gsm8k_acc=3, ceval_acc=9, cmmlu_acc=8)
+
+
+# ---------------------------------------------------------------------------------------
+# probe sets
+# ---------------------------------------------------------------------------------------
+def test_spread_over_groups_is_even_seeded_and_keeps_file_order():
+    groups = {"b": list(range(10)), "a": list(range(100, 103)), "c": list(range(200, 201))}
+    picked = spread_over_groups(groups, 8, random.Random(1))
+    assert {k: len(v) for k, v in picked.items()} == {"a": 3, "b": 4, "c": 1}  # a and c run out, b takes the rest
+    assert all(v == sorted(v) for v in picked.values())
+    assert picked == spread_over_groups(groups, 8, random.Random(1))
+    assert spread_over_groups(groups, 100, random.Random(1)) == groups | {"b": list(range(10))}
+    assert sum(map(len, spread_over_groups(groups, 2, random.Random(1)).values())) == 2
+
+
+def _final_ids(data_dir: Path, benchmark: str) -> set[str]:
+    bench = load_benchmark_items(data_dir, resolve_spec(benchmark), shots=0)
+    return {item.id for items in bench.groups.values() for item in items}
+
+
+def test_probe_sets_are_fixed_spread_and_disjoint_from_the_final_items(sample_data_dir):
+    suite = select_probe_sets(sample_data_dir, SMALL)
+    again = select_probe_sets(sample_data_dir, SMALL)
+    assert {n: suite.ids(n) for n in suite.items} == {n: again.ids(n) for n in again.items}
+    assert {n: b.n_items for n, b in suite.items.items()} == {
+        "zh_loss": 5, "ceval_acc": 9, "cmmlu_acc": 8, "en_ppl": 3, "mmlu_acc": 16, "gsm8k_acc": 3}
+    assert {len(v) for v in suite.items["mmlu_acc"].groups.values()} == {2}  # 8 subjects x 2
+    assert all(len(item.text) <= 300 for item in suite.items["en_ppl"].groups["all"])
+
+    record = probe_manifest(suite)["probes"]
+    for name, benchmark in (("mmlu_acc", "mmlu"), ("ceval_acc", "ceval"), ("cmmlu_acc", "cmmlu"), ("gsm8k_acc", "gsm8k")):
+        assert record[name]["disjoint_from_final_scored_items"] is True
+        assert not set(record[name]["ids"]) & _final_ids(sample_data_dir, benchmark), name
+    for name, benchmark in (("zh_loss", "ppl_zh"), ("en_ppl", "ppl_en")):  # one split only: overlap, and said so
+        assert record[name]["disjoint_from_final_scored_items"] is False
+        assert set(record[name]["ids"]) <= _final_ids(sample_data_dir, benchmark)
+        assert "optimistic" in record[name]["note"]
+    assert record["mmlu_acc"]["split"] == "val" and record["gsm8k_acc"]["split"] == "train"
+    assert record["gsm8k_acc"]["shots"] == 8 and record["mmlu_acc"]["shots"] == 0
+
+
+def test_a_larger_probe_contains_the_smaller_one_of_the_others(sample_data_dir):
+    small = select_probe_sets(sample_data_dir, SMALL)
+    other = select_probe_sets(sample_data_dir, ProbeSizes(**{**SMALL.__dict__, "mmlu_acc": 24}))
+    assert small.ids("ceval_acc") == other.ids("ceval_acc")  # one random stream per probe
+
+
+def test_missing_probe_data_is_skipped_unless_the_budget_reads_it(sample_data_dir, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(sample_data_dir, data)
+    (data / "gsm8k" / "train.jsonl").unlink()
+    (data / "english_text" / "test.jsonl").unlink()
+    with caplog.at_level(logging.WARNING):
+        suite = select_probe_sets(data, SMALL, required=("en_acc",))
+    assert "gsm8k_acc" not in suite.items and "gsm8k/train.jsonl is missing" in suite.skipped["gsm8k_acc"]
+    assert "probe en_ppl skipped" in caplog.text and "download-data --datasets english_text" in caplog.text
+    with pytest.raises(DataError, match="reads the en_ppl probe, which has no data"):
+        select_probe_sets(data, SMALL, required=("en_ppl",))
+    (data / "mmlu" / "val.jsonl").unlink()
+    with pytest.raises(DataError, match="English probe accuracy"):
+        select_probe_sets(data, SMALL, required=("en_acc",))
+
+
+def test_broken_probe_data_is_an_error_not_a_skip(sample_data_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(sample_data_dir, data)
+    (data / "mmlu" / "val.jsonl").write_text('{"id": "x"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="mmlu/val.jsonl"):
+        select_probe_sets(data, SMALL)
+
+
+def test_probe_limit_caps_every_probe():
+    capped = ProbeSizes().capped(4)
+    assert (capped.mmlu_acc, capped.zh_loss, capped.gsm8k_acc, capped.en_ppl_chars) == (4, 4, 4, 2000)
+    assert ProbeSizes().capped(None) == ProbeSizes()
+
+
+def test_probe_schedule_and_overhead_advice():
+    assert [s for s in range(1, 13) if is_probe_step(s, 4, 6, 11)] == [4, 6, 8, 11, 12]
+    assert suggested_monitor_every(10, 0.25) == 25
+    assert suggested_monitor_every(10, 0.101) == 11
+
+
+# ---------------------------------------------------------------------------------------
+# the callback, with scripted probe values on a real (tiny) PEFT model
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def peft_model(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from zhlora.modeling import load_model
+
+    torch.manual_seed(0)
+    model = load_model(tiny_model_dir, torch_dtype="float32")
+    return get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+
+
+def _lora_b(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+
+
+def _train_a_little(model, amount: float) -> None:
+    """Stand-in for an optimizer step: move every lora_B weight."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(amount)
+
+
+class ScriptedProbes:
+    """Replaces evaluate_probes: returns the next scripted values and records the model's mode."""
+
+    def __init__(self, values: list[dict]):
+        self.values = list(values)
+        self.calls = 0
+
+    def __call__(self, model, tokenizer, suite, **kwargs):
+        self.calls += 1
+        return ProbeMeasurement(values=self.values.pop(0), seconds=0.5, seconds_per_probe={"zh_loss": 0.5})
+
+
+def _values(zh: float, ppl: float, acc: float = 0.5) -> dict:
+    return {"zh_loss": zh, "en_ppl": ppl, "en_acc": acc}
+
+
+def _monitor(sample_data_dir, out: Path, budget: str | None, action: str = "stop", **kwargs) -> ForgettingMonitor:
+    suite = select_probe_sets(sample_data_dir, SMALL)
+    settings = {"monitor_every": 2, "save_steps": 100, "total_steps": 10, **kwargs}
+    return ForgettingMonitor(suite, tokenizer=None, budget=parse_budget(budget), budget_action=action,
+                             output_dir=out, **settings)
+
+
+def test_stop_on_the_crossing_step_and_export_the_best_allowed_step(sample_data_dir, tmp_path, peft_model,
+                                                                    monkeypatch, caplog):
+    script = ScriptedProbes([_values(2.0, 10.0), _values(1.9, 10.1), _values(1.7, 10.3), _values(1.5, 11.0)])
+    monkeypatch.setattr(callback_module, "evaluate_probes", script)
+    metrics = []
+    monitor = _monitor(sample_data_dir, tmp_path, "ppl:5%", log_metrics=lambda values, step: metrics.append((step, values)))
+    start = monitor.start(peft_model, 0, [])
+    assert start["probes"] == _values(2.0, 10.0) and json.loads((tmp_path / "probe_sets.json").read_text())["probes"]
+    weights = {}
+    with caplog.at_level(logging.INFO):
+        for step in range(1, 7):
+            _train_a_little(peft_model, 0.01)
+            weights[step] = _lora_b(peft_model)
+            report = monitor.on_step_end(step, peft_model)
+            if step % 2:
+                assert report is None
+                continue
+            assert report.stop == (step == 6)
+            if report.stop:
+                break
+    assert script.calls == 4
+    assert report.record["budget"] == {"text": "ppl:5%", "exceeded": True,
+                                       "violations": ["en_ppl rose 10.0% (10 -> 11), over ppl:5%"]}
+    assert "Forgetting budget ppl:5% exceeded at step 6: en_ppl rose 10.0%" in caplog.text
+    assert "Stopping the run after this step" in caplog.text
+    assert report.record["selected_step"] == 4 and report.record["probe_overhead_pct"] > 0
+    assert [step for step, _ in metrics] == [0, 2, 4, 6] and metrics[-1][1]["probe/en_ppl"] == 11.0
+    assert sorted(p.name for p in (tmp_path / "probe_snapshots").iterdir()) == ["step-4"]  # step 2's was superseded
+
+    source = monitor.restore_selected(peft_model, 6)
+    assert source == tmp_path / "probe_snapshots" / "step-4" / "adapter_model.safetensors"
+    restored = _lora_b(peft_model)
+    assert all(torch.equal(restored[k], weights[4][k]) for k in restored)
+    summary = monitor.summary()
+    assert (summary["selected_step"], summary["selected_within_budget"]) == (4, True)
+    assert summary["budget_exceeded"]["step"] == 6 and summary["probe_steps"] == [0, 2, 4, 6]
+    assert summary["selected_zh_gain"] == pytest.approx(0.3)
+    assert summary["overhead"]["probe_runs"] == 3 and summary["overhead"]["baseline_seconds"] == 0.5
+
+
+def test_mark_goes_on_and_no_budget_only_observes(sample_data_dir, tmp_path, peft_model, monkeypatch):
+    script = ScriptedProbes([_values(2.0, 10.0), _values(1.9, 12.0), _values(1.8, 10.2)])
+    monkeypatch.setattr(callback_module, "evaluate_probes", script)
+    monitor = _monitor(sample_data_dir, tmp_path / "mark", "ppl:5%", action="mark", total_steps=4)
+    monitor.start(peft_model, 0, [])
+    first, second = monitor.on_step_end(2, peft_model), monitor.on_step_end(4, peft_model)
+    assert (first.stop, first.record["budget"]["exceeded"], second.record["budget"]["exceeded"]) == (False, True, False)
+    assert second.record["selected_step"] == 4 and monitor.restore_selected(peft_model, 4) is None
+
+    script = ScriptedProbes([_values(2.0, 10.0), _values(1.9, 50.0), _values(1.8, 90.0)])
+    monkeypatch.setattr(callback_module, "evaluate_probes", script)
+    observer = _monitor(sample_data_dir, tmp_path / "observe", None, total_steps=4)
+    observer.start(peft_model, 0, [])
+    reports = [observer.on_step_end(step, peft_model) for step in (2, 4)]
+    assert not any(r.stop for r in reports) and "budget" not in reports[0].record
+    assert not (tmp_path / "observe" / "probe_snapshots").exists()
+    assert observer.restore_selected(peft_model, 4) is None and observer.summary()["selected_step"] == 4
+
+
+def test_snapshots_chosen_as_of_a_checkpoint_survive_for_resume(sample_data_dir, tmp_path, peft_model, monkeypatch):
+    script = ScriptedProbes([_values(2.0, 10.0), _values(1.9, 10.0), _values(1.8, 10.0), _values(1.7, 10.0)])
+    monkeypatch.setattr(callback_module, "evaluate_probes", script)
+    monitor = _monitor(sample_data_dir, tmp_path, "ppl:5%", action="mark")
+    monitor.start(peft_model, 0, [])
+    monitor.on_step_end(2, peft_model)
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}", encoding="utf-8")
+    monitor.on_step_end(4, peft_model)
+    monitor.on_step_end(6, peft_model)
+    assert sorted(p.name for p in (tmp_path / "probe_snapshots").iterdir()) == ["step-2", "step-6"]
+
+
+def test_resume_picks_up_the_probe_history(sample_data_dir, tmp_path, peft_model, monkeypatch):
+    script = ScriptedProbes([_values(2.0, 10.0), _values(1.8, 10.0)])
+    monkeypatch.setattr(callback_module, "evaluate_probes", script)
+    first = _monitor(sample_data_dir, tmp_path, "ppl:5%")
+    rows = [{"step": 0, **first.start(peft_model, 0, [])}, {"step": 2, **first.on_step_end(2, peft_model).record}]
+    rows.append({"step": 3, "loss": 1.0})
+
+    resumed = _monitor(sample_data_dir, tmp_path, "ppl:5%")
+    assert resumed.start(peft_model, 3, rows) is None and script.calls == 2  # no new baseline
+    assert resumed.baseline.values == _values(2.0, 10.0) and resumed.selection.step == 2
+
+    with pytest.raises(ZhloraError, match="no step-0 probes"):
+        _monitor(sample_data_dir, tmp_path, "ppl:5%").start(peft_model, 3, rows[1:])
+    record = json.loads((tmp_path / "probe_sets.json").read_text())
+    record["probes"]["mmlu_acc"]["ids"] = ["another-item"]
+    (tmp_path / "probe_sets.json").write_text(json.dumps(record))
+    with pytest.raises(ZhloraError, match="the benchmark data changed"):
+        _monitor(sample_data_dir, tmp_path, "ppl:5%").start(peft_model, 3, rows)
+
+
+def test_missing_snapshot_of_the_chosen_step_is_a_clear_error(sample_data_dir, tmp_path, peft_model, monkeypatch):
+    script = ScriptedProbes([_values(2.0, 10.0), _values(1.8, 10.0), _values(1.7, 20.0)])
+    monkeypatch.setattr(callback_module, "evaluate_probes", script)
+    monitor = _monitor(sample_data_dir, tmp_path, "ppl:5%")
+    monitor.start(peft_model, 0, [])
+    monitor.on_step_end(2, peft_model)
+    monitor.on_step_end(4, peft_model)
+    shutil.rmtree(tmp_path / "probe_snapshots")
+    with pytest.raises(ZhloraError, match="adapter of step 2, chosen by the forgetting budget, is missing"):
+        monitor.restore_selected(peft_model, 4)
+
+
+def test_overhead_over_the_bound_is_warned_once_with_a_suggestion(sample_data_dir, tmp_path, peft_model,
+                                                                 monkeypatch, caplog):
+    script = ScriptedProbes([_values(2.0, 10.0)] * 4)
+    monkeypatch.setattr(callback_module, "evaluate_probes", script)
+    monitor = _monitor(sample_data_dir, tmp_path, None)
+    monitor.start(peft_model, 0, [])
+    with caplog.at_level(logging.WARNING):
+        for step in (2, 4, 6):
+            monitor.on_step_end(step, peft_model)  # 0.5 s of probes after ~0 s of "training"
+    assert caplog.text.count("The probes took") == 1 and "Pass --monitor_every" in caplog.text
