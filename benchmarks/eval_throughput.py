@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Questions per second of zhlora's evaluation engine vs lm-evaluation-harness, same model, same items.
 
-    python benchmarks/eval_throughput.py                       # defaults below, ~5-10 min on 2 CPU cores
+    python benchmarks/eval_throughput.py                       # defaults below, ~2-5 min on a CPU
     python benchmarks/eval_throughput.py --items_per_subject 20 --batch_size 16 --out /tmp/eval_throughput.json
 
 What it does (nothing is downloaded except the lm-eval package from PyPI):
@@ -139,7 +139,7 @@ def lm_eval_worker(model_dir: Path, subset: Path, batch_size: int, out: Path, to
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     tasks_dir = Path(tempfile.mkdtemp(prefix="zb_tasks_"))
     names = []
     for benchmark, subjects in SUBJECTS.items():
@@ -199,7 +199,7 @@ def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: 
     from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items, resolve_spec
     from zhlora.evaluation.runner import choice_requests
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model, tokenizer = _load(model_dir, torch_dtype, device)
     benches = {name: load_benchmark_items(data, resolve_spec(name), shots=5, subjects=subjects, limit=items_per_subject)
                for name, subjects in SUBJECTS.items()}
@@ -248,6 +248,9 @@ def main() -> int:
     parser.add_argument("--intermediate_size", type=int, default=None, help="MLP width (default: 8/3 x hidden, rounded to 64).")
     parser.add_argument("--torch_dtype", default="float32", help="float32 (CPU default) or bfloat16 (GPU).")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of each tool (default 1: on a shared 2-core machine, 2 threads mostly wait "
+                             "for each other; set OMP_NUM_THREADS to override).")
     parser.add_argument("--lm_eval_python", default=None, help="A python with lm-eval installed (default: create benchmarks/.venv).")
     parser.add_argument("--out", default=None, help="Write the figures as JSON here.")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "SUBSET", "OUT"), help=argparse.SUPPRESS)
@@ -259,7 +262,7 @@ def main() -> int:
     if not (SHARED / "README.md").is_file():
         print(f"{SHARED} is absent: this benchmark needs the real data folder.", file=sys.stderr)
         return 2
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     python = Path(args.lm_eval_python) if args.lm_eval_python else ensure_lm_eval_venv()
     with tempfile.TemporaryDirectory(prefix="zhlora_eval_throughput_") as tmp:

@@ -31,10 +31,10 @@ import time
 
 PRESETS = {
     # Llama-2 proportions and vocabulary, small enough for a CPU: ~35M parameters (12M of them in lm_head)
-    "cpu-small": dict(hidden_size=384, intermediate_size=1032, num_hidden_layers=6, num_attention_heads=6,
-                      num_key_value_heads=6, vocab_size=32000),
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32000),
+    "cpu-small": {"hidden_size": 384, "intermediate_size": 1032, "num_hidden_layers": 6, "num_attention_heads": 6,
+                  "num_key_value_heads": 6, "vocab_size": 32000},
+    "llama2-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+                  "num_key_value_heads": 32, "vocab_size": 32000},
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -171,8 +171,13 @@ def run_standard(args, rows) -> dict:
     import torch
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
-    from transformers import (DataCollatorForSeq2Seq, PreTrainedTokenizerFast, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        PreTrainedTokenizerFast,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     model, config = build_model(args.preset, args.device, args.dtype, "sdpa", args.max_seq_length, args.gradient_checkpointing)
     _warm_up(model, args.device)
@@ -264,15 +269,15 @@ def main() -> None:
              for dtype in ("float32", "bfloat16")}
     rounds = {"zhlora": [], "standard": []}
     for _ in range(args.rounds):  # alternate, so a change in machine load hits both trainers alike
-        for which in rounds:
+        for which, runs in rounds.items():
             done = subprocess.run([sys.executable, *sys.argv, "--only", which], capture_output=True, text=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+                                  env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}, check=False)
             line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
             if done.returncode != 0 or not line:
                 sys.exit(f"{which} failed:\n{done.stderr[-4000:]}")
             result = json.loads(line[0][len("RESULT "):])
             result["load_average_after"] = os.getloadavg()[0]
-            rounds[which].append(result)
+            runs.append(result)
     peak = peaks[args.dtype]
     for runs in rounds.values():
         for r in runs:

@@ -117,7 +117,8 @@ def test_bad_run_names_are_refused(name):
 
 
 def test_changed_settings_names_the_dotted_keys():
-    assert changed_settings({"lora": {"lora_rank": 16, "x": 1}}, {"lora": {"lora_rank": 8, "x": 1}}) == ["lora.lora_rank: 16 -> 8"]
+    old, new = {"lora": {"lora_rank": 16, "x": 1}}, {"lora": {"lora_rank": 8, "x": 1}}
+    assert changed_settings(old, new) == ["lora.lora_rank: 16 -> 8"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -134,3 +134,16 @@ def test_two_shard_sweep_reuses_the_work_folder_and_merges(first_run, capsys):
     assert "2 of 2 trials complete" in capsys.readouterr().out
     rows = {row["name"]: row for row in runs_overview(work)}
     assert rows["lora-demo-r8-a16-d0.05"]["status"] == "compared"
+
+
+@pytest.mark.slow
+def test_the_demo_with_no_arguments_learns_chinese(tmp_path, monkeypatch, capsys):
+    """`zhlora run` exactly as the README says: embedded demo, offline, report written, zh loss falls."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["run"]) == 0
+    out = capsys.readouterr().out
+    report_dir = tmp_path / "zhlora_work" / "evaluation_results" / "lora-demo"
+    assert f"Report: {Path('zhlora_work') / 'evaluation_results' / 'lora-demo' / 'report.html'}" in out
+    forgetting = json.loads((report_dir / "forgetting.json").read_text(encoding="utf-8"))
+    ppl_zh = next(row for row in forgetting["perplexity"] if row["benchmark"] == "ppl_zh")
+    assert ppl_zh["tuned_loss"] < ppl_zh["base_loss"]

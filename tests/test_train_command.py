@@ -162,7 +162,7 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_adapter(tmp_path, refere
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
 
-    resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stderr
     assert _max_abs_diff(out, reference_run) <= 1e-5
@@ -203,7 +203,7 @@ def test_two_processes_train_the_same_adapter_as_one_with_accumulation(tmp_path,
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
               "-m", "zhlora", "train", *_paths(tiny_model_dir, processed, double), *flags,
               "--gradient_accumulation_steps", "1"]
-    done = subprocess.run(launch, env=_env(threads=1), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(launch, env=_env(threads=1), capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((double / "manifest.json").read_text())
     assert manifest["training"]["world_size"] == 2

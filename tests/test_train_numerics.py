@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -103,7 +103,7 @@ def test_scheduler_warms_up_then_decays_to_zero():
         optimizer.step()
         scheduler.step()
     assert rates[:3] == [0.0, 0.5, 1.0]
-    assert all(a >= b for a, b in zip(rates[2:], rates[3:])) and rates[-1] < 0.05
+    assert all(a >= b for a, b in itertools.pairwise(rates[2:])) and rates[-1] < 0.05
     constant = build_lr_scheduler(torch.optim.AdamW([param], lr=1.0), "constant", warmup_steps=0, total_steps=10)
     assert constant.get_last_lr() == [1.0]
 
@@ -222,10 +222,10 @@ def test_tokenizer_mismatch_is_refused(tmp_path):
 # the run folder
 # ---------------------------------------------------------------------------------------
 def test_run_fingerprint_ignores_reporting_settings():
+    from dataclasses import asdict
+
     from zhlora.config import TrainConfig
     from zhlora.training.outputs import run_fingerprint
-
-    from dataclasses import asdict
 
     base = asdict(TrainConfig())
     same = run_fingerprint({"r": 1}, {**base, "logging_steps": 1, "save_steps": 7}, {}, "w", "d")
@@ -235,7 +235,12 @@ def test_run_fingerprint_ignores_reporting_settings():
 
 
 def test_decide_start(tmp_path):
-    from zhlora.training.outputs import MANIFEST_NAME, RunStart, clear_run_artefacts, decide_start
+    from zhlora.training.outputs import (
+        MANIFEST_NAME,
+        RunStart,
+        clear_run_artefacts,
+        decide_start,
+    )
 
     out = tmp_path / "run"
     assert decide_start(out, "fp", resume=False, overwrite=False) == RunStart("fresh")

@@ -181,6 +181,8 @@ def main(args: argparse.Namespace) -> int:
     if args.lora_model_path is None and scales != [1.0]:
         raise ConfigError("--adapter_scale/--adapter_scales scale a LoRA adapter; pass --lora_model_path too.")
     adapter_dir = check_adapter_folder(args.lora_model_path) if args.lora_model_path else None
+    if ec.backend == "vllm" and adapter_dir and scales != [1.0]:
+        raise ConfigError(f"--backend vllm applies a LoRA adapter at scale 1 only, not {scales}; use --backend hf.")
     data_dir = Path(args.data_dir)
     specs = _resolve_specs(ec.benchmarks, ec.protocol, ec.gsm8k_variant)
     items = _load_items(specs, data_dir, cfg)
@@ -212,8 +214,7 @@ def main(args: argparse.Namespace) -> int:
     if ec.backend == "vllm" and any(bench.spec.kind == "generate" for bench in items.values()):
         from zhlora.evaluation.vllm_backend import VllmGenerator
 
-        generator = VllmGenerator(base_path, adapter_dir, scales[0] if len(scales) == 1 else 1.0,
-                                  cfg.model.torch_dtype, cfg.model.trust_remote_code)
+        generator = VllmGenerator(base_path, adapter_dir, 1.0, cfg.model.torch_dtype, cfg.model.trust_remote_code)
 
     for results_dir, scale, cache in zip(results_dirs, scales, caches):
         started = time.perf_counter()

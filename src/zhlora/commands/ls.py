@@ -60,7 +60,8 @@ def main(args: argparse.Namespace) -> int:
         print("\nFetch with: zhlora download-data --source hf|modelscope|sample|local:DIR --datasets NAME,...")
     elif args.what == "benchmarks":
         for name, variant, kind, spec in benchmark_entries():
-            print(f"{name:<8} {variant:<10} {kind:<16} v{spec.version}  data: {spec.source}/{spec.eval_split}  ({spec.reference})")
+            data = f"{spec.source}/{spec.eval_split}"
+            print(f"{name:<8} {variant:<10} {kind:<16} v{spec.version}  data: {data}  ({spec.reference})")
         print("\nChoose with: zhlora evaluate --benchmarks NAME,... --protocol lm-eval|official --gsm8k_variant VARIANT")
     elif args.what == "configs":
         from zhlora.experiment import shipped_configs_dir

@@ -44,8 +44,18 @@ def main(args: argparse.Namespace) -> int:
     from zhlora.commands.run import print_plan, resolve_config
     from zhlora.errors import ZhloraError
     from zhlora.experiment import (
-        StepFailed, execute, parse_shard, plan_fingerprints, plan_sweep, run_steps, shard_trials, summarize_sweep,
-        sweep_trials, write_run_config, write_sweep_summary,
+        StepFailed,
+        WorkLayout,
+        execute,
+        parse_shard,
+        plan_fingerprints,
+        plan_sweep,
+        run_steps,
+        shard_trials,
+        summarize_sweep,
+        sweep_trials,
+        write_run_config,
+        write_sweep_summary,
     )
 
     cfg = resolve_config(args)
@@ -81,14 +91,12 @@ def main(args: argparse.Namespace) -> int:
             print(f"zhlora sweep: {exc}", file=sys.stderr)
             return exc.exit_code
     summary = summarize_sweep(cfg)
-    from zhlora.experiment import WorkLayout
-
     html = write_sweep_summary(summary, WorkLayout.of(cfg).sweep_dir(cfg.run_name), cfg.report.chart_language)
     complete = [row for row in summary["trials"] if row["status"].startswith("complete")]
     print(f"\n{len(complete)} of {len(summary['trials'])} trials complete. Summary: {html}")
     for row in complete:
-        zh, en = row["zh_delta_points"], row["en_delta_points"]
-        print(f"  {row['name']:<40} Chinese {'—' if zh is None else f'{zh:+.1f}'}  English {'—' if en is None else f'{en:+.1f}'} points")
+        zh, en = ("—" if v is None else f"{v:+.1f}" for v in (row["zh_delta_points"], row["en_delta_points"]))
+        print(f"  {row['name']:<40} accuracy change: Chinese {zh}, English {en} points")
     if failed:
         print(f"zhlora sweep: {len(failed)} trial(s) failed: {', '.join(failed)}. Rerun the same command to retry them.",
               file=sys.stderr)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zhlora.config import ExperimentConfig, add_config_flags, config_from_args, config_to_dict, dump_config_yaml
-from zhlora.errors import ConfigError, ZhloraError
+from zhlora.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -366,9 +366,9 @@ def _write_report_files(
     output_dir, cfg, result, plan, fingerprint, model_path, base_sha, dataset_path, data_sha, meta, rows,
     n_bins, trainable, total, start_step, world_size, attention, adapter_step: int, monitoring: dict | None = None,
 ) -> None:
+    from zhlora.analysis.charts import plot_loss_curve
     from zhlora.io_utils import atomic_write_json, provenance, sha256_file
     from zhlora.training.checkpoint import ADAPTER_WEIGHTS_NAME
-    from zhlora.analysis.charts import plot_loss_curve
     from zhlora.training.logbook import LOG_NAME
     from zhlora.training.outputs import CURVE_NAME, MANIFEST_NAME
 

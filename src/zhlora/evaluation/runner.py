@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK_ITEMS = 64  # items per cached unit of a benchmark without subjects
 CACHE_DIRNAME = ".cache"
+SETTINGS_FILE = "settings.json"
 _LL_DIGITS = 6
 
 
@@ -209,11 +210,16 @@ def settings_fingerprint(settings: Mapping) -> str:
 
 
 class PredictionCache:
-    """Finished units under ``folder/<benchmark>/<unit>.json``, each stamped with ``fingerprint``."""
+    """Finished units under ``folder/<benchmark>/<unit>.json``, each stamped with the settings fingerprint.
 
-    def __init__(self, folder: Path, fingerprint: str):
+    ``folder/settings.json`` (fingerprint + settings) is written with the first finished unit,
+    so a run that fails before scoring anything leaves no cache behind.
+    """
+
+    def __init__(self, folder: Path, settings: Mapping):
         self.folder = Path(folder)
-        self.fingerprint = fingerprint
+        self.settings = dict(settings)
+        self.fingerprint = settings_fingerprint(settings)
 
     def _path(self, benchmark: str, key: str) -> Path:
         return self.folder / benchmark / f"{key}.json"
@@ -233,6 +239,8 @@ class PredictionCache:
 
     def save(self, benchmark: str, key: str, ids_sha256: str, rows: list[dict]) -> None:
         """Write a finished unit atomically (rows keep their key order, so resumed predictions files are identical)."""
+        if not (self.folder / SETTINGS_FILE).is_file():
+            atomic_write_json(self.folder / SETTINGS_FILE, {"fingerprint": self.fingerprint, "settings": self.settings})
         payload = {"fingerprint": self.fingerprint, "item_ids_sha256": ids_sha256, "rows": rows}
         atomic_write_text(self._path(benchmark, key), json.dumps(payload, ensure_ascii=False))
 
@@ -253,11 +261,11 @@ def _differences(old: Mapping, new: Mapping, where: str = "") -> list[str]:
 def open_prediction_cache(results_dir: Path, settings: Mapping) -> PredictionCache:
     """The resume cache of ``results_dir`` for ``settings``; refuses a cache made with other settings."""
     folder = Path(results_dir) / CACHE_DIRNAME
-    fingerprint = settings_fingerprint(settings)
-    settings_path = folder / "settings.json"
+    cache = PredictionCache(folder, settings)
+    settings_path = folder / SETTINGS_FILE
     if settings_path.is_file():
         previous = json.loads(settings_path.read_text(encoding="utf-8"))
-        if previous.get("fingerprint") != fingerprint:
+        if previous.get("fingerprint") != cache.fingerprint:
             changed = _differences(previous.get("settings", {}), settings)
             raise ZhloraError(
                 f"{results_dir} holds a partial evaluation made with other settings ({'; '.join(changed[:5])}). "
@@ -265,9 +273,7 @@ def open_prediction_cache(results_dir: Path, settings: Mapping) -> PredictionCac
                 "or choose another --results_dir."
             )
         logger.info("Resuming the evaluation in %s", results_dir)
-    else:
-        atomic_write_json(settings_path, {"fingerprint": fingerprint, "settings": settings})
-    return PredictionCache(folder, fingerprint)
+    return cache
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ with its freshly initialised adapter):
 The step exported as the run's adapter is the probed step with the largest Chinese gain —
 the drop of the Chinese held-out loss ``zh_loss`` (nats/token) below its step-0 value —
 among the steps within the budget (ties: the earlier step, which has drifted less).
+
+A value that is missing from a log row or not finite (a diverged model gives NaN) exceeds
+every limit on it and ranks last for the Chinese gain.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class Violation:
 
     def describe(self) -> str:
         """One line for the training log, e.g. ``en_ppl rose 7.3% (12.10 -> 12.98), over ppl:5%``."""
+        if not math.isfinite(self.value):
+            return f"{self.limit.probe} is {self.value} (the model diverged?), over {self.limit.text}"
         if self.limit.metric == "acc":
             return (f"{self.limit.probe} fell {self.change:.1f} points ({100 * self.baseline:.1f}% -> "
                     f"{100 * self.value:.1f}%), over {self.limit.text}")
@@ -150,8 +155,10 @@ def violations(budget: ForgettingBudget | None, baseline: Mapping[str, float], v
         return []
     crossed = []
     for limit in budget.limits:
-        base, value = float(baseline[limit.probe]), float(values[limit.probe])
-        if limit.metric == "acc":
+        base, value = _number(baseline, limit.probe), _number(values, limit.probe)
+        if not (math.isfinite(base) and math.isfinite(value)):
+            change = math.inf
+        elif limit.metric == "acc":
             change = 100.0 * (base - value)  # points lost
         else:
             change = value / base - 1.0  # relative rise
@@ -160,10 +167,18 @@ def violations(budget: ForgettingBudget | None, baseline: Mapping[str, float], v
     return crossed
 
 
+def _number(values: Mapping[str, float | None], name: str) -> float:
+    """``values[name]`` as a float; NaN when the probe is absent or logged as null."""
+    value = values[name]
+    return math.nan if value is None else float(value)
+
+
 def _zh_gain(baseline: Mapping[str, float], values: Mapping[str, float]) -> float | None:
-    if baseline.get(CHINESE_LOSS) is None or values.get(CHINESE_LOSS) is None:
+    """Drop of zh_loss below step 0 (nats/token); None without a zh_loss probe, -inf when not finite."""
+    if CHINESE_LOSS not in baseline or CHINESE_LOSS not in values:
         return None
-    return float(baseline[CHINESE_LOSS]) - float(values[CHINESE_LOSS])
+    gain = _number(baseline, CHINESE_LOSS) - _number(values, CHINESE_LOSS)
+    return gain if math.isfinite(gain) else -math.inf
 
 
 def select_step(budget: ForgettingBudget | None, baseline: ProbePoint, points: Sequence[ProbePoint]) -> Selection:

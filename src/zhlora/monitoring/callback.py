@@ -54,6 +54,11 @@ def suggested_monitor_every(monitor_every: int, overhead: float, bound: float = 
     return max(monitor_every + 1, math.ceil(monitor_every * overhead / bound))
 
 
+def json_safe(values: dict[str, float]) -> dict[str, float | None]:
+    """Probe values for JSON files: a non-finite value (a diverged model) is written as null."""
+    return {name: value if value is not None and math.isfinite(value) else None for name, value in values.items()}
+
+
 def _format_values(values: dict[str, float], baseline: dict[str, float] | None) -> str:
     parts = []
     for name, value in values.items():
@@ -137,7 +142,7 @@ class ForgettingMonitor:
             logger.info("probes at step 0 (baseline, %.1f s): %s", measurement.seconds, _format_values(measurement.values, None))
             self._log_metrics(measurement.values, 0)
             self._mark = time.perf_counter()
-            return {"probes": measurement.values, "probe_seconds": round(measurement.seconds, 3),
+            return {"probes": json_safe(measurement.values), "probe_seconds": round(measurement.seconds, 3),
                     "probe_seconds_each": measurement.seconds_per_probe}
         self._resume(log_rows, start_step, record_path, probe_sets)
         self._mark = time.perf_counter()
@@ -212,7 +217,7 @@ class ForgettingMonitor:
                            else "Training goes on (--budget_action mark).")
         self._log_metrics(values, step)
         record = {
-            "probes": values,
+            "probes": json_safe(values),
             "probe_seconds": round(measurement.seconds, 3),
             "probe_seconds_each": measurement.seconds_per_probe,
             "train_seconds": round(train_window, 3),
@@ -318,9 +323,10 @@ class ForgettingMonitor:
             "selected_step": None if selection is None else selection.step,
             "selected_within_budget": None if selection is None else selection.within_budget,
             "selection_reason": None if selection is None else selection.reason,
-            "selected_zh_gain": None if selection is None or selection.zh_gain is None else round(selection.zh_gain, 6),
-            "baseline": None if self.baseline is None else dict(self.baseline.values),
-            "selected_probes": None if selection is None else dict(next(p.values for p in self.points if p.step == selection.step)),
+            "selected_zh_gain": None if selection is None else json_safe({"gain": selection.zh_gain})["gain"],
+            "baseline": None if self.baseline is None else json_safe(dict(self.baseline.values)),
+            "selected_probes": None if selection is None else json_safe(
+                dict(next(p.values for p in self.points if p.step == selection.step))),
             "overhead": {
                 "probe_runs": len(self.points), "probe_seconds": round(self.probe_seconds, 2),
                 "baseline_seconds": None if self.baseline_seconds is None else round(self.baseline_seconds, 2),

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -32,8 +32,18 @@ from zhlora.training.checkpoint import save_checkpoint
 from zhlora.training.dataset import TokenRows
 from zhlora.training.logbook import TrainingLog
 from zhlora.training.loss import micro_batch_objective, token_loss_sum
-from zhlora.training.packing import PackedBatch, block_causal_mask, collate_bins, epoch_permutation, micro_batch_bins, pad_fraction
+from zhlora.training.packing import (
+    PackedBatch,
+    block_causal_mask,
+    collate_bins,
+    epoch_permutation,
+    micro_batch_bins,
+    pad_fraction,
+)
 from zhlora.training.schedule import StepPlan
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +150,7 @@ class StopSignals:
                            signal.Signals(signum).name)
         self.requested = True
 
-    def __enter__(self) -> StopSignals:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -219,7 +229,9 @@ def train_loop(
             optimizer.zero_grad(set_to_none=True)
             step += 1
 
+            callbacks_start = time.perf_counter()
             reports = [cb.on_step_end(step, unwrapped) for cb in callbacks]
+            window_start += time.perf_counter() - callbacks_start  # probes are not training time
             callback_stop = any(r is not None and r.stop for r in reports)
             stats = torch.tensor(
                 [step_loss.item(), sum(b.target_tokens for b in batches), sum(b.real_tokens for b in batches),

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
-from zhlora.training.checkpoint import ADAPTER_WEIGHTS_NAME, list_checkpoints, read_trainer_state
+from zhlora.training.checkpoint import (
+    ADAPTER_WEIGHTS_NAME,
+    list_checkpoints,
+    read_trainer_state,
+)
 
 MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "train_config.yaml"

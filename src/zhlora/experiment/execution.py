@@ -1,0 +1,258 @@
+"""Running a plan: step records, locks, and the skip / redo / resume decision."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zhlora.errors import ZhloraError
+from zhlora.experiment.layout import WorkLayout
+from zhlora.experiment.plan import Step, plan_fingerprints
+from zhlora.io_utils import atomic_write_json, provenance, utc_now
+
+logger = logging.getLogger(__name__)
+
+
+LOCK_POLL_SECONDS = 5.0
+
+
+def read_record(layout: WorkLayout, step_id: str) -> dict | None:
+    """The record of a step's last attempt, or None (also for an unreadable record)."""
+    path = layout.record_file(step_id)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_records(layout: WorkLayout) -> dict[str, dict]:
+    """Every step record of a work folder, by step id."""
+    folder = layout.state_dir / "steps"
+    records = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = read_record(layout, path.stem)
+        if record is not None:
+            records[path.stem] = record
+    return records
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StepLock:
+    """An exclusive lock file per step (``O_CREAT | O_EXCL``, atomic on local and NFS file systems).
+
+    A lock left by a dead process on this host is taken over; one held on another host is
+    waited for (the log says whose it is, and which file to delete if that process is gone).
+    """
+
+    def __init__(self, path: Path, poll_seconds: float = LOCK_POLL_SECONDS):
+        self.path = path
+        self.poll_seconds = poll_seconds
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+
+    def __enter__(self) -> StepLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        announced = False
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get("host") == self.owner["host"] and not _pid_alive(int(holder.get("pid", -1))):
+                    logger.warning("Taking over %s, left by process %s that no longer runs.", self.path, holder.get("pid"))
+                    self.path.unlink(missing_ok=True)
+                    continue
+                if not announced:
+                    logger.info("Waiting for process %s on %s, which is running this step (lock %s; delete it if "
+                                "that process is gone).", holder.get("pid"), holder.get("host"), self.path)
+                    announced = True
+                time.sleep(self.poll_seconds)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(self.owner, handle)
+            return self
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, ValueError):
+            return {}
+
+    def __exit__(self, *exc_info) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+Runner = Callable[[str, list[str]], int]
+
+
+@dataclass
+class StepOutcome:
+    """What :func:`execute` did with one step: ``skipped``, ``ran`` or ``redone``, in seconds."""
+
+    id: str
+    action: str
+    seconds: float = 0.0
+
+
+@dataclass
+class Execution:
+    """The outcome of :func:`execute`: per-step outcomes and the fingerprints of every step."""
+
+    outcomes: list[StepOutcome] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+
+class StepFailed(ZhloraError):
+    """A step's verb returned a non-zero exit status (its own message was printed above)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(values, dict):
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): values}
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every (dotted) setting that differs between two settings dicts."""
+    before, after = _flatten(old), _flatten(new)
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)]
+
+
+def redo_reason(record: dict | None, step: Step, fingerprint: str, inputs: dict[str, str], stamp: str | None) -> str:
+    """Why a step runs, in one phrase for the log."""
+    if record is None:
+        return "not done yet" if stamp is None else "outputs not recorded by zhlora run; the step checks them itself"
+    if record.get("fingerprint") != fingerprint:
+        changes = changed_settings(record.get("settings", {}), step.settings)
+        redone_inputs = [i for i, fp in inputs.items() if record.get("inputs", {}).get(i) != fp]
+        parts = []
+        if changes:
+            parts.append("settings changed (" + "; ".join(changes) + ")")
+        if redone_inputs:
+            parts.append("inputs were redone (" + ", ".join(redone_inputs) + ")")
+        return "redoing: " + (" and ".join(parts) or "fingerprint changed")
+    if record.get("status") != "complete":
+        return "continuing an interrupted attempt" if step.resumes else "redoing an interrupted attempt"
+    if stamp is None:
+        return "outputs are missing or incomplete"
+    return "outputs changed since they were recorded; the step checks them itself"
+
+
+def decide_redo(record: dict | None, step: Step, fingerprint: str, stamp: str | None) -> bool:
+    """Whether to pass the verb's redo flags (replace outputs) rather than let it skip or resume.
+
+    - no record: never (outputs zhlora run did not make are the verb's to accept or refuse);
+    - recorded with another fingerprint: always (zhlora run made them with other settings);
+    - same fingerprint but interrupted or incomplete: only if the verb cannot resume itself;
+    - same fingerprint, complete, but outputs changed by someone else: never (the verb decides).
+    """
+    if record is None:
+        return False
+    if record.get("fingerprint") != fingerprint:
+        return True
+    if record.get("status") != "complete" or stamp is None:
+        return not step.resumes
+    return False
+
+
+def _write_record(layout: WorkLayout, step: Step, **fields: Any) -> None:
+    record = {"id": step.id, "verb": step.verb, "settings": step.settings, **fields}
+    atomic_write_json(layout.record_file(step.id), record)
+
+
+@dataclass(frozen=True)
+class StepState:
+    """Whether a step would be skipped, and if not, whether it replaces its outputs and why."""
+
+    skip: bool
+    redo: bool
+    reason: str
+
+
+def step_state(step: Step, layout: WorkLayout, fingerprint: str, inputs: dict[str, str]) -> StepState:
+    """Decide what to do with ``step`` from its record and the current state of its outputs."""
+    record = read_record(layout, step.id)
+    stamp = step.stamp()
+    if (record is not None and record.get("status") == "complete" and record.get("fingerprint") == fingerprint
+            and stamp is not None and stamp == record.get("output_stamp")):
+        return StepState(True, False, "complete, same settings; skipping")
+    return StepState(False, decide_redo(record, step, fingerprint, stamp), redo_reason(record, step, fingerprint, inputs, stamp))
+
+
+def execute(
+    steps: Sequence[Step],
+    layout: WorkLayout,
+    runner: Runner,
+    *,
+    fingerprints: dict[str, str] | None = None,
+    poll_seconds: float = LOCK_POLL_SECONDS,
+) -> Execution:
+    """Run ``steps`` in order, skipping the complete ones; record each finished step.
+
+    ``runner(verb, argv)`` runs one verb and returns its exit status (the CLI's
+    ``run_command``). ``fingerprints`` (default: :func:`plan_fingerprints` of ``steps``) lets a
+    caller run part of a larger plan. Raises :class:`StepFailed` when a step fails (status
+    130: interrupted); rerunning continues from that step.
+    """
+    result = Execution(fingerprints=dict(fingerprints) if fingerprints is not None else plan_fingerprints(steps))
+    for index, step in enumerate(steps, start=1):
+        inputs = {i: result.fingerprints[i] for i in step.inputs}
+        fingerprint = result.fingerprints[step.id]
+        prefix = f"[{index}/{len(steps)}] {step.id}"
+        with StepLock(layout.lock_file(step.id), poll_seconds):
+            state = step_state(step, layout, fingerprint, inputs)
+            if state.skip:
+                logger.info("%s: %s", prefix, state.reason)
+                result.outcomes.append(StepOutcome(step.id, "skipped"))
+                continue
+            command = step.command(state.redo)
+            logger.info("%s: %s\n    %s", prefix, state.reason, command)
+            base_record = {"fingerprint": fingerprint, "inputs": inputs, "command": command,
+                           "started_at": utc_now(), "provenance": provenance()}
+            _write_record(layout, step, status="running", redo=state.redo, **base_record)
+            started = time.perf_counter()
+            if step.action is not None:
+                step.action()
+            else:
+                status = runner(step.verb, [*step.argv, *(step.redo_flags if state.redo else ())])
+                if status != 0:
+                    what = "was interrupted" if status == 130 else f"failed (exit status {status})"
+                    raise StepFailed(
+                        f"Step {step.id} {what}. Its command: {command}. Fix what the message above says, then "
+                        "rerun the same zhlora command: complete steps are skipped and this one "
+                        + ("continues where it stopped." if step.resumes else "starts again."),
+                        status,
+                    )
+            seconds = time.perf_counter() - started
+            new_stamp = step.stamp()
+            if new_stamp is None:
+                raise ZhloraError(f"Step {step.id} finished but its outputs are incomplete ({command}). "
+                                  "This is a bug in zhlora: please report it with the log above.")
+            _write_record(layout, step, status="complete", redo=state.redo, output_stamp=new_stamp,
+                          finished_at=utc_now(), seconds=round(seconds, 2), **base_record)
+            result.outcomes.append(StepOutcome(step.id, "redone" if state.redo else "ran", seconds))
+    return result

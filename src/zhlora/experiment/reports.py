@@ -1,0 +1,207 @@
+"""Reports over finished comparisons: learning vs forgetting, adapter-scale curves, sweep summaries, run listings.
+
+Everything here reads result files only (never a model); charts come from :mod:`zhlora.analysis.charts`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from zhlora.errors import ZhloraError
+from zhlora.experiment.layout import BASELINE_NAME, WorkLayout, number_tag, scale_results_name
+from zhlora.io_utils import atomic_write_json, atomic_write_text, provenance
+
+
+def tradeoff_numbers(forgetting: dict) -> dict[str, float | None]:
+    """Learning and forgetting of one comparison (points and ratios from ``forgetting.json``).
+
+    ``zh_*``/``en_*``: mean accuracy change of the Chinese / English benchmarks in points, with
+    the CI bounds; ``ppl_zh``/``ppl_en``: relative perplexity change (0.1 = +10%).
+    """
+    out: dict[str, float | None] = {}
+    for side, key in (("chinese", "zh"), ("english", "en")):
+        entry = forgetting["headline"].get(side, {})
+        for name in ("delta_points", "ci_low_points", "ci_high_points"):
+            out[f"{key}_{name}"] = entry.get(name)
+    by_name = {row["benchmark"]: row for row in forgetting.get("perplexity", [])}
+    for name in ("ppl_zh", "ppl_en"):
+        out[name] = by_name[name]["relative_change"] if name in by_name else None
+    return out
+
+
+def scale_curve(layout: WorkLayout, run_name: str, scales: Sequence[float]) -> list[dict]:
+    """One row of :func:`tradeoff_numbers` per adapter scale of a run (its compare must be done)."""
+    from zhlora.analysis.compare import FORGETTING_FILE
+    from zhlora.analysis.results_io import load_forgetting
+
+    rows = []
+    for scale in scales:
+        forgetting = load_forgetting(layout.eval_dir(scale_results_name(run_name, scale)) / FORGETTING_FILE)
+        rows.append({"scale": scale, **tradeoff_numbers(forgetting)})
+    return rows
+
+
+def _points(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.1f}"
+
+
+def _ci(row: dict, key: str) -> str:
+    low, high = row.get(f"{key}_ci_low_points"), row.get(f"{key}_ci_high_points")
+    return "—" if low is None or high is None else f"[{low:+.1f}, {high:+.1f}]"
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:+.1f}%"
+
+
+def _tradeoff_cells(row: dict) -> list[str]:
+    return [_points(row["zh_delta_points"]), _ci(row, "zh"), _points(row["en_delta_points"]), _ci(row, "en"),
+            _percent(row["ppl_zh"]), _percent(row["ppl_en"])]
+
+
+def _tradeoff_headers(confidence: float) -> list[str]:
+    ci = f"{confidence:.0%} CI"
+    return ["Chinese Δ (points)", ci, "English Δ (points)", ci, "PPL zh change", "PPL en change"]
+
+
+def scale_curve_section(rows: Sequence[dict], out_dir: Path, confidence: float, language: str):
+    """The report section of an adapter-scale curve: the chart and a table, one row per scale."""
+    from zhlora.analysis.charts import plot_adapter_scale_curve
+    from zhlora.analysis.sections import Section, Table, charts_section
+
+    chart = plot_adapter_scale_curve(rows, out_dir / "report_adapter_scales.png", language=language)
+    table = Table(["adapter scale", *_tradeoff_headers(confidence)],
+                  [[number_tag(row["scale"]), *_tradeoff_cells(row)] for row in rows])
+    intro = ("The same adapter evaluated with its update scaled by s (s = 0 is the base model, 1 the trained adapter): "
+             "how learning and forgetting grow with the size of the update, without retraining.")
+    charts = charts_section("Adapter scale", [("Learning and forgetting vs adapter scale", chart)], out_dir, anchor="scales")
+    md = f"{charts.markdown}\n{intro}\n\n{table.markdown()}"
+    htm = f"{charts.html}\n<p>{intro}</p>\n{table.html()}"
+    return Section("Adapter scale", md, htm, "scales")
+
+
+def write_run_report(layout: WorkLayout, run_name: str, scales: Sequence[float], language: str, confidence: float) -> Path:
+    """Write the run's ``report.html``/``report.md`` (with the adapter-scale curve when there are several scales)."""
+    from zhlora.analysis.compare import FORGETTING_FILE
+    from zhlora.analysis.report import write_report
+    from zhlora.analysis.results_io import load_forgetting
+
+    out_dir = layout.eval_dir(run_name)
+    forgetting = load_forgetting(out_dir / FORGETTING_FILE)
+    extra = []
+    if len(scales) > 1:
+        rows = scale_curve(layout, run_name, scales)
+        atomic_write_json(out_dir / "adapter_scales.json", {"provenance": provenance(), "rows": rows})
+        extra.append(scale_curve_section(rows, out_dir, confidence, language))
+    training_log = layout.run_dir(run_name) / "training_log.jsonl"
+    return write_report(out_dir, forgetting, base_dir=layout.eval_dir(BASELINE_NAME), tuned_dir=out_dir,
+                        training_log=training_log if training_log.is_file() else None, extra_sections=extra,
+                        language=language)
+
+
+def _heatmaps(summary: dict, done: list[dict], out_dir: Path, language: str) -> list[tuple[str, Path]]:
+    """Rank x alpha heatmaps of the Chinese and English accuracy changes, one pair per dropout and replay ratio."""
+    from zhlora.analysis.charts import plot_heatmap
+
+    grid = summary["grid"]
+    charts = []
+    for dropout, replay in itertools.product(grid["lora_dropouts"], grid["replay_ratios"]):
+        cells = {(r["lora_rank"], r["lora_alpha"]): r for r in done
+                 if r["lora_dropout"] == dropout and r["replay_ratio"] == replay}
+        if not cells:
+            continue
+        suffix = f"dropout {number_tag(dropout)}" + (f", replay {number_tag(replay)}" if replay else "")
+        # Signed changes on both maps: blue = gained, red = lost (plot_heatmap's diverging scale).
+        for key, title in (("zh_delta_points", "Chinese accuracy change (points)"),
+                           ("en_delta_points", "English accuracy change (points)")):
+            matrix = [[None if (cell := cells.get((rank, alpha))) is None or cell[key] is None else cell[key]
+                       for alpha in grid["lora_alphas"]] for rank in grid["lora_ranks"]]
+            if all(v is None for row in matrix for v in row):
+                continue
+            name = f"heatmap_{key[:2]}_d{number_tag(dropout)}" + (f"_replay{number_tag(replay)}" if replay else "") + ".png"
+            path = plot_heatmap(matrix, [str(r) for r in grid["lora_ranks"]], [number_tag(a) for a in grid["lora_alphas"]],
+                                out_dir / name, title=f"{title}, {suffix}", row_title="LoRA rank",
+                                col_title="LoRA alpha", language=language)
+            charts.append((f"{title} by rank x alpha, {suffix}", path))
+    return charts
+
+
+def write_sweep_summary(summary: dict, out_dir: Path, language: str = "auto") -> Path:
+    """Write ``summary.json``, ``summary.md``, ``report.html`` and charts of a sweep; return the HTML path.
+
+    The trade-off scatter shows every complete trial (x: Chinese gain, y: English loss, both in
+    accuracy points) with its Pareto front; heatmaps show both by rank x alpha.
+    """
+    from zhlora.analysis.charts import pareto_front, plot_tradeoff_scatter
+    from zhlora.analysis.report import render_html, render_markdown
+    from zhlora.analysis.sections import Section, Table, charts_section
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = [row for row in summary["trials"] if row["status"].startswith("complete")]
+    plotted = [row for row in done if row["zh_delta_points"] is not None and row["en_delta_points"] is not None]
+    points = [(row["zh_delta_points"], -row["en_delta_points"]) for row in plotted]
+    front = {plotted[i]["name"] for i in pareto_front(points)}
+    charts = []
+    if plotted:
+        charts.append(("Learning vs forgetting of every complete trial (Pareto front joined)",
+                       plot_tradeoff_scatter(points, [row["name"].removeprefix(f"{summary['run_name']}-") for row in plotted],
+                                             out_dir / "tradeoff.png", language=language)))
+    charts += _heatmaps(summary, done, out_dir, language)
+    table = Table(
+        ["trial", "rank", "alpha", "dropout", "replay", *_tradeoff_headers(summary["confidence"]), "Pareto", "status"],
+        [[row["name"], str(row["lora_rank"]), number_tag(row["lora_alpha"]), number_tag(row["lora_dropout"]),
+          number_tag(row["replay_ratio"]),
+          *(_tradeoff_cells(row) if row["status"].startswith("complete") else ["—"] * 6),
+          "★" if row["name"] in front else "", row["status"]] for row in summary["trials"]],
+    )
+    intro = (f"{len(done)} of {len(summary['trials'])} trials complete in {summary['work_dir']}, each compared with the "
+             "same baseline. Chinese Δ / English Δ: mean accuracy change of C-Eval+CMMLU / MMLU+GSM8K in points with "
+             "paired-bootstrap intervals; PPL: relative perplexity change. ★ = on the Pareto front (no other trial "
+             "learns more Chinese while losing less English).")
+    trials_section = Section("Trials", f"## Trials\n\n{intro}\n\n{table.markdown()}",
+                             f'<h2 id="trials">Trials</h2>\n<p>{intro}</p>\n{table.html()}', "trials")
+    sections = [trials_section] + ([charts_section("Charts", charts, out_dir)] if charts else [])
+    title = f"zhlora sweep: {summary['run_name']}"
+    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_text(out_dir / "summary.md", render_markdown(title, sections))
+    return atomic_write_text(out_dir / "report.html", render_html(title, sections))
+
+
+def runs_overview(work_dir: str | os.PathLike) -> list[dict]:
+    """Every run and evaluation in a work folder: name, status and headline, from its files only.
+
+    Works for folders made by ``zhlora run``/``sweep`` and by the individual verbs alike.
+    """
+    from zhlora.training.checkpoint import list_checkpoints
+
+    layout = WorkLayout(root=Path(work_dir), data_dir=Path(work_dir) / "data")
+    if not layout.root.is_dir():
+        raise ZhloraError(f"{layout.root} is not a folder. Pass a work folder made by `zhlora run` (default: zhlora_work).")
+    names = sorted({p.name for p in (layout.root / "results").glob("*") if p.is_dir()}
+                   | {p.name for p in (layout.root / "evaluation_results").glob("*") if p.is_dir()})
+    rows = []
+    for name in names:
+        run_dir, eval_dir = layout.run_dir(name), layout.eval_dir(name)
+        row: dict[str, Any] = {"name": name, "headline": None}
+        if (eval_dir / "forgetting.json").is_file():
+            try:
+                row["headline"] = json.loads((eval_dir / "forgetting.json").read_text(encoding="utf-8"))["headline"]["text"]
+                row["status"] = "compared"
+            except (OSError, json.JSONDecodeError, KeyError, TypeError):
+                row["status"] = "compared (unreadable forgetting.json)"
+        elif (eval_dir / "results.json").is_file():
+            row["status"] = "evaluated"
+        elif eval_dir.is_dir():
+            row["status"] = "evaluation incomplete"
+        elif (run_dir / "manifest.json").is_file():
+            row["status"] = "trained, not evaluated"
+        elif run_dir.is_dir():
+            checkpoints = list_checkpoints(run_dir)
+            row["status"] = f"training (checkpoint-{checkpoints[-1][0]})" if checkpoints else "training, no checkpoint yet"
+        rows.append(row)
+    return rows

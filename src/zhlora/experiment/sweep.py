@@ -1,0 +1,152 @@
+"""Sweeps: a grid of LoRA settings as runs sharing data, base model and baseline; shards; the summary."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from zhlora.config import ExperimentConfig, config_to_dict
+from zhlora.errors import ConfigError, DataError
+from zhlora.experiment.execution import read_records
+from zhlora.experiment.layout import WorkLayout, check_run_name, number_tag
+from zhlora.experiment.plan import Step, plan_fingerprints, run_steps, shared_steps
+from zhlora.experiment.reports import tradeoff_numbers
+from zhlora.io_utils import provenance
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One point of the LoRA grid; ``index`` is its position in the full grid (for sharding)."""
+
+    index: int
+    name: str
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+    replay_ratio: float
+
+
+def sweep_trials(cfg: ExperimentConfig) -> list[Trial]:
+    """The grid ``lora_ranks x lora_alphas x lora_dropouts x replay_ratios``, in that nesting order.
+
+    A trial's run is ``<run_name>-r<rank>-a<alpha>-d<dropout>`` (plus ``-replay<r>`` when r > 0).
+    """
+    sweep = cfg.sweep
+    grid = itertools.product(sweep.lora_ranks, sweep.lora_alphas, sweep.lora_dropouts, sweep.replay_ratios)
+    trials = []
+    for index, (rank, alpha, dropout, replay) in enumerate(grid):
+        name = f"{cfg.run_name}-r{rank}-a{number_tag(alpha)}-d{number_tag(dropout)}"
+        if replay > 0:
+            name += f"-replay{number_tag(replay)}"
+        trials.append(Trial(index, name, rank, alpha, dropout, replay))
+    names = [t.name for t in trials]
+    if len(set(names)) != len(names):
+        raise ConfigError("The sweep lists a value twice (e.g. --lora_ranks 8,8); each trial must be distinct.")
+    return trials
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``--shard i/n`` (0 <= i < n): this machine runs the trials whose index % n == i."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or int(match[2]) < 1 or int(match[1]) >= int(match[2]):
+        raise ConfigError(
+            f'--shard "{text}" must be i/n with 0 <= i < n, e.g. --shard 0/4 on the first of four machines.'
+        )
+    return int(match[1]), int(match[2])
+
+
+def shard_trials(trials: Sequence[Trial], shard: tuple[int, int]) -> list[Trial]:
+    """The trials of shard ``(i, n)``: every n-th trial starting at i (spreads ranks across machines)."""
+    i, n = shard
+    return [t for t in trials if t.index % n == i]
+
+
+def trial_config(cfg: ExperimentConfig, trial: Trial) -> ExperimentConfig:
+    """``cfg`` with the trial's run name, LoRA settings and replay ratio."""
+    out = copy.deepcopy(cfg)
+    out.run_name = trial.name
+    out.lora = dataclasses.replace(out.lora, lora_rank=trial.lora_rank, lora_alpha=trial.lora_alpha,
+                                   lora_dropout=trial.lora_dropout)
+    out.data = dataclasses.replace(out.data, replay_ratio=trial.replay_ratio)
+    return out
+
+
+def _merge_plans(plans: Sequence[Sequence[Step]]) -> list[Step]:
+    """Concatenate plans, keeping the first of steps that share an id (they must be identical)."""
+    steps: dict[str, Step] = {}
+    for plan in plans:
+        for step in plan:
+            known = steps.get(step.id)
+            if known is None:
+                steps[step.id] = step
+            elif known.settings != step.settings or known.inputs != step.inputs:
+                raise ConfigError(f"Two runs of this plan need step {step.id} with different settings; "
+                                  "give them different work folders.")
+    return list(steps.values())
+
+
+def plan_sweep(cfg: ExperimentConfig, trials: Sequence[Trial]) -> tuple[WorkLayout, list[Step], list[ExperimentConfig]]:
+    """Every step of the given trials (shared steps once), and each trial's config."""
+    check_run_name(cfg.run_name)
+    if not trials:
+        raise ConfigError("This sweep selects no trial (check --shard and the sweep lists).")
+    layout = WorkLayout.of(cfg)
+    configs = [trial_config(cfg, t) for t in trials]
+    shared = shared_steps(configs[0], layout, [t.replay_ratio for t in trials])
+    return layout, _merge_plans([shared, *(run_steps(c, layout) for c in configs)]), configs
+
+
+def trial_status(layout: WorkLayout, trial_name: str, planned: str | None, records: dict[str, dict]) -> str:
+    """A trial's state from its files and records.
+
+    ``complete``, ``complete (unverified)`` (no step record beside it, e.g. copied from another
+    machine without ``.zhlora/steps``), ``stale`` (made with other settings), ``evaluating``,
+    ``training`` or ``not started``.
+    """
+    from zhlora.analysis.compare import FORGETTING_FILE
+
+    if (layout.eval_dir(trial_name) / FORGETTING_FILE).is_file():
+        record = records.get(f"compare.{trial_name}")
+        if record is None:
+            return "complete (unverified)"
+        return "complete" if record.get("fingerprint") == planned else "stale"
+    if (layout.eval_dir(trial_name)).is_dir():
+        return "evaluating"
+    if layout.run_dir(trial_name).is_dir():
+        return "training"
+    return "not started"
+
+
+def summarize_sweep(cfg: ExperimentConfig) -> dict:
+    """The state of every trial of ``cfg``'s grid in its work folder, with learning/forgetting of complete ones.
+
+    Reads only files (merged shards included); trials made with other settings are ``stale``
+    and left out of the charts.
+    """
+    from zhlora.analysis.compare import FORGETTING_FILE
+    from zhlora.analysis.results_io import load_forgetting
+
+    trials = sweep_trials(cfg)
+    layout, steps, _ = plan_sweep(cfg, trials)
+    planned = plan_fingerprints(steps)
+    records = read_records(layout)
+    rows = []
+    for trial in trials:
+        status = trial_status(layout, trial.name, planned.get(f"compare.{trial.name}"), records)
+        row = {**dataclasses.asdict(trial), "status": status}
+        if status.startswith("complete"):
+            try:
+                row.update(tradeoff_numbers(load_forgetting(layout.eval_dir(trial.name) / FORGETTING_FILE)))
+            except DataError as exc:
+                logger.warning("%s", exc)
+                row["status"] = "unreadable forgetting.json (rerun the trial)"
+        rows.append(row)
+    return {"schema_version": 1, "provenance": provenance(), "work_dir": str(layout.root), "run_name": cfg.run_name,
+            "grid": config_to_dict(cfg)["sweep"], "confidence": cfg.report.confidence, "trials": rows}
