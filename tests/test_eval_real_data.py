@@ -30,16 +30,13 @@ def test_gsm8k_and_english_text_load(shared_eval_data):
 
 
 def test_every_subject_scores_on_the_tiny_model(shared_eval_data, tiny_model_dir):
-    """One question per subject of all three benchmarks (0-shot keeps the CPU time small), GSM8K and English text."""
+    """One question per subject of all three benchmarks (0-shot keeps the CPU time small)."""
     from zhlora.modeling import load_model, load_tokenizer
 
     model, tokenizer = load_model(tiny_model_dir, torch_dtype="float32"), load_tokenizer(tiny_model_dir)
     items = {name: load_benchmark_items(shared_eval_data, resolve_spec(name), shots=0, limit=1) for name in EXPECTED}
-    items["gsm8k"] = load_benchmark_items(shared_eval_data, resolve_spec("gsm8k"), limit=2)
-    items["ppl_en"] = load_benchmark_items(shared_eval_data, resolve_spec("ppl_en"), limit=1)
-    results = evaluate_benchmarks(model, tokenizer, items, batch_size=16, max_new_tokens=8)
+    results = evaluate_benchmarks(model, tokenizer, items, batch_size=16)
     for name, (subjects, _) in EXPECTED.items():
         summary = results[name].summary
         assert summary["n"] == len(summary["subjects"]) == subjects
         assert sum(c["n"] for c in summary["categories"].values()) >= subjects
-    assert results["gsm8k"].summary["n"] == 2 and results["ppl_en"].summary["n_tokens"] > 1000

@@ -129,13 +129,16 @@ class HFEvalModel:
 
         ``prefix_ids`` are the tokens of the prompt part shared by all ``requests`` (a
         subject's description and shots); its key/value cache is computed once and reused by
-        every request whose context tokens start with exactly these tokens.
+        every request whose context tokens start with exactly these tokens (when at least two
+        rows can use it).
         """
         rows = choice_rows(requests, self.max_length)
         shared: list[_Row] = []
         if prefix_ids:
             n = len(prefix_ids)
             shared = [r for r in rows if not r.truncated and len(r.tokens) > n and r.tokens[:n] == prefix_ids]
+            if len(shared) < 2:  # a prefix pass plus a suffix pass cost more than one full pass
+                shared = []
         shared_ids = {id(r) for r in shared}
         plain = [r for r in rows if id(r) not in shared_ids]
         results = [[0.0] * len(request.continuation_ids) for request in requests]

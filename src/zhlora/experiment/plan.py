@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +47,7 @@ class Step:
         if self.verb is None:
             return f"({self.description})"
         words = ["zhlora", self.verb, *self.argv, *(self.redo_flags if redo else ())]
-        return " ".join(_shell_quote(word) for word in words)
-
-
-def _shell_quote(word: str) -> str:
-    import shlex
-
-    return shlex.quote(word)
+        return " ".join(shlex.quote(word) for word in words)
 
 
 def step_fingerprint(settings: dict[str, Any], input_fingerprints: dict[str, str]) -> str:
