@@ -166,7 +166,7 @@ def lm_eval_worker(model_dir: Path, subset: Path, batch_size: int, out: Path, to
                                       bootstrap_iters=0)
     total_seconds = time.perf_counter() - started
     items = {}
-    for task, samples in results["samples"].items():
+    for samples in results["samples"].values():
         for sample in sorted(samples, key=lambda s: s["doc_id"]):
             items[sample["doc"]["id"]] = {
                 "context": sample["arguments"][0][0],
@@ -183,7 +183,7 @@ def ensure_lm_eval_venv() -> Path:
     if not python.exists():
         print(f"creating {VENV} (--system-site-packages) and installing lm-eval=={LM_EVAL_VERSION} ...")
         venv.EnvBuilder(system_site_packages=True, with_pip=True).create(VENV)
-    check = subprocess.run([str(python), "-c", "import lm_eval"], capture_output=True)
+    check = subprocess.run([str(python), "-c", "import lm_eval"], capture_output=True, check=False)
     if check.returncode != 0:
         subprocess.run([str(python), "-m", "pip", "install", "-q", f"lm-eval=={LM_EVAL_VERSION}"], check=True)
     return python
@@ -196,7 +196,11 @@ def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: 
     """Per-item log-likelihoods, prompts and seconds of zhlora's engine on the same subset."""
     import torch
 
-    from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items, resolve_spec
+    from zhlora.evaluation import (
+        evaluate_benchmarks,
+        load_benchmark_items,
+        resolve_spec,
+    )
     from zhlora.evaluation.runner import choice_requests
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from zhlora.errors import ZhloraError
-from zhlora.evaluation.adapters import check_adapter_applied, check_adapter_folder, load_adapter, set_adapter_scale
+from zhlora.evaluation.adapters import (
+    check_adapter_applied,
+    check_adapter_folder,
+    load_adapter,
+    set_adapter_scale,
+)
 
 
 def _base(tiny_model_dir):

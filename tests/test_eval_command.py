@@ -24,7 +24,7 @@ def _env():
 
 def _script(name, *argv, cwd):
     return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, argv)], cwd=cwd, env=_env(),
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_resume_after_sigkill_gives_byte_identical_results(tmp_path, tiny_model_
     argv = [sys.executable, "-m", "zhlora", "evaluate", "--model_path", str(tiny_model_dir), "--data_dir",
             str(sample_data_dir), "--results_dir", "out", "--benchmarks", "mmlu,gsm8k", "--limit", "1", "--shots",
             "1", "--max_new_tokens", "16", "--batch_size", "4"]
-    done = subprocess.run(argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "out"
     expected = {p.relative_to(out): p.read_bytes() for p in [out / "results.json", *out.glob("predictions/*.jsonl")]}
@@ -84,7 +84,7 @@ def test_resume_after_sigkill_gives_byte_identical_results(tmp_path, tiny_model_
     cached = list((out / ".cache").glob("*/*.json"))
     assert cached and all(json.loads(p.read_text())["rows"] for p in cached)  # finished units, written whole
 
-    resumed = subprocess.run(argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming the evaluation" in resumed.stderr
     assert {p: (out / p).read_bytes() for p in expected} == expected
@@ -109,7 +109,7 @@ def test_unknown_benchmark_and_subject_suggest_names(capsys, tiny_model_dir, sam
 
 
 def test_existing_results_and_foreign_cache_are_not_mixed(capsys, monkeypatch, tmp_path, tiny_model_dir, sample_data_dir):
-    import zhlora.evaluation.runner as runner
+    from zhlora.evaluation import runner
 
     common = ["--model_path", tiny_model_dir, "--data_dir", sample_data_dir, "--benchmarks", "ceval", "--limit", "1",
               "--results_dir"]

@@ -14,9 +14,18 @@ from zhlora.evaluation.items import ALL, BenchmarkItems
 from zhlora.evaluation.prompts import fewshot_prompt
 from zhlora.evaluation.requests import ChoiceRequest, document_windows, encode_choice
 from zhlora.evaluation.runner import choice_requests, generate_prompts
-from zhlora.evaluation.scoring import predicted_letter, summarize_choice, summarize_perplexity
+from zhlora.evaluation.scoring import (
+    predicted_letter,
+    summarize_choice,
+    summarize_perplexity,
+)
 from zhlora.evaluation.specs import GSM8K_COT_EXEMPLARS, SPECS, resolve_spec
-from zhlora.evaluation.tasks.gsm8k import extract_answer, normalize_answer, random_shot_indices, reference_answer
+from zhlora.evaluation.tasks.gsm8k import (
+    extract_answer,
+    normalize_answer,
+    random_shot_indices,
+    reference_answer,
+)
 
 
 class LetterTokenizer:

@@ -18,7 +18,7 @@ from zhlora.cli import main
 from zhlora.experiment import runs_overview
 
 # Fewer steps, items and tokens than the demo; everything else is configs/demo.yaml.
-FAST = ["--max_steps", "4", "--save_steps", "2", "--limit", "2", "--shots", "0", "--max_new_tokens", "16",
+FAST = ["--max_steps", "4", "--save_steps", "2", "--limit", "1", "--shots", "0", "--max_new_tokens", "16",
         "--bootstrap_samples", "200"]
 
 

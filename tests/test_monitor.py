@@ -268,3 +268,38 @@ def test_overhead_over_the_bound_is_warned_once_with_a_suggestion(sample_data_di
         for step in (2, 4, 6):
             monitor.on_step_end(step, peft_model)  # 0.5 s of probes after ~0 s of "training"
     assert caplog.text.count("The probes took") == 1 and "Pass --monitor_every" in caplog.text
+
+
+def test_a_budget_makes_the_probe_settings_part_of_the_run_identity():
+    import dataclasses
+
+    from zhlora.config import TrainConfig
+    from zhlora.training.outputs import run_fingerprint
+
+    base = dataclasses.asdict(TrainConfig())
+
+    def fingerprint(**changes) -> str:
+        return run_fingerprint({"r": 8}, {**base, **changes}, {}, "weights", "data")
+
+    # monitoring without a budget only observes: same adapter, same run
+    assert fingerprint() == fingerprint(monitor_every=5) == fingerprint(monitor_every=5, probe_limit=3, save_steps=7)
+    budgeted = fingerprint(monitor_every=5, forgetting_budget="ppl:5%")
+    assert budgeted != fingerprint(monitor_every=5)
+    for changes in ({"monitor_every": 10}, {"budget_action": "mark"}, {"save_steps": 7}, {"probe_limit": 3},
+                    {"forgetting_budget": "acc:2"}):
+        assert fingerprint(**{"monitor_every": 5, "forgetting_budget": "ppl:5%", **changes}) != budgeted, changes
+    assert fingerprint(monitor_every=5, forgetting_budget="ppl:5%", logging_steps=3, save_total_limit=1) == budgeted
+
+
+@pytest.mark.shared_data
+def test_default_probe_sets_on_the_real_benchmarks(shared_eval_data):
+    suite = select_probe_sets(shared_eval_data, ProbeSizes())
+    record = probe_manifest(suite)["probes"]
+    sizes = {name: entry["n"] for name, entry in record.items()}
+    assert sizes == {"ceval_acc": 48, "cmmlu_acc": 48, "en_ppl": 16, "mmlu_acc": 96, "gsm8k_acc": 8}  # no BELLE here
+    mmlu = suite.items["mmlu_acc"].groups
+    assert len(mmlu) == 57 and {len(items) for items in mmlu.values()} == {1, 2}  # 96 questions over 57 subjects
+    assert len(suite.items["ceval_acc"].groups) == 48  # one question from each of 48 of the 52 subjects
+    for name, benchmark in (("mmlu_acc", "mmlu"), ("ceval_acc", "ceval"), ("cmmlu_acc", "cmmlu"), ("gsm8k_acc", "gsm8k")):
+        assert not set(record[name]["ids"]) & _final_ids(shared_eval_data, benchmark), name
+    assert all(len(item.text) <= 2000 for item in suite.items["en_ppl"].groups["all"])

@@ -159,3 +159,12 @@ def test_without_a_budget_the_same_run_goes_to_the_end_unperturbed(tmp_path, tin
     budget_losses = {row["step"]: row["loss"] for row in _rows(budget_run[0]) if "loss" in row}
     assert sorted(budget_losses) == list(range(1, stop + 1))
     assert all(budget_losses[s] == losses[s] or (math.isnan(budget_losses[s]) and math.isnan(losses[s])) for s in budget_losses)
+
+
+def test_monitoring_without_benchmark_data_says_where_to_point_it(tmp_path, tiny_model_dir, processed, capsys):
+    code = run_command("train", ["--model_path", str(tiny_model_dir), "--dataset_path", str(processed / "train_dataset"),
+                                 "--output_dir", str(tmp_path / "out"), "--probe_data_dir", str(tmp_path / "nowhere"),
+                                 *AGGRESSIVE, "--monitor_every", "2"])
+    assert code == 2
+    message = capsys.readouterr().err
+    assert "--monitor_every needs the benchmark data" in message and "--probe_data_dir" in message

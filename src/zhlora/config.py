@@ -448,7 +448,8 @@ def add_top_level_flags(parser: argparse.ArgumentParser) -> None:
     """Add ``--work_dir`` and ``--run_name`` (used by the commands that run whole experiments)."""
     for name in sorted(_TOP_LEVEL):
         f = next(f for f in dataclasses.fields(ExperimentConfig) if f.name == name)
-        parser.add_argument(f"--{name}", dest=f"cfg____{name}", default=argparse.SUPPRESS, help=f.metadata["help"])
+        parser.add_argument(f"--{name}", dest=f"cfg____{name}", default=argparse.SUPPRESS, metavar=name.upper(),
+                            help=f.metadata["help"])
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:

@@ -48,11 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--adapter_scale", type=float, default=None,
                        help="Scale of the LoRA update, 0 (base model) .. 1 (as trained); overrides --adapter_scales.")
-    model.add_argument("--torch_dtype", dest="cfg__model__torch_dtype", default=argparse.SUPPRESS,
+    model.add_argument("--torch_dtype", dest="cfg__model__torch_dtype", default=argparse.SUPPRESS, metavar="DTYPE",
                        help="auto (bf16 on GPUs that support it, else fp32), bfloat16, float16 or float32 (default: auto).")
     model.add_argument("--trust_remote_code", dest="cfg__model__trust_remote_code", action=argparse.BooleanOptionalAction,
                        default=argparse.SUPPRESS, help="Run modelling code shipped inside the model folder (default: off).")
-    model.add_argument("--prompt_template", dest="cfg__data__prompt_template", default=argparse.SUPPRESS,
+    model.add_argument("--prompt_template", dest="cfg__data__prompt_template", default=argparse.SUPPRESS, metavar="TEMPLATE",
                        help="Training template used to render the ppl_zh prompts: alpaca or llama2_chat (default: alpaca).")
     model.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                        help="Where to run: auto (the GPU when there is one), cpu or cuda (default: auto).")
@@ -165,9 +165,18 @@ def _batch_size(value: str):
 
 def main(args: argparse.Namespace) -> int:
     """Validate inputs, load the model (and adapter), evaluate per scale, write results, compare."""
-    from zhlora.evaluation.adapters import check_adapter_applied, check_adapter_folder, load_adapter, set_adapter_scale
+    from zhlora.evaluation.adapters import (
+        check_adapter_applied,
+        check_adapter_folder,
+        load_adapter,
+        set_adapter_scale,
+    )
     from zhlora.evaluation.results import build_results, build_timings, write_results
-    from zhlora.evaluation.runner import CACHE_DIRNAME, evaluate_benchmarks, open_prediction_cache
+    from zhlora.evaluation.runner import (
+        CACHE_DIRNAME,
+        evaluate_benchmarks,
+        open_prediction_cache,
+    )
     from zhlora.io_utils import sha256_file
     from zhlora.modeling import load_model, load_tokenizer, model_fingerprint
 

@@ -9,6 +9,8 @@ Examples::
     zhlora run --replay_ratio 0.2 --run_name lora-replay   # mix 20% English instructions into training
     zhlora run --dry_run                                   # print each step's command and whether it would run
 
+Everything lands in ``--work_dir`` (default ``zhlora_work``) in the seed's layout; a relative
+``--data_dir`` is taken inside it, an absolute one can be shared by several work folders.
 Steps (each one ``zhlora <verb>``, printed before it runs): download-data (one per source),
 download-model, evaluate (baseline), preprocess, train, evaluate (the adapter, per scale),
 compare, report. A step whose outputs are complete and were made with the same settings is

@@ -107,7 +107,7 @@ def check_adapter_applied(peft_model, tokenizer, adapter_dir: str | Path) -> dic
     params = dict(peft_model.named_parameters())
     stored: dict[str, list[tuple[str, torch.Tensor]]] = {}
     with safe_open(str(Path(adapter_dir) / ADAPTER_WEIGHTS), framework="pt") as handle:
-        for key in handle.keys():
+        for key in handle.keys():  # noqa: SIM118 - safe_open handles are not dicts
             for part in (".lora_A.weight", ".lora_B.weight"):
                 if key.endswith(part):
                     module = key[: -len(part)]

@@ -154,7 +154,7 @@ class HFEvalModel:
         """``(summed negative log-likelihood in nats, scored tokens)`` of each sequence.
 
         A sequence longer than the context window is cut to its first ``max_length`` tokens
-        (the tokens cut off are not scored).
+        (the tokens cut off are not scored; a sequence left with none scores ``(0.0, 0)``).
         """
         rows = []
         for index, seq in enumerate(sequences):
@@ -162,7 +162,7 @@ class HFEvalModel:
             positions = list(range(seq.first_target - 1, len(tokens) - 1))
             rows.append(_Row(tokens, [_Score((index, 0), positions, tokens[seq.first_target:])]))
         results = [[0.0] for _ in sequences]
-        self._score_rows(rows, results, offset=0, prefix_kv=None)
+        self._score_rows([row for row in rows if row.scores[0].targets], results, offset=0, prefix_kv=None)
         return [(-logprob[0], len(row.scores[0].targets)) for logprob, row in zip(results, rows)]
 
     def _prefix_kv(self, prefix_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:

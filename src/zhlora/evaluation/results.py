@@ -11,7 +11,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from zhlora.evaluation.runner import BenchmarkResult
-from zhlora.io_utils import atomic_write_json, atomic_write_jsonl, atomic_write_text, provenance, utc_now
+from zhlora.io_utils import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    provenance,
+    utc_now,
+)
 
 SCHEMA_VERSION = 1
 RESULT_FILES = ("results.json", "results.md", "timings.json")

@@ -25,7 +25,12 @@ from zhlora.errors import ZhloraError
 from zhlora.evaluation.hf_model import HFEvalModel
 from zhlora.evaluation.items import ALL, BenchmarkItems
 from zhlora.evaluation.prompts import fewshot_prompt
-from zhlora.evaluation.requests import ChoiceRequest, document_windows, encode_choice, response_sequence
+from zhlora.evaluation.requests import (
+    ChoiceRequest,
+    document_windows,
+    encode_choice,
+    response_sequence,
+)
 from zhlora.evaluation.scoring import (
     item_ids_sha256,
     predicted_letter,

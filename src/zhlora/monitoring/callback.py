@@ -17,6 +17,7 @@ export it.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -149,8 +150,6 @@ class ForgettingMonitor:
         return None
 
     def _resume(self, log_rows: list[dict], start_step: int, record_path: Path, probe_sets: dict) -> None:
-        import json
-
         recorded = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else None
         if recorded is None or recorded.get("probes") != probe_sets["probes"]:
             raise ZhloraError(
@@ -203,7 +202,7 @@ class ForgettingMonitor:
             self._save_snapshot(model, step)
         self._prune_snapshots()
         overhead = self.probe_seconds / max(self.train_seconds, 1e-9)
-        logger.info("probes at step %d (%.1f s; overhead so far %.1f%% of %.0f s training): %s", step,
+        logger.info("probes at step %d (%.1f s; overhead so far %.1f%% of %.1f s training): %s", step,
                     measurement.seconds, 100 * overhead, self.train_seconds, _format_values(values, self.baseline.values))
         self._check_overhead(overhead)
         stop = False
@@ -215,7 +214,7 @@ class ForgettingMonitor:
             logger.warning("Forgetting budget %s exceeded at step %d: %s. %s", self.budget.text, step, what,
                            "Stopping the run after this step (--budget_action stop)." if stop
                            else "Training goes on (--budget_action mark).")
-        self._log_metrics(values, step)
+        self._log_metrics(values, step, {"monitor/probe_seconds": measurement.seconds, "monitor/overhead_pct": 100 * overhead})
         record = {
             "probes": json_safe(values),
             "probe_seconds": round(measurement.seconds, 3),
@@ -248,9 +247,9 @@ class ForgettingMonitor:
                 "(or a smaller --probe_limit) to bring it under the bound.",
                 100 * overhead, 100 * OVERHEAD_BOUND, suggested_monitor_every(self.monitor_every, overhead))
 
-    def _log_metrics(self, values: dict[str, float], step: int) -> None:
+    def _log_metrics(self, values: dict[str, float], step: int, extra: dict | None = None) -> None:
         if self.log_metrics is not None:
-            self.log_metrics({f"probe/{name}": value for name, value in values.items()}, step)
+            self.log_metrics({**{f"probe/{name}": value for name, value in values.items()}, **(extra or {})}, step)
 
     # ------------------------------------------------------------------ adapter snapshots
     def _snapshot_dir(self, step: int) -> Path:

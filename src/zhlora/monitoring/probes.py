@@ -124,11 +124,10 @@ def spread_over_groups(groups: Mapping[str, list], n: int, rng: random.Random) -
     chosen: dict[str, list[int]] = {key: [] for key in order}
     remaining = n
     while remaining > 0 and any(len(chosen[k]) < len(order[k]) for k in order):
-        for key in order:
-            if remaining == 0:
-                break
-            if len(chosen[key]) < len(order[key]):
-                chosen[key].append(order[key][len(chosen[key])])
+        for key, permutation in order.items():
+            taken = chosen[key]
+            if remaining > 0 and len(taken) < len(permutation):
+                taken.append(permutation[len(taken)])
                 remaining -= 1
     return {key: [groups[key][i] for i in sorted(indices)] for key, indices in chosen.items() if indices}
 
