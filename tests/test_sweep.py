@@ -126,3 +126,13 @@ def test_summary_flags_trials_made_with_other_settings(tmp_path):
     layout.record_file(f"compare.{name}").parent.mkdir(parents=True)
     layout.record_file(f"compare.{name}").write_text(json.dumps({"fingerprint": "other", "status": "complete"}))
     assert summarize_sweep(cfg)["trials"][0]["status"] == "stale"
+
+
+def test_adapter_scale_chart_draws_what_is_known(tmp_path):
+    from zhlora.analysis.charts import plot_adapter_scale_curve
+
+    rows = [{"scale": s, "zh_delta_points": 4 * s, "zh_ci_low_points": 4 * s - 1, "zh_ci_high_points": 4 * s + 1,
+             "en_delta_points": None, "en_ci_low_points": None, "en_ci_high_points": None,
+             "ppl_zh": -0.2 * s, "ppl_en": None} for s in (0.0, 0.5, 1.0)]
+    out = plot_adapter_scale_curve(rows, tmp_path / "curve.png", language="en")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
