@@ -68,6 +68,9 @@ def run_command(verb: str, argv: list[str], prog: str | None = None) -> int:
     except KeyboardInterrupt:
         print(f"zhlora {verb}: interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `zhlora ls | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from zhlora.analysis.pairing import (
 from zhlora.analysis.results_io import (
     ACCURACY_KINDS,
     RESULTS_FILE,
+    evaluated_at,
     load_document_losses,
     load_predictions,
     load_question_texts,
@@ -280,8 +281,8 @@ def build_forgetting(
     return {
         "schema_version": FORGETTING_SCHEMA_VERSION,
         "provenance": provenance(),
-        "base": {"model": base["model"], "created_at": base.get("provenance", {}).get("created_at")},
-        "tuned": {"model": tuned["model"], "created_at": tuned.get("provenance", {}).get("created_at")},
+        "base": {"model": base["model"]},
+        "tuned": {"model": tuned["model"]},
         "settings": {
             **{key: base["settings"].get(key) for key in SETTINGS_THAT_MUST_MATCH},
             "benchmarks": {
@@ -370,8 +371,8 @@ def compare_results(
         seed=seed,
         questions=questions,
     )
-    forgetting["base"]["dir"] = str(base_dir)
-    forgetting["tuned"]["dir"] = str(tuned_dir)
+    for side, folder in (("base", base_dir), ("tuned", tuned_dir)):
+        forgetting[side].update(dir=str(folder), created_at=evaluated_at(folder))
     atomic_write_json(out_dir / FORGETTING_FILE, forgetting)
     atomic_write_text(out_dir / FORGETTING_MD, forgetting_markdown(forgetting))
     return forgetting

@@ -60,6 +60,15 @@ def load_results(path: str | os.PathLike) -> dict:
     return results
 
 
+def evaluated_at(path: str | os.PathLike) -> str | None:
+    """When an evaluation folder was written (``timings.json``; results.json stays time-free)."""
+    file = results_dir_of(path) / "timings.json"
+    try:
+        return json.loads(file.read_text(encoding="utf-8")).get("created_at")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def _check_benchmark(file: Path, name: str, entry: dict) -> None:
     kind = entry.get("kind")
     if kind not in KNOWN_KINDS:
