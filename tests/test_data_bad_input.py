@@ -8,8 +8,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from data_release import write_release
+
 from zhlora.data import normalize
 from zhlora.data.archives import extract_zip
 from zhlora.data.readers import iter_json_records, iter_parquet_rows, read_csv_rows, read_text

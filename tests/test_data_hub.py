@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from data_release import EXPECTED_ROWS, write_hub_repos, write_release
 from hub_server import HubServer
+
 from zhlora.data.sources import download_data
 from zhlora.io_utils import read_jsonl
 

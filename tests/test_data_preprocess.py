@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from data_release import write_release
+
 from zhlora.data.preprocess import (
     IGNORE_INDEX,
     build_example,

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from data_release import BELLE_ROWS, EXPECTED_ROWS, write_release
+
 from zhlora.data.sampling import reservoir_sample, sample_train_heldout, train_heldout_sizes
 from zhlora.data.sources import download_data, parse_source, read_manifest, samples_dir
 from zhlora.errors import DataError, ZhloraError

@@ -10,7 +10,13 @@ import torch
 
 from zhlora.errors import ZhloraError
 from zhlora.modeling import (
-    MANIFEST_NAME, build_tiny_model, load_model, load_tokenizer, model_fingerprint, read_manifest, resolve_dtype,
+    MANIFEST_NAME,
+    build_tiny_model,
+    load_model,
+    load_tokenizer,
+    model_fingerprint,
+    read_manifest,
+    resolve_dtype,
 )
 from zhlora.models.manifest import weights_digest
 from zhlora.models.tiny import corpus_texts

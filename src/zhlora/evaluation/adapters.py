@@ -113,7 +113,7 @@ def check_adapter_applied(peft_model, tokenizer, adapter_dir: str | Path) -> dic
                     module = key[: -len(part)]
                     stored.setdefault(module, []).append((key[: -len(".weight")] + f".{ADAPTER_NAME}.weight", handle.get_tensor(key)))
     applied = 0
-    for module, tensors in stored.items():
+    for tensors in stored.values():
         if all(name in params and torch.equal(params[name].detach().cpu(), tensor.to(params[name].dtype)) for name, tensor in tensors):
             applied += 1
     change = _max_logit_change(peft_model, tokenizer)

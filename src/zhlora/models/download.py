@@ -109,8 +109,12 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 def _hub_error(repo_id: str, revision: str | None, exc: Exception) -> ZhloraError:
     """Translate a huggingface_hub / HTTP failure into an actionable message (never echoing a token)."""
     from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-        RepositoryNotFoundError, RevisionNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
 
     status = getattr(getattr(exc, "response", None), "status_code", None)
