@@ -6,7 +6,7 @@ import pytest
 
 from zhlora.config import TrainConfig
 from zhlora.errors import ConfigError
-from zhlora.monitoring.budget import ProbePoint, parse_budget, resolution_points, select_step, violations
+from zhlora.monitoring.budget import ProbePoint, limit_values, parse_budget, resolution_points, select_step, violations
 
 BASE = ProbePoint(0, {"zh_loss": 2.00, "en_ppl": 10.0, "en_acc": 0.450})
 
@@ -52,6 +52,10 @@ def test_config_checks_the_budget_and_that_probes_run():
         TrainConfig(monitor_every=-1)
     with pytest.raises(ConfigError, match="--probe_limit must be a positive"):
         TrainConfig(monitor_every=5, probe_limit=0)
+    for bad in (-0.1, 10.0, float("nan")):  # 10 is someone meaning 10 %
+        with pytest.raises(ConfigError, match=r"--probe_overhead is a fraction .* \(0.1 = 10%, 0 = no bound\)"):
+            TrainConfig(monitor_every=5, probe_overhead=bad)
+    assert TrainConfig().probe_overhead == 0.10 and TrainConfig(probe_overhead=0).probe_overhead == 0
     assert TrainConfig(forgetting_budget="acc:2,ppl:5%", monitor_every=10).forgetting_budget == "acc:2,ppl:5%"
 
 
@@ -73,6 +77,13 @@ def test_perplexity_rise_is_relative():
     (crossed,) = violations(budget, BASE.values, {"en_ppl": 11.0, "en_acc": 0.45})
     assert crossed.change == pytest.approx(0.10)
     assert crossed.describe() == "en_ppl rose 10.0% (10 -> 11), over ppl:5%"
+
+
+def test_limit_values_are_where_each_limit_is_reached():
+    assert limit_values(parse_budget("acc:2,ppl:5%"), BASE.values) == {"en_acc": pytest.approx(0.43),
+                                                                       "en_ppl": pytest.approx(10.5)}
+    assert limit_values(parse_budget("ppl:5%"), {"en_ppl": float("nan")}) == {}  # no finite baseline, no line
+    assert limit_values(parse_budget("acc:2"), {"en_ppl": 10.0}) == {}
 
 
 def test_combined_budget_reports_every_crossed_limit():

@@ -1,5 +1,6 @@
-"""Probe sets (seeded, spread over subjects, disjoint from the final items where the data allows) and the
-training callback (schedule, stop/mark, adapter snapshots, export, resume), with scripted probe values."""
+"""Probe sets (seeded, spread over subjects, disjoint from the final items where the data allows), the probe
+schedule and its overhead bound (constructed timings), and the training callback (stop/mark, adapter snapshots,
+export, resume, deferred probes), with scripted probe values and a scripted clock."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from zhlora.evaluation.items import load_benchmark_items
 from zhlora.evaluation.specs import resolve_spec
 from zhlora.monitoring import callback as callback_module
 from zhlora.monitoring.budget import parse_budget
-from zhlora.monitoring.callback import ForgettingMonitor, is_probe_step, suggested_monitor_every
+from zhlora.monitoring.callback import ForgettingMonitor, overhead_line
 from zhlora.monitoring.probes import ProbeMeasurement, ProbeSizes, probe_manifest, select_probe_sets, spread_over_groups
+from zhlora.monitoring.schedule import is_probe_due, should_probe, suggested_monitor_every
 
 SMALL = ProbeSizes(zh_loss=5, en_ppl=3, en_ppl_chars=300, mmlu_acc=16, gsm8k_acc=3, ceval_acc=9, cmmlu_acc=8)
 
@@ -98,10 +100,76 @@ def test_probe_limit_caps_every_probe():
     assert ProbeSizes().capped(None) == ProbeSizes()
 
 
-def test_probe_schedule_and_overhead_advice():
-    assert [s for s in range(1, 13) if is_probe_step(s, 4, 6, 11)] == [4, 6, 8, 11, 12]
-    assert suggested_monitor_every(10, 0.25) == 25
-    assert suggested_monitor_every(10, 0.101) == 11
+# ---------------------------------------------------------------------------------------
+# the schedule: due steps and the overhead bound, on constructed timings
+# ---------------------------------------------------------------------------------------
+def test_probes_are_due_every_n_steps_at_checkpoints_and_at_the_end():
+    assert [s for s in range(1, 12) if is_probe_due(s, 4, 6, 11)] == [4, 6, 8, 11]
+
+
+def _run_schedule(train_seconds: list[float], probe_seconds: list[float], baseline: float, bound: float,
+                  monitor_every: int = 1) -> list[dict]:
+    """Drive :func:`should_probe` as the monitor does: one training step after another, probing when due and
+    allowed; ``probe_seconds[i]`` is what the i-th probe run really takes. Returns one dict per run."""
+    total = len(train_seconds)
+    runs, spent, trained, expected = [], 0.0, 0.0, baseline
+    for step, seconds in enumerate(train_seconds, start=1):
+        trained += seconds
+        if is_probe_due(step, monitor_every, 10**9, total) and should_probe(
+                step, total, probe_seconds=spent, expected_seconds=expected, train_seconds=trained, bound=bound):
+            took = probe_seconds[len(runs)]
+            spent += took
+            runs.append({"step": step, "spent": spent, "trained": trained, "took": took, "expected": expected})
+            expected = took
+    return runs
+
+
+def test_the_bound_is_never_exceeded_except_by_the_last_probe_on_random_timings():
+    rng = random.Random(20240601)
+    for _ in range(300):
+        bound = rng.choice([0.02, 0.1, 0.25, 0.5, 1.0])
+        steps = rng.randint(1, 80)
+        train = [rng.expovariate(1 / rng.choice([0.05, 1.0, 30.0])) for _ in range(steps)]  # seconds per step
+        cost = rng.uniform(0.01, 60.0)
+        runs = _run_schedule(train, [cost] * steps, baseline=cost, bound=bound, monitor_every=rng.randint(1, 7))
+        assert runs and runs[-1]["step"] == steps  # the last step is always probed
+        for run in runs[:-1]:  # probes that take what the previous one took: never over the bound
+            assert run["spent"] <= bound * run["trained"] * (1 + 1e-12)
+        last = runs[-1]  # the forced last probe: over the bound by at most itself
+        assert last["spent"] - last["took"] <= bound * last["trained"] * (1 + 1e-12)
+
+
+def test_a_probe_slower_than_the_previous_one_overshoots_by_at_most_the_difference():
+    rng = random.Random(7)
+    for _ in range(300):
+        bound = rng.choice([0.05, 0.1, 0.3])
+        steps = rng.randint(2, 60)
+        train = [rng.uniform(0.1, 10.0) for _ in range(steps)]
+        costs = [rng.uniform(0.1, 20.0) for _ in range(steps)]
+        for run in _run_schedule(train, costs, baseline=rng.uniform(0.1, 20.0), bound=bound)[:-1]:
+            assert run["spent"] <= bound * run["trained"] + max(0.0, run["took"] - run["expected"]) + 1e-9
+
+
+def test_deferred_probes_run_as_soon_as_they_fit():
+    # 1 s per step, 1 s per probe, 25 %: a probe fits every 4 steps; the last step (10) is probed regardless
+    runs = _run_schedule([1.0] * 10, [1.0] * 10, baseline=1.0, bound=0.25)
+    assert [run["step"] for run in runs] == [4, 8, 10]
+    assert (runs[-1]["spent"], runs[-1]["trained"]) == (3.0, 10.0)  # 30 %: the last probe passes the bound
+
+
+def test_step_zero_always_runs_and_bound_zero_means_no_bound():
+    assert should_probe(0, 10, probe_seconds=1e6, expected_seconds=1e6, train_seconds=0.0, bound=0.1)
+    assert not should_probe(3, 10, probe_seconds=1e6, expected_seconds=1e6, train_seconds=1.0, bound=0.1)
+    assert should_probe(3, 10, probe_seconds=1e6, expected_seconds=1e6, train_seconds=1.0, bound=0.0)
+    assert should_probe(10, 10, probe_seconds=1e6, expected_seconds=1e6, train_seconds=1.0, bound=0.1)
+    assert [run["step"] for run in _run_schedule([0.1] * 6, [5.0] * 6, 5.0, bound=0.0)] == [1, 2, 3, 4, 5, 6]
+    assert should_probe(4, 10, probe_seconds=1.0, expected_seconds=1.0, train_seconds=8.0, bound=0.25)  # at the limit
+
+
+def test_suggested_monitor_every_fits_the_bound():
+    assert suggested_monitor_every(seconds_per_probe=1.0, seconds_per_step=1.0, bound=0.25) == 4
+    assert suggested_monitor_every(seconds_per_probe=30.0, seconds_per_step=2.0, bound=0.1) == 150
+    assert suggested_monitor_every(seconds_per_probe=0.01, seconds_per_step=2.0, bound=0.1) == 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,15 +198,27 @@ def _train_a_little(model, amount: float) -> None:
                 param.add_(amount)
 
 
+class ScriptedClock:
+    """A wall clock that moves only when told (seconds)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class ScriptedProbes:
-    """Replaces evaluate_probes: returns the next scripted values and records the model's mode."""
+    """Replaces evaluate_probes: returns the next scripted values, each taking 0.5 s on ``self.clock``."""
 
     def __init__(self, values: list[dict]):
         self.values = list(values)
         self.calls = 0
+        self.clock = ScriptedClock()
 
     def __call__(self, model, tokenizer, suite, **kwargs):
         self.calls += 1
+        self.clock.now += 0.5
         return ProbeMeasurement(values=self.values.pop(0), seconds=0.5, seconds_per_probe={"zh_loss": 0.5})
 
 
@@ -148,7 +228,7 @@ def _values(zh: float, ppl: float, acc: float = 0.5) -> dict:
 
 def _monitor(sample_data_dir, out: Path, budget: str | None, action: str = "stop", **kwargs) -> ForgettingMonitor:
     suite = select_probe_sets(sample_data_dir, SMALL)
-    settings = {"monitor_every": 2, "save_steps": 100, "total_steps": 10, **kwargs}
+    settings = {"monitor_every": 2, "save_steps": 100, "total_steps": 10, "probe_overhead": 0.0, **kwargs}
     return ForgettingMonitor(suite, tokenizer=None, budget=parse_budget(budget), budget_action=action,
                              output_dir=out, **settings)
 
@@ -158,7 +238,8 @@ def test_stop_on_the_crossing_step_and_export_the_best_allowed_step(sample_data_
     script = ScriptedProbes([_values(2.0, 10.0), _values(1.9, 10.1), _values(1.7, 10.3), _values(1.5, 11.0)])
     monkeypatch.setattr(callback_module, "evaluate_probes", script)
     metrics = []
-    monitor = _monitor(sample_data_dir, tmp_path, "ppl:5%", log_metrics=lambda values, step: metrics.append((step, values)))
+    monitor = _monitor(sample_data_dir, tmp_path, "ppl:5%", log_metrics=lambda values, step: metrics.append((step, values)),
+                       clock=script.clock)
     start = monitor.start(peft_model, 0, [])
     assert start["probes"] == _values(2.0, 10.0) and json.loads((tmp_path / "probe_sets.json").read_text())["probes"]
     weights = {}
@@ -191,6 +272,8 @@ def test_stop_on_the_crossing_step_and_export_the_best_allowed_step(sample_data_
     assert summary["budget_exceeded"]["step"] == 6 and summary["probe_steps"] == [0, 2, 4, 6]
     assert summary["selected_zh_gain"] == pytest.approx(0.3)
     assert summary["overhead"]["probe_runs"] == 3 and summary["overhead"]["baseline_seconds"] == 0.5
+    assert (summary["overhead"]["probes_deferred"], summary["overhead"]["bound_pct"]) == (0, None)
+    assert summary["budget_limit_values"] == {"en_ppl": pytest.approx(10.5)}
 
 
 def test_mark_goes_on_and_no_budget_only_observes(sample_data_dir, tmp_path, peft_model, monkeypatch):
@@ -236,6 +319,7 @@ def test_resume_picks_up_the_probe_history(sample_data_dir, tmp_path, peft_model
     resumed = _monitor(sample_data_dir, tmp_path, "ppl:5%")
     assert resumed.start(peft_model, 3, rows) is None and script.calls == 2  # no new baseline
     assert resumed.baseline.values == _values(2.0, 10.0) and resumed.selection.step == 2
+    assert resumed.expected_seconds == rows[1]["probe_seconds"]  # the next probe is expected to cost the last one's time
 
     with pytest.raises(ZhloraError, match="no step-0 probes"):
         _monitor(sample_data_dir, tmp_path, "ppl:5%").start(peft_model, 3, rows[1:])
@@ -258,16 +342,69 @@ def test_missing_snapshot_of_the_chosen_step_is_a_clear_error(sample_data_dir, t
         monitor.restore_selected(peft_model, 4)
 
 
-def test_overhead_over_the_bound_is_warned_once_with_a_suggestion(sample_data_dir, tmp_path, peft_model,
-                                                                 monkeypatch, caplog):
+def test_due_probes_that_do_not_fit_the_bound_are_deferred_counted_and_logged(sample_data_dir, tmp_path, peft_model,
+                                                                             monkeypatch, caplog):
     script = ScriptedProbes([_values(2.0, 10.0)] * 4)
     monkeypatch.setattr(callback_module, "evaluate_probes", script)
-    monitor = _monitor(sample_data_dir, tmp_path, None)
+    monitor = _monitor(sample_data_dir, tmp_path, None, monitor_every=1, probe_overhead=0.25, clock=script.clock)
     monitor.start(peft_model, 0, [])
-    with caplog.at_level(logging.WARNING):
-        for step in (2, 4, 6):
-            monitor.on_step_end(step, peft_model)  # 0.5 s of probes after ~0 s of "training"
-    assert caplog.text.count("The probes took") == 1 and "Pass --monitor_every" in caplog.text
+    records = {}
+    with caplog.at_level(logging.DEBUG, logger=callback_module.logger.name):
+        for step in range(1, 11):
+            script.clock.now += 0.5  # the training step
+            report = monitor.on_step_end(step, peft_model)
+            if report is not None:
+                records[step] = report.record
+    assert sorted(records) == [4, 8, 10] and script.calls == 4  # the last step is probed whatever the bound
+    assert [records[s]["probes_deferred"] for s in (4, 8, 10)] == [3, 3, 1]
+    assert [records[s]["train_seconds"] for s in (4, 8, 10)] == [2.0, 2.0, 1.0]
+    assert [records[s]["probe_overhead_pct"] for s in (4, 8, 10)] == [25.0, 25.0, 30.0]
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "deferred" in r.getMessage()]
+    assert info == [("probes due at step 1 deferred: 0.0 s so far + 0.5 s expected > 0.25 x 0.5 s of training "
+                     "(--probe_overhead); the next due step tries again")]
+    assert sum("deferred" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG) == 6
+
+    overhead = monitor.summary()["overhead"]
+    assert {k: overhead[k] for k in ("probe_runs", "probes_deferred", "probe_seconds", "train_seconds", "overhead_pct",
+                                     "bound_pct", "baseline_seconds", "suggested_monitor_every")} == {
+        "probe_runs": 3, "probes_deferred": 7, "probe_seconds": 1.5, "train_seconds": 5.0, "overhead_pct": 30.0,
+        "bound_pct": 25.0, "baseline_seconds": 0.5, "suggested_monitor_every": 4}
+    assert overhead_line(overhead) == (
+        "Probes: 3 runs, 7 deferred, 1.5 s vs 5.0 s of training = 30.0% overhead (bound 25%, the last step is "
+        "always probed; step-0 baseline 0.5 s, not counted). 7 due probe(s) were deferred to stay within the bound: "
+        "--monitor_every 4 would probe on schedule.")
+
+
+def test_with_a_budget_a_deferral_says_the_budget_is_checked_less_often(sample_data_dir, tmp_path, peft_model,
+                                                                       monkeypatch, caplog):
+    script = ScriptedProbes([_values(2.0, 10.0)] * 2)
+    monkeypatch.setattr(callback_module, "evaluate_probes", script)
+    monitor = _monitor(sample_data_dir, tmp_path, "ppl:5%", probe_overhead=0.1, clock=script.clock)
+    monitor.start(peft_model, 0, [])
+    with caplog.at_level(logging.INFO):
+        assert monitor.on_step_end(2, peft_model) is None
+    assert "so the forgetting budget is checked less often" in caplog.text
+    assert monitor.summary()["probe_steps"] == [0]
+
+
+def test_without_a_bound_the_overhead_line_says_so():
+    overhead = {"probe_runs": 2, "probes_deferred": 0, "probe_seconds": 3.0, "train_seconds": 1.0, "overhead_pct": 300.0,
+                "bound_pct": None, "baseline_seconds": None, "suggested_monitor_every": None}
+    assert overhead_line(overhead) == ("Probes: 2 runs, 0 deferred, 3.0 s vs 1.0 s of training = 300.0% overhead "
+                                       "(no bound, --probe_overhead 0; step-0 baseline before the resume).")
+
+
+def test_probe_curves_mark_the_budget_limit_and_the_exported_step(tmp_path):
+    from zhlora.analysis.charts import plot_probe_curves
+
+    log = tmp_path / "training_log.jsonl"
+    rows = [{"step": s, "probes": {"zh_loss": 2.0 - 0.1 * s, "en_ppl": 10.0 + s}} for s in range(4)]
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    plain = plot_probe_curves(log, tmp_path / "plain.png", language="en").read_bytes()
+    again = plot_probe_curves(log, tmp_path / "again.png", language="en").read_bytes()
+    marked = plot_probe_curves(log, tmp_path / "marked.png", language="en", limits={"en_ppl": 10.5},
+                               selected_step=1).read_bytes()
+    assert plain == again and marked != plain and marked.startswith(b"\x89PNG")
 
 
 def test_a_budget_makes_the_probe_settings_part_of_the_run_identity():
@@ -285,8 +422,9 @@ def test_a_budget_makes_the_probe_settings_part_of_the_run_identity():
     assert fingerprint() == fingerprint(monitor_every=5) == fingerprint(monitor_every=5, probe_limit=3, save_steps=7)
     budgeted = fingerprint(monitor_every=5, forgetting_budget="ppl:5%")
     assert budgeted != fingerprint(monitor_every=5)
+    assert fingerprint(monitor_every=5, probe_overhead=0.0) == fingerprint()
     for changes in ({"monitor_every": 10}, {"budget_action": "mark"}, {"save_steps": 7}, {"probe_limit": 3},
-                    {"forgetting_budget": "acc:2"}):
+                    {"forgetting_budget": "acc:2"}, {"probe_overhead": 0.0}):
         assert fingerprint(**{"monitor_every": 5, "forgetting_budget": "ppl:5%", **changes}) != budgeted, changes
     assert fingerprint(monitor_every=5, forgetting_budget="ppl:5%", logging_steps=3, save_total_limit=1) == budgeted
 

@@ -177,6 +177,11 @@ class TrainConfig:
     probe_limit: int | None = field(
         default=None, metadata=_help("At most N items per forgetting probe (default: 96 MMLU, 48 C-Eval/CMMLU, 64 zh rows, ...).")
     )
+    probe_overhead: float = field(
+        default=0.10,
+        metadata=_help("Most probe time allowed, as a fraction of training time; 0 = no bound (a due probe that "
+                       "would exceed it waits for the next due step)."),
+    )
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -192,6 +197,11 @@ class TrainConfig:
             raise ConfigError(f"--monitor_every must be >= 0 (0 turns the probes off), got {self.monitor_every}.")
         if self.probe_limit is not None and self.probe_limit <= 0:
             raise ConfigError(f"--probe_limit must be a positive number of items, got {self.probe_limit}.")
+        if not 0 <= self.probe_overhead <= 1:
+            raise ConfigError(
+                f"--probe_overhead is a fraction of the training time between 0 and 1 (0.1 = 10%, 0 = no bound), "
+                f"got {self.probe_overhead}."
+            )
         if self.forgetting_budget:
             from zhlora.monitoring.budget import parse_budget
 

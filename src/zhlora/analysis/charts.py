@@ -237,15 +237,24 @@ def plot_loss_curve(
 
 
 def plot_probe_curves(
-    training_log_path: str | os.PathLike, out_png: str | os.PathLike, *, language: str = "auto"
+    training_log_path: str | os.PathLike,
+    out_png: str | os.PathLike,
+    *,
+    language: str = "auto",
+    limits: dict[str, float] | None = None,
+    selected_step: int | None = None,
 ) -> Path:
     """Probe values against optimizer step, one small panel per probe.
 
     Reads ``training_log.jsonl`` rows ``{step, probes: {name: value}}`` written by training
     monitoring: Chinese probes show learning, English probes show forgetting as it happens.
+    ``limits`` (probe name -> the value at which the forgetting budget is reached, in the
+    probe's own unit) draws a dashed line on those panels; ``selected_step`` (the step whose
+    adapter a budget exported) a dotted vertical line on every panel.
     """
     rows = _log_rows(training_log_path, "probes")
     names = sorted({name for row in rows for name in row["probes"]})
+    limits = {name: value for name, value in (limits or {}).items() if value is not None and name in names}
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
     with _canvas(
@@ -256,6 +265,15 @@ def plot_probe_curves(
             ax = grid[index // ncols][index % ncols]
             points = [(row["step"], row["probes"][name]) for row in rows if row["probes"].get(name) is not None]
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", color=TUNED_COLOR, linewidth=1.4)
+            if name in limits:
+                ax.axhline(limits[name], color=VERDICT_COLORS["forgot"], linestyle="--", linewidth=1,
+                           label=labels.text("budget_limit", lang))
+            if selected_step is not None:
+                ax.axvline(selected_step, color=VERDICT_COLORS["improved"], linestyle=":", linewidth=1.2,
+                           label=labels.text("exported_step", lang, step=selected_step))
+            # one legend says what the marks are: on the panels with a limit line, else on the first panel
+            if name in limits or (selected_step is not None and index == 0 and not limits):
+                ax.legend(fontsize=6, loc="best")
             ax.set_title(labels.safe_label(name, lang, f"probe {index + 1}"), fontsize=9)
             ax.grid(alpha=0.3)
             if index // ncols == nrows - 1:

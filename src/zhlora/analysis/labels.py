@@ -31,6 +31,8 @@ _TEXT = {
         "Probes during training: learning (zh) and forgetting (en)",
         "训练过程探针：学习（中文）与遗忘（英文）",
     ),
+    "budget_limit": ("forgetting budget", "遗忘预算上限"),
+    "exported_step": ("exported step {step}", "导出第 {step} 步"),
     "chinese_radar": ("Chinese benchmarks: accuracy by category (%)", "中文基准：各类别准确率（%）"),
     "english_radar": ("English benchmarks: accuracy by category (%)", "英文基准：各类别准确率（%）"),
     "change_title": (

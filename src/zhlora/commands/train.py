@@ -82,6 +82,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _monitoring_lines(summary: dict, last_step: int) -> str:
     """What the user reads about the probes: a crossed budget, the exported step and the overhead."""
+    from zhlora.monitoring.callback import overhead_line
+
     lines = []
     exceeded = summary["budget_exceeded"]
     if exceeded:
@@ -89,14 +91,13 @@ def _monitoring_lines(summary: dict, last_step: int) -> str:
                      f"{'; '.join(exceeded['violations'])}.")
     if summary["forgetting_budget"] and summary["selected_step"] is not None:
         where = "the last step" if summary["selected_step"] == last_step else f"step {summary['selected_step']}"
+        deferred = summary["overhead"]["probes_deferred"]
         lines.append(f"Final adapter = {where} ({summary['selection_reason']})."
                      + ("" if summary["selected_within_budget"] else " WARNING: it exceeds the budget; lower "
-                        "--learning_rate or --lora_rank, add --replay_ratio, or probe more often."))
-    overhead = summary["overhead"]
-    if overhead["overhead_pct"] is not None:
-        lines.append(f"Probes: {overhead['probe_runs']} runs, {overhead['probe_seconds']} s vs {overhead['train_seconds']} s "
-                     f"of training = {overhead['overhead_pct']}% overhead (bound {overhead['bound_pct']:.0f}%; step-0 "
-                     f"baseline {overhead['baseline_seconds']} s); curves in probe_curves.png.")
+                        "--learning_rate or --lora_rank, add --replay_ratio, or probe more often"
+                        + (f" ({deferred} due probe(s) were deferred by --probe_overhead: raise it, or pass 0 to check "
+                           "the budget at every due step)." if deferred else ".")))
+    lines.append(f"{overhead_line(summary['overhead'])} Curves in probe_curves.png.")
     return "\n".join(lines)
 
 
@@ -340,8 +341,8 @@ def _build_monitor(cfg: ExperimentConfig, accelerator, tokenizer, meta: dict, pr
     log_metrics = None if tcfg.report_to == "none" else lambda values, step: accelerator.log(values, step=step)
     return ForgettingMonitor(
         suite, tokenizer, budget, tcfg.budget_action, monitor_every=tcfg.monitor_every, save_steps=tcfg.save_steps,
-        total_steps=total_steps, output_dir=output_dir, is_main_process=accelerator.is_main_process,
-        log_metrics=log_metrics,
+        total_steps=total_steps, probe_overhead=tcfg.probe_overhead, output_dir=output_dir,
+        is_main_process=accelerator.is_main_process, log_metrics=log_metrics,
     )
 
 
@@ -377,7 +378,9 @@ def _write_report_files(
         from zhlora.analysis.charts import plot_probe_curves
         from zhlora.monitoring.callback import PROBE_CURVES_NAME
 
-        plot_probe_curves(output_dir / LOG_NAME, output_dir / PROBE_CURVES_NAME)
+        budgeted = monitoring["forgetting_budget"] is not None
+        plot_probe_curves(output_dir / LOG_NAME, output_dir / PROBE_CURVES_NAME, limits=monitoring["budget_limit_values"],
+                          selected_step=monitoring["selected_step"] if budgeted else None)
     manifest = {
         "schema_version": 1,
         "provenance": provenance(),

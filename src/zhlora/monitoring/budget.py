@@ -167,6 +167,21 @@ def violations(budget: ForgettingBudget | None, baseline: Mapping[str, float], v
     return crossed
 
 
+def limit_values(budget: ForgettingBudget, baseline: Mapping[str, float]) -> dict[str, float]:
+    """The probe value at which each limit of ``budget`` is reached, for charts and the manifest.
+
+    E.g. ``{"en_ppl": 10.5}`` for ``ppl:5%`` from a step-0 perplexity of 10, ``{"en_acc": 0.43}``
+    for ``acc:2`` from 45 % (accuracy as a fraction, like the probe value). A limit whose
+    baseline is missing or not finite has no such value and is left out.
+    """
+    values = {}
+    for limit in budget.limits:
+        base = _number(baseline, limit.probe) if limit.probe in baseline else math.nan
+        if math.isfinite(base):
+            values[limit.probe] = base - limit.limit / 100.0 if limit.metric == "acc" else base * (1.0 + limit.limit)
+    return values
+
+
 def _number(values: Mapping[str, float | None], name: str) -> float:
     """``values[name]`` as a float; NaN when the probe is absent or logged as null."""
     value = values[name]

@@ -1,10 +1,12 @@
 """The training callback that probes the model while it trains, enforces the budget and keeps the best step.
 
 :class:`ForgettingMonitor` plugs into :func:`zhlora.training.loop.train_loop` as a
-``StepCallback``. Before training it measures the probes at step 0 (the baseline); after every
-``monitor_every``-th step, every checkpoint step and the last step it measures them again on
-the model as it is (adapter applied, nothing reloaded), logs them (``training_log.jsonl``,
-trackers such as TensorBoard), checks the forgetting budget, asks the loop to stop when the
+``StepCallback``. Before training it measures the probes at step 0 (the baseline). When they
+are due again (every ``monitor_every``-th step, every checkpoint step and the last step) and
+running them keeps their wall time within ``--probe_overhead`` of the training time
+(:mod:`zhlora.monitoring.schedule`; a probe that does not fit is deferred to the next due
+step), it measures them on the model as it is (adapter applied, nothing reloaded), logs them
+(``training_log.jsonl``, trackers such as TensorBoard), checks the forgetting budget, asks the loop to stop when the
 budget is exceeded (``budget_action="stop"``), and keeps a copy of the adapter of the step
 that :func:`~zhlora.monitoring.budget.select_step` currently chooses, so that
 :meth:`ForgettingMonitor.restore_selected` can put it back before the final adapter is saved.
@@ -31,8 +33,17 @@ import torch
 
 from zhlora.errors import ZhloraError
 from zhlora.io_utils import atomic_write_json
-from zhlora.monitoring.budget import ForgettingBudget, ProbePoint, Selection, resolution_points, select_step, violations
+from zhlora.monitoring.budget import (
+    ForgettingBudget,
+    ProbePoint,
+    Selection,
+    limit_values,
+    resolution_points,
+    select_step,
+    violations,
+)
 from zhlora.monitoring.probes import ENGLISH_ACCURACY_PROBES, ProbeSuite, evaluate_probes, probe_manifest
+from zhlora.monitoring.schedule import is_probe_due, should_probe, suggested_monitor_every
 from zhlora.training.checkpoint import ADAPTER_WEIGHTS_NAME, checkpoint_path, list_checkpoints
 from zhlora.training.loop import StepReport
 
@@ -41,18 +52,7 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_DIRNAME = "probe_snapshots"
 PROBE_SETS_NAME = "probe_sets.json"
 PROBE_CURVES_NAME = "probe_curves.png"
-OVERHEAD_BOUND = 0.10  # probes should cost at most this fraction of the training time
 _SNAPSHOT_RE = re.compile(r"^step-(\d+)$")
-
-
-def is_probe_step(step: int, monitor_every: int, save_steps: int, total_steps: int) -> bool:
-    """Whether the probes run after ``step``: every ``monitor_every`` steps, at checkpoints and at the end."""
-    return step % monitor_every == 0 or step % save_steps == 0 or step == total_steps
-
-
-def suggested_monitor_every(monitor_every: int, overhead: float, bound: float = OVERHEAD_BOUND) -> int:
-    """The smallest ``--monitor_every`` that brings a measured probe ``overhead`` (fraction) under ``bound``."""
-    return max(monitor_every + 1, math.ceil(monitor_every * overhead / bound))
 
 
 def json_safe(values: dict[str, float]) -> dict[str, float | None]:
@@ -82,22 +82,28 @@ class ForgettingMonitor:
         tokenizer: the model's tokenizer.
         budget: the parsed ``--forgetting_budget`` or None (observe only).
         budget_action: ``"stop"`` (end the run when the budget is exceeded) or ``"mark"`` (log and go on).
-        monitor_every, save_steps, total_steps: when to probe (:func:`is_probe_step`).
+        monitor_every, save_steps, total_steps: when the probes are due
+            (:func:`~zhlora.monitoring.schedule.is_probe_due`).
+        probe_overhead: the most probe wall time allowed, as a fraction of the training time
+            (``--probe_overhead``; 0: no bound); see :func:`~zhlora.monitoring.schedule.should_probe`.
         output_dir: the run folder (adapter snapshots, ``probe_sets.json``).
         is_main_process: only the main process probes and writes files.
         batch_size: rows per forward pass of the evaluation engine, or ``"auto"``.
         max_new_tokens: generation budget of a GSM8K probe answer (tokens).
         log_metrics: receives ``({"probe/<name>": value, ...}, step)`` for trackers (TensorBoard).
+        clock: wall clock in seconds (tests pass a scripted one).
     """
 
     def __init__(
         self, suite: ProbeSuite, tokenizer, budget: ForgettingBudget | None, budget_action: str, *,
-        monitor_every: int, save_steps: int, total_steps: int, output_dir: str | os.PathLike,
+        monitor_every: int, save_steps: int, total_steps: int, probe_overhead: float, output_dir: str | os.PathLike,
         is_main_process: bool = True, batch_size: int | str = "auto", max_new_tokens: int = 256,
-        log_metrics: Callable[[dict, int], None] | None = None,
+        log_metrics: Callable[[dict, int], None] | None = None, clock: Callable[[], float] = time.perf_counter,
     ):
         if monitor_every <= 0:
             raise ValueError("monitor_every must be positive")
+        if probe_overhead < 0:
+            raise ValueError("probe_overhead must be >= 0")
         self.suite = suite
         self.tokenizer = tokenizer
         self.budget = budget
@@ -105,20 +111,29 @@ class ForgettingMonitor:
         self.monitor_every = monitor_every
         self.save_steps = save_steps
         self.total_steps = total_steps
+        self.probe_overhead = probe_overhead
         self.output_dir = Path(output_dir)
         self.is_main_process = is_main_process
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.log_metrics = log_metrics
+        self.clock = clock
         self.baseline: ProbePoint | None = None
         self.points: list[ProbePoint] = []
         self.selection: Selection | None = None
         self.exceeded: dict | None = None  # the first step that crossed the budget
+        # overhead accounting of this session (a resumed run counts from the resume), in seconds
+        self.probe_runs = 0
+        self.probes_deferred = 0
         self.probe_seconds = 0.0
         self.train_seconds = 0.0
         self.baseline_seconds: float | None = None
-        self.overhead_warned = False
-        self._mark = time.perf_counter()
+        self.expected_seconds = 0.0  # the previous probe run's time: what the next one should cost
+        self._start_step = 0
+        self._last_step = 0
+        self._deferred_since_probe = 0
+        self._train_seconds_at_probe = 0.0
+        self._mark = clock()
 
     # ------------------------------------------------------------------ start
     def start(self, model, start_step: int, log_rows: list[dict]) -> dict | None:
@@ -137,16 +152,19 @@ class ForgettingMonitor:
         if start_step == 0:
             atomic_write_json(record_path, probe_sets)
             self._warn_coarse_budget()
+            began = self.clock()
             measurement = self._measure(model)
             self.baseline = ProbePoint(0, measurement.values)
-            self.baseline_seconds = measurement.seconds
-            logger.info("probes at step 0 (baseline, %.1f s): %s", measurement.seconds, _format_values(measurement.values, None))
             self._log_metrics(measurement.values, 0)
-            self._mark = time.perf_counter()
-            return {"probes": json_safe(measurement.values), "probe_seconds": round(measurement.seconds, 3),
+            self._mark = self.clock()
+            self.baseline_seconds = self.expected_seconds = self._mark - began
+            logger.info("probes at step 0 (baseline, %.1f s): %s", self.baseline_seconds,
+                        _format_values(measurement.values, None))
+            return {"probes": json_safe(measurement.values), "probe_seconds": round(self.baseline_seconds, 3),
                     "probe_seconds_each": measurement.seconds_per_probe}
         self._resume(log_rows, start_step, record_path, probe_sets)
-        self._mark = time.perf_counter()
+        self._start_step = self._last_step = start_step
+        self._mark = self.clock()
         return None
 
     def _resume(self, log_rows: list[dict], start_step: int, record_path: Path, probe_sets: dict) -> None:
@@ -166,6 +184,7 @@ class ForgettingMonitor:
             )
         self.baseline = ProbePoint(0, base[0]["probes"])
         self.points = [ProbePoint(row["step"], row["probes"]) for row in rows if row["step"] > 0]
+        self.expected_seconds = float(rows[-1].get("probe_seconds") or 0.0)
         for row in rows:
             if row.get("budget", {}).get("exceeded") and self.exceeded is None:
                 self.exceeded = {"step": row["step"], "violations": row["budget"]["violations"]}
@@ -186,13 +205,21 @@ class ForgettingMonitor:
 
     # ------------------------------------------------------------------ every step
     def on_step_end(self, step: int, model) -> StepReport | None:
-        """Probe after ``step`` when it is a probe step; ask to stop when the budget is exceeded."""
-        if not self.is_main_process or not is_probe_step(step, self.monitor_every, self.save_steps, self.total_steps):
+        """Probe after ``step`` when the probes are due and fit the overhead bound; ask to stop when the budget is exceeded."""
+        if not self.is_main_process:
             return None
-        train_window = time.perf_counter() - self._mark
+        began = self.clock()
+        self.train_seconds += began - self._mark
+        self._mark = began
+        self._last_step = step
+        if not is_probe_due(step, self.monitor_every, self.save_steps, self.total_steps):
+            return None
+        if not should_probe(step, self.total_steps, probe_seconds=self.probe_seconds, expected_seconds=self.expected_seconds,
+                            train_seconds=self.train_seconds, bound=self.probe_overhead):
+            self._defer(step)
+            return None
+
         measurement = self._measure(model)
-        self.train_seconds += train_window
-        self.probe_seconds += measurement.seconds
         values = measurement.values
         point = ProbePoint(step, values)
         self.points.append(point)
@@ -201,10 +228,10 @@ class ForgettingMonitor:
         if self.budget is not None and self.selection.step == step:
             self._save_snapshot(model, step)
         self._prune_snapshots()
+        seconds, train_window, deferred = self._count_probe_run(began)
         overhead = self.probe_seconds / max(self.train_seconds, 1e-9)
         logger.info("probes at step %d (%.1f s; overhead so far %.1f%% of %.1f s training): %s", step,
-                    measurement.seconds, 100 * overhead, self.train_seconds, _format_values(values, self.baseline.values))
-        self._check_overhead(overhead)
+                    seconds, 100 * overhead, self.train_seconds, _format_values(values, self.baseline.values))
         stop = False
         if crossed:
             what = "; ".join(v.describe() for v in crossed)
@@ -214,20 +241,49 @@ class ForgettingMonitor:
             logger.warning("Forgetting budget %s exceeded at step %d: %s. %s", self.budget.text, step, what,
                            "Stopping the run after this step (--budget_action stop)." if stop
                            else "Training goes on (--budget_action mark).")
-        self._log_metrics(values, step, {"monitor/probe_seconds": measurement.seconds, "monitor/overhead_pct": 100 * overhead})
+        self._log_metrics(values, step, {"monitor/probe_seconds": seconds, "monitor/overhead_pct": 100 * overhead})
         record = {
             "probes": json_safe(values),
-            "probe_seconds": round(measurement.seconds, 3),
+            "probe_seconds": round(seconds, 3),
             "probe_seconds_each": measurement.seconds_per_probe,
             "train_seconds": round(train_window, 3),
             "probe_overhead_pct": round(100 * overhead, 2),
+            "probes_deferred": deferred,
             "selected_step": self.selection.step,
         }
         if self.budget is not None:
             record["budget"] = {"text": self.budget.text, "exceeded": bool(crossed),
                                 "violations": [v.describe() for v in crossed]}
-        self._mark = time.perf_counter()
         return StepReport(record=record, stop=stop)
+
+    def _count_probe_run(self, began: float) -> tuple[float, float, int]:
+        """Book a probe run that began at ``began``: its seconds, the training seconds and deferrals since the last one.
+
+        Everything from the start of the step's callback to now is monitoring time: probes, adapter snapshot, pruning.
+        """
+        self._mark = self.clock()
+        seconds = self._mark - began
+        self.probe_runs += 1
+        self.probe_seconds += seconds
+        self.expected_seconds = seconds
+        train_window = self.train_seconds - self._train_seconds_at_probe
+        self._train_seconds_at_probe = self.train_seconds
+        deferred, self._deferred_since_probe = self._deferred_since_probe, 0
+        return seconds, train_window, deferred
+
+    def _defer(self, step: int) -> None:
+        """Skip a due probe that would take the probes past ``--probe_overhead``; the next due step tries again."""
+        self.probes_deferred += 1
+        self._deferred_since_probe += 1
+        first = self.probes_deferred == 1
+        advice = ""
+        if first:  # explain once at INFO; later deferrals go to DEBUG and are counted in the log rows
+            advice = "; the next due step tries again" + (
+                ", so the forgetting budget is checked less often" if self.budget is not None else "")
+        logger.log(logging.INFO if first else logging.DEBUG,
+                   "probes due at step %d deferred: %.1f s so far + %.1f s expected > %g x %.1f s of training "
+                   "(--probe_overhead)%s", step, self.probe_seconds, self.expected_seconds, self.probe_overhead,
+                   self.train_seconds, advice)
 
     def _measure(self, model):
         # fork_rng: the engine draws no random numbers, but a training run must not depend on whether it is probed
@@ -238,14 +294,6 @@ class ForgettingMonitor:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # give the evaluation's activations back to training
         return measurement
-
-    def _check_overhead(self, overhead: float) -> None:
-        if overhead > OVERHEAD_BOUND and not self.overhead_warned and len(self.points) >= 2:
-            self.overhead_warned = True
-            logger.warning(
-                "The probes took %.0f%% of the training time so far (bound %.0f%%). Pass --monitor_every %d "
-                "(or a smaller --probe_limit) to bring it under the bound.",
-                100 * overhead, 100 * OVERHEAD_BOUND, suggested_monitor_every(self.monitor_every, overhead))
 
     def _log_metrics(self, values: dict[str, float], step: int, extra: dict | None = None) -> None:
         if self.log_metrics is not None:
@@ -310,7 +358,6 @@ class ForgettingMonitor:
     # ------------------------------------------------------------------ manifest
     def summary(self) -> dict:
         """The run manifest's ``monitoring`` section: probe sets, budget, chosen step and why, overhead."""
-        overhead = self.probe_seconds / self.train_seconds if self.train_seconds > 0 else None
         selection = self.selection
         return {
             "monitor_every": self.monitor_every,
@@ -318,6 +365,8 @@ class ForgettingMonitor:
             "probe_sets": probe_manifest(self.suite),
             "forgetting_budget": None if self.budget is None else self.budget.text,
             "budget_action": self.budget_action,
+            "budget_limit_values": None if self.budget is None or self.baseline is None
+            else json_safe(limit_values(self.budget, self.baseline.values)),
             "budget_exceeded": self.exceeded,
             "selected_step": None if selection is None else selection.step,
             "selected_within_budget": None if selection is None else selection.within_budget,
@@ -326,21 +375,43 @@ class ForgettingMonitor:
             "baseline": None if self.baseline is None else json_safe(dict(self.baseline.values)),
             "selected_probes": None if selection is None else json_safe(
                 dict(next(p.values for p in self.points if p.step == selection.step))),
-            "overhead": {
-                "probe_runs": len(self.points), "probe_seconds": round(self.probe_seconds, 2),
-                "baseline_seconds": None if self.baseline_seconds is None else round(self.baseline_seconds, 2),
-                "train_seconds": round(self.train_seconds, 2),
-                "overhead_pct": None if overhead is None else round(100 * overhead, 2),
-                "bound_pct": 100 * OVERHEAD_BOUND,
-                "note": "this session only (a resumed run counts from the resume); baseline excluded",
-            },
+            "overhead": self._overhead_summary(),
         }
 
-    def overhead_line(self) -> str:
-        """One line for the user, e.g. ``probes: 6 runs, 12.3 s vs 140.2 s of training (8.8% overhead)``."""
-        if not self.points:
-            return "probes: no probe run after step 0"
-        pct = 100 * self.probe_seconds / max(self.train_seconds, 1e-9)
-        return (f"probes: {len(self.points)} runs took {self.probe_seconds:.1f} s vs {self.train_seconds:.1f} s of "
-                f"training ({pct:.1f}% overhead, bound {100 * OVERHEAD_BOUND:.0f}%)"
-                + ("" if self.baseline_seconds is None else f"; step-0 baseline {self.baseline_seconds:.1f} s"))
+    def _overhead_summary(self) -> dict:
+        overhead = self.probe_seconds / self.train_seconds if self.train_seconds > 0 else None
+        steps = self._last_step - self._start_step
+        suggestion = None
+        if self.probes_deferred and self.probe_overhead > 0 and self.train_seconds > 0 and steps > 0:
+            per_probe = self.probe_seconds / self.probe_runs if self.probe_runs else self.expected_seconds
+            suggestion = suggested_monitor_every(per_probe, self.train_seconds / steps, self.probe_overhead)
+        return {
+            "probe_runs": self.probe_runs,
+            "probes_deferred": self.probes_deferred,
+            "probe_seconds": round(self.probe_seconds, 3),
+            "baseline_seconds": None if self.baseline_seconds is None else round(self.baseline_seconds, 3),
+            "train_seconds": round(self.train_seconds, 3),
+            "overhead_pct": None if overhead is None else round(100 * overhead, 2),
+            "bound_pct": round(100 * self.probe_overhead, 6) if self.probe_overhead > 0 else None,
+            "suggested_monitor_every": suggestion,
+            "note": "this session only (a resumed run counts from the resume); the step-0 baseline is not counted; "
+                    "the last step is always probed, so the overhead can pass the bound by one probe run",
+        }
+
+
+def overhead_line(overhead: dict) -> str:
+    """The run's closing line about probe cost, from the manifest's ``monitoring.overhead`` section."""
+    if overhead["overhead_pct"] is None:
+        return f"Probes: {overhead['probe_runs']} run(s) after step 0 (no training time measured)."
+    bound = ("no bound, --probe_overhead 0" if overhead["bound_pct"] is None
+             else f"bound {overhead['bound_pct']:g}%, the last step is always probed")
+    deferred = overhead["probes_deferred"]
+    baseline = ("step-0 baseline before the resume" if overhead["baseline_seconds"] is None
+                else f"step-0 baseline {overhead['baseline_seconds']} s, not counted")
+    runs = overhead["probe_runs"]
+    line = (f"Probes: {runs} run{'' if runs == 1 else 's'}, {deferred} deferred, {overhead['probe_seconds']} s vs "
+            f"{overhead['train_seconds']} s of training = {overhead['overhead_pct']}% overhead ({bound}; {baseline}).")
+    if overhead["suggested_monitor_every"] is not None:
+        line += (f" {deferred} due probe(s) were deferred to stay within the bound: --monitor_every "
+                 f"{overhead['suggested_monitor_every']} would probe on schedule.")
+    return line

@@ -32,10 +32,11 @@ RUN_ARTEFACTS = (ADAPTER_WEIGHTS_NAME, "adapter_config.json", "README.md", CONFI
                  "probe_curves.png", "probe_sets.json", "probe_snapshots")
 # Settings that change how a run reports or saves, never the adapter it produces...
 NON_IDENTITY_TRAIN_FIELDS = ("save_steps", "save_total_limit", "logging_steps", "report_to",
-                             "monitor_every", "forgetting_budget", "budget_action", "probe_limit")
+                             "monitor_every", "forgetting_budget", "budget_action", "probe_limit", "probe_overhead")
 # ...unless a forgetting budget is set: then when and on how many items the probes run can stop
 # the run early and choose the step whose adapter is exported.
-BUDGET_IDENTITY_FIELDS = ("save_steps", "monitor_every", "forgetting_budget", "budget_action", "probe_limit")
+BUDGET_IDENTITY_FIELDS = ("save_steps", "monitor_every", "forgetting_budget", "budget_action", "probe_limit",
+                          "probe_overhead")
 
 
 def identity_train_settings(train: dict) -> dict:
