@@ -188,3 +188,13 @@ def test_tradeoff_scatter_and_heatmap(tmp_path):
     )
     with pytest.raises(ValueError, match="does not match"):
         charts.plot_heatmap([[1.0]], ["8", "16"], ["16"], tmp_path / "h2.png", title="t", row_title="r", col_title="c")
+
+
+def test_probe_chart_marks_follow_the_run_manifest():
+    from zhlora.analysis.charts import probe_chart_marks
+
+    assert probe_chart_marks(None) == {"limits": None, "selected_step": None}
+    budgeted = {"forgetting_budget": "ppl:5%", "budget_limit_values": {"en_ppl": 31.5}, "selected_step": 40}
+    assert probe_chart_marks(budgeted) == {"limits": {"en_ppl": 31.5}, "selected_step": 40}
+    watched_only = {"forgetting_budget": None, "budget_limit_values": {}, "selected_step": 80}
+    assert probe_chart_marks(watched_only) == {"limits": {}, "selected_step": None}

@@ -236,6 +236,18 @@ def plot_loss_curve(
     return Path(out_png)
 
 
+def probe_chart_marks(monitoring: dict | None) -> dict:
+    """The ``limits``/``selected_step`` marks of :func:`plot_probe_curves` from a run manifest's
+    ``monitoring`` section: budget lines always, the exported step only when a budget chose it."""
+    if not monitoring:
+        return {"limits": None, "selected_step": None}
+    budgeted = monitoring.get("forgetting_budget") is not None
+    return {
+        "limits": monitoring.get("budget_limit_values"),
+        "selected_step": monitoring.get("selected_step") if budgeted else None,
+    }
+
+
 def plot_probe_curves(
     training_log_path: str | os.PathLike,
     out_png: str | os.PathLike,

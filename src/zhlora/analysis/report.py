@@ -9,6 +9,7 @@ their own sections through ``extra_sections``.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -111,13 +112,23 @@ def training_charts(
             ("Training loss", charts.plot_loss_curve(training_log, out_dir / "report_loss.png", language=language))
         )
     if any(row.get("probes") for row in rows):
+        marks = charts.probe_chart_marks(_run_manifest(training_log.parent).get("monitoring"))
         drawn.append(
             (
                 "Probes during training",
-                charts.plot_probe_curves(training_log, out_dir / "report_probes.png", language=language),
+                charts.plot_probe_curves(training_log, out_dir / "report_probes.png", language=language, **marks),
             )
         )
     return drawn
+
+
+def _run_manifest(run_dir: Path) -> dict:
+    """The LoRA run's ``manifest.json`` beside its training log, or {} when absent or unreadable."""
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def _css() -> str:

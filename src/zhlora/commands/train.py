@@ -375,12 +375,10 @@ def _write_report_files(
 
     plot_loss_curve(output_dir / LOG_NAME, output_dir / CURVE_NAME)
     if monitoring is not None:
-        from zhlora.analysis.charts import plot_probe_curves
+        from zhlora.analysis.charts import plot_probe_curves, probe_chart_marks
         from zhlora.monitoring.callback import PROBE_CURVES_NAME
 
-        budgeted = monitoring["forgetting_budget"] is not None
-        plot_probe_curves(output_dir / LOG_NAME, output_dir / PROBE_CURVES_NAME, limits=monitoring["budget_limit_values"],
-                          selected_step=monitoring["selected_step"] if budgeted else None)
+        plot_probe_curves(output_dir / LOG_NAME, output_dir / PROBE_CURVES_NAME, **probe_chart_marks(monitoring))
     manifest = {
         "schema_version": 1,
         "provenance": provenance(),
