@@ -122,6 +122,8 @@ def test_headline_states_gain_loss_and_uncertainty(forgetting):
         "Chinese accuracy changed by +7.0 points (95% CI" in text and "English accuracy changed by -7.5 points" in text
     )
     assert "perplexity" in text and text.count(".") >= 1
+    text_zh = headline["text_zh"]
+    assert "中文准确率变化 +7.0 个百分点（95% 置信区间" in text_zh and "英文准确率变化 -7.5 个百分点" in text_zh
 
 
 def test_perplexity_rows(forgetting):

@@ -55,6 +55,7 @@ def headline(
         entry["perplexity_ci_high"] = ppl["ci_high"] if ppl else None
         result["chinese" if side == "zh" else "english"] = entry
     result["text"] = headline_sentence(result["chinese"], result["english"], confidence)
+    result["text_zh"] = headline_sentence_zh(result["chinese"], result["english"], confidence)
     return result
 
 
@@ -83,3 +84,30 @@ def headline_sentence(chinese: dict, english: dict, confidence: float) -> str:
     if zh or en:
         return f"After LoRA fine-tuning, {zh or en}."
     return "The two evaluations share no accuracy or perplexity benchmark to compare."
+
+
+def _side_phrase_zh(side: dict, language_name: str, confidence: float) -> str | None:
+    parts = []
+    if side.get("benchmarks"):
+        per = "，".join(f"{benchmark_label(n)} {v:+.1f}" for n, v in side["per_benchmark"].items())
+        parts.append(
+            f"{language_name}准确率变化 {side['delta_points']:+.1f} 个百分点"
+            f"（{confidence:.0%} 置信区间 {side['ci_low_points']:+.1f} 至 {side['ci_high_points']:+.1f}；{per}）"
+        )
+    if side.get("perplexity_relative_change") is not None:
+        interval = ""
+        if side.get("perplexity_ci_low") is not None:
+            interval = f"（置信区间 {100 * side['perplexity_ci_low']:+.1f}% 至 {100 * side['perplexity_ci_high']:+.1f}%）"
+        parts.append(f"{language_name}困惑度变化 {100 * side['perplexity_relative_change']:+.1f}%{interval}")
+    return "，".join(parts) if parts else None
+
+
+def headline_sentence_zh(chinese: dict, english: dict, confidence: float) -> str:
+    """The same summary as :func:`headline_sentence`, in Chinese (same numbers, same order)."""
+    zh = _side_phrase_zh(chinese, "中文", confidence)
+    en = _side_phrase_zh(english, "英文", confidence)
+    if zh and en:
+        return f"LoRA 微调后，{zh}；同时{en}。"
+    if zh or en:
+        return f"LoRA 微调后，{zh or en}。"
+    return "两次评测没有可比较的共同准确率或困惑度基准。"

@@ -128,11 +128,11 @@ def _both(title: str, intro: str, tables: Sequence[tuple[str, Table]], anchor: s
 
 def headline_section(forgetting: dict) -> Section:
     """The one-sentence result, with the side-level numbers behind it."""
-    text = forgetting["headline"]["text"]
+    sentences = [forgetting["headline"]["text_zh"], forgetting["headline"]["text"]]
     return Section(
         "Headline",
-        f"**{text}**\n",
-        f'<div class="headline" id="headline"><p>{html.escape(text)}</p></div>',
+        "\n".join(f"**{text}**\n" for text in sentences),
+        '<div class="headline" id="headline">' + "".join(f"<p>{html.escape(t)}</p>" for t in sentences) + "</div>",
         "headline",
     )
 

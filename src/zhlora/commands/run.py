@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     counts = {action: sum(o.action == action for o in execution.outcomes) for action in ("ran", "redone", "skipped")}
     report_dir = layout.eval_dir(cfg.run_name)
     forgetting = json.loads((report_dir / "forgetting.json").read_text(encoding="utf-8"))
-    print(f"\n{forgetting['headline']['text']}\n")
+    print(f"\n{forgetting['headline']['text_zh']}\n{forgetting['headline']['text']}\n")
     print(f"Report: {report_dir / 'report.html'}")
     print(f"Steps: {counts['ran']} ran, {counts['redone']} redone, {counts['skipped']} skipped; "
           f"{time.perf_counter() - started:.0f} s. Step records: {layout.state_dir / 'steps'}")
