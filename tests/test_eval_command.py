@@ -61,6 +61,8 @@ def test_seed_scripts_evaluate_base_and_adapter_offline(tmp_path, monkeypatch, t
     check = json.loads((tmp_path / "evaluation_results/lora/results.json").read_text())["model"]["adapter_check"]
     assert check["ok"] and check["applied_modules"] == 8
     assert (tmp_path / "evaluation_results/lora/forgetting.json").is_file()  # baseline beside it -> compared
+    report_html = (tmp_path / "evaluation_results/lora/report.html").read_text(encoding="utf-8")
+    assert 'id="headline"' in report_html and "LoRA 微调后" in report_html  # and the report beside it
 
 
 def test_resume_after_sigkill_gives_byte_identical_results(tmp_path, tiny_model_dir, sample_data_dir):

@@ -278,4 +278,12 @@ def _compare_with_baseline(args: argparse.Namespace, cfg, results_dir: Path) -> 
         baseline, results_dir, results_dir, bootstrap_samples=report.bootstrap_samples, confidence=report.confidence,
         significance=report.significance, seed=report.stats_seed, data_dir=args.data_dir, overwrite=True,
     )
+    from zhlora.analysis.report import write_report
+
+    training_log = Path(args.lora_model_path) / "training_log.jsonl"
+    html = write_report(
+        results_dir, forgetting, base_dir=baseline, tuned_dir=results_dir,
+        training_log=training_log if training_log.is_file() else None, language=report.chart_language,
+    )
     print(f"  forgetting: {forgetting['headline']['text']} ({results_dir / 'forgetting.md'})")
+    print(f"  report: {html}")
