@@ -95,7 +95,7 @@ def test_replay_and_scales_get_their_own_folders_and_steps(tmp_path):
     for name in ("lora-demo-scale0", "lora-demo-scale0.5", "lora-demo"):
         assert f"evaluate.{name}" in ids and f"compare.{name}" in ids
     scale_half = next(s for s in steps if s.id == "evaluate.lora-demo-scale0.5")
-    assert scale_half.argv[-2:] == ("--adapter_scale", "0.5")
+    assert scale_half.argv[-3:] == ("--adapter_scale", "0.5", "--no_compare")
     assert scale_results_name("run", 1.0) == "run"
     assert "download-data.alpaca" not in [s.id for s in plan_run(_demo(tmp_path))[1]]
 

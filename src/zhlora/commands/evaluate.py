@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     paths.add_argument("--results_dir", default=None,
                        help="Output folder (default: evaluation_results/baseline, or evaluation_results/<adapter folder name>).")
     paths.add_argument("--data_dir", default="data", help="Normalized data folder written by download-data (default: data).")
+    paths.add_argument("--no_compare", action="store_true",
+                       help="Skip the automatic forgetting comparison and report (zhlora run does them as its own step).")
     paths.add_argument("--baseline_results", default=None,
                        help="Baseline results folder to compare an adapter against (default: <results_dir>/../baseline if present).")
     model = parser.add_argument_group("model")
@@ -237,7 +239,7 @@ def main(args: argparse.Namespace) -> int:
         shutil.rmtree(results_dir / CACHE_DIRNAME, ignore_errors=True)
         _write_charts(results, results_dir)
         _print_summary(results_dir, results)
-        if adapter_dir:
+        if adapter_dir and not args.no_compare:
             _compare_with_baseline(args, cfg, results_dir)
     return 0
 

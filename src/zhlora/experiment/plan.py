@@ -205,7 +205,8 @@ def _evaluate_step(
         argv += ["--adapter_scales", "1"]  # the config's scales are for the adapter; the base model has none
     else:
         inputs.append(f"train.{run_name}")
-        argv += ["--lora_model_path", str(layout.run_dir(run_name)), "--adapter_scale", number_tag(scale)]
+        argv += ["--lora_model_path", str(layout.run_dir(run_name)), "--adapter_scale", number_tag(scale),
+                 "--no_compare"]  # the compare step below does it, with the run's report settings
     return Step(
         id=f"evaluate.{name}", settings=settings, inputs=tuple(inputs),
         stamp=_file_stamp(layout.eval_dir(name) / "results.json"), verb="evaluate", argv=tuple(argv),
