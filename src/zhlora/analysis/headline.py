@@ -55,59 +55,65 @@ def headline(
         entry["perplexity_ci_high"] = ppl["ci_high"] if ppl else None
         result["chinese" if side == "zh" else "english"] = entry
     result["text"] = headline_sentence(result["chinese"], result["english"], confidence)
-    result["text_zh"] = headline_sentence_zh(result["chinese"], result["english"], confidence)
+    result["text_zh"] = headline_sentence(result["chinese"], result["english"], confidence, language="zh")
     return result
 
 
-def _side_phrase(side: dict, language_name: str, confidence: float) -> str | None:
+# The headline's wording per language; the numbers and their order are the same in both.
+_WORDING = {
+    "en": {
+        "side": {"zh": "Chinese", "en": "English"},
+        "accuracy": "{side} accuracy changed by {delta:+.1f} points ({confidence:.0%} CI {low:+.1f} to {high:+.1f}; {per})",
+        "perplexity": "{side} perplexity by {change:+.1f}%{interval}",
+        "interval": " (CI {low:+.1f}% to {high:+.1f}%)",
+        "list": ", ",
+        "join": " and ",
+        "both": "After LoRA fine-tuning, {zh}, while {en}.",
+        "one": "After LoRA fine-tuning, {text}.",
+        "none": "The two evaluations share no accuracy or perplexity benchmark to compare.",
+    },
+    "zh": {
+        "side": {"zh": "中文", "en": "英文"},
+        "accuracy": "{side}准确率变化 {delta:+.1f} 个百分点（{confidence:.0%} 置信区间 {low:+.1f} 至 {high:+.1f}；{per}）",
+        "perplexity": "{side}困惑度变化 {change:+.1f}%{interval}",
+        "interval": "（置信区间 {low:+.1f}% 至 {high:+.1f}%）",
+        "list": "，",
+        "join": "，",
+        "both": "LoRA 微调后，{zh}；同时{en}。",
+        "one": "LoRA 微调后，{text}。",
+        "none": "两次评测没有可比较的共同准确率或困惑度基准。",
+    },
+}
+
+
+def _side_phrase(side: dict, side_key: str, confidence: float, language: str) -> str | None:
+    words = _WORDING[language]
+    name = words["side"][side_key]
     parts = []
     if side.get("benchmarks"):
-        per = ", ".join(f"{benchmark_label(n)} {v:+.1f}" for n, v in side["per_benchmark"].items())
-        parts.append(
-            f"{language_name} accuracy changed by {side['delta_points']:+.1f} points "
-            f"({confidence:.0%} CI {side['ci_low_points']:+.1f} to {side['ci_high_points']:+.1f}; {per})"
-        )
+        per = words["list"].join(f"{benchmark_label(n)} {v:+.1f}" for n, v in side["per_benchmark"].items())
+        parts.append(words["accuracy"].format(
+            side=name, delta=side["delta_points"], confidence=confidence,
+            low=side["ci_low_points"], high=side["ci_high_points"], per=per,
+        ))
     if side.get("perplexity_relative_change") is not None:
         interval = ""
         if side.get("perplexity_ci_low") is not None:
-            interval = f" (CI {100 * side['perplexity_ci_low']:+.1f}% to {100 * side['perplexity_ci_high']:+.1f}%)"
-        parts.append(f"{language_name} perplexity by {100 * side['perplexity_relative_change']:+.1f}%{interval}")
-    return " and ".join(parts) if parts else None
+            interval = words["interval"].format(low=100 * side["perplexity_ci_low"], high=100 * side["perplexity_ci_high"])
+        parts.append(words["perplexity"].format(side=name, change=100 * side["perplexity_relative_change"], interval=interval))
+    return words["join"].join(parts) if parts else None
 
 
-def headline_sentence(chinese: dict, english: dict, confidence: float) -> str:
-    """The one-sentence summary: Chinese gain, then English loss, each with its uncertainty."""
-    zh = _side_phrase(chinese, "Chinese", confidence)
-    en = _side_phrase(english, "English", confidence)
+def headline_sentence(chinese: dict, english: dict, confidence: float, language: str = "en") -> str:
+    """The one-sentence summary: Chinese gain, then English loss, each with its uncertainty.
+
+    ``language`` is ``"en"`` or ``"zh"``; both say the same numbers in the same order.
+    """
+    words = _WORDING[language]
+    zh = _side_phrase(chinese, "zh", confidence, language)
+    en = _side_phrase(english, "en", confidence, language)
     if zh and en:
-        return f"After LoRA fine-tuning, {zh}, while {en}."
+        return words["both"].format(zh=zh, en=en)
     if zh or en:
-        return f"After LoRA fine-tuning, {zh or en}."
-    return "The two evaluations share no accuracy or perplexity benchmark to compare."
-
-
-def _side_phrase_zh(side: dict, language_name: str, confidence: float) -> str | None:
-    parts = []
-    if side.get("benchmarks"):
-        per = "，".join(f"{benchmark_label(n)} {v:+.1f}" for n, v in side["per_benchmark"].items())
-        parts.append(
-            f"{language_name}准确率变化 {side['delta_points']:+.1f} 个百分点"
-            f"（{confidence:.0%} 置信区间 {side['ci_low_points']:+.1f} 至 {side['ci_high_points']:+.1f}；{per}）"
-        )
-    if side.get("perplexity_relative_change") is not None:
-        interval = ""
-        if side.get("perplexity_ci_low") is not None:
-            interval = f"（置信区间 {100 * side['perplexity_ci_low']:+.1f}% 至 {100 * side['perplexity_ci_high']:+.1f}%）"
-        parts.append(f"{language_name}困惑度变化 {100 * side['perplexity_relative_change']:+.1f}%{interval}")
-    return "，".join(parts) if parts else None
-
-
-def headline_sentence_zh(chinese: dict, english: dict, confidence: float) -> str:
-    """The same summary as :func:`headline_sentence`, in Chinese (same numbers, same order)."""
-    zh = _side_phrase_zh(chinese, "中文", confidence)
-    en = _side_phrase_zh(english, "英文", confidence)
-    if zh and en:
-        return f"LoRA 微调后，{zh}；同时{en}。"
-    if zh or en:
-        return f"LoRA 微调后，{zh or en}。"
-    return "两次评测没有可比较的共同准确率或困惑度基准。"
+        return words["one"].format(text=zh or en)
+    return words["none"]
