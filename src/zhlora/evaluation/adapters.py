@@ -16,36 +16,17 @@ from pathlib import Path
 import torch
 
 from zhlora.errors import ZhloraError
+from zhlora.models.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_folder
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_NAME = "default"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PROBE_TEXT = "The capital of France is Paris. 北京是中国的首都。"
-
-
-def check_adapter_folder(adapter_dir: str | Path) -> Path:
-    """Validate a PEFT adapter folder (``adapter_config.json`` + safetensors weights) and return it."""
-    folder = Path(adapter_dir)
-    if not folder.is_dir():
-        raise ZhloraError(f"--lora_model_path {folder} is not a folder. Pass the folder `zhlora train` wrote (results/<run>).")
-    if not (folder / "adapter_config.json").is_file():
-        raise ZhloraError(
-            f"{folder} has no adapter_config.json, so it is not a PEFT adapter folder. Pass the folder `zhlora train` "
-            "wrote (results/<run>, or one of its checkpoint-<step>/ folders)."
-        )
-    if not (folder / ADAPTER_WEIGHTS).is_file():
-        found = "adapter_model.bin (pickle)" if (folder / "adapter_model.bin").is_file() else "no weight file"
-        raise ZhloraError(
-            f"{folder} holds {found}, not {ADAPTER_WEIGHTS}. zhlora loads safetensors only (pickles can run code): "
-            "re-save the adapter with `model.save_pretrained(folder, safe_serialization=True)`."
-        )
-    return folder
 
 
 def adapter_rank(adapter_dir: str | Path) -> int:
     """The largest LoRA rank in an adapter's config (``r`` and any ``rank_pattern`` value)."""
-    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     return max([int(config.get("r", 8)), *map(int, (config.get("rank_pattern") or {}).values())])
 
 
@@ -57,7 +38,7 @@ def load_adapter(model, adapter_dir: str | Path):
     from peft import PeftModel
 
     folder = check_adapter_folder(adapter_dir)
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     trained_on = config.get("base_model_name_or_path") or "an unrecorded base model"
     try:
         peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=ADAPTER_NAME, is_trainable=False)

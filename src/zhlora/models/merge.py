@@ -15,23 +15,11 @@ from pathlib import Path
 
 from zhlora.errors import ZhloraError
 from zhlora.io_utils import sha256_file
+from zhlora.models.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_folder
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def check_adapter_folder(folder: Path) -> None:
-    """Raise a ZhloraError unless ``folder`` holds a PEFT adapter saved as safetensors."""
-    if not folder.is_dir():
-        raise ZhloraError(f"Adapter folder {folder} does not exist. Train one with `zhlora train` (it writes results/<run>/).")
-    if not (folder / ADAPTER_CONFIG).is_file():
-        raise ZhloraError(f"{folder} is not a PEFT adapter folder: it has no {ADAPTER_CONFIG}.")
-    if not (folder / ADAPTER_WEIGHTS).is_file():
-        pickled = " (it has only a pickled adapter_model.bin, which zhlora refuses to load)" if (folder / "adapter_model.bin").is_file() else ""
-        raise ZhloraError(f"{folder} has no {ADAPTER_WEIGHTS}{pickled}. Re-save the adapter with safetensors.")
 
 
 def _stored_dtype(base_model_path: Path) -> str:

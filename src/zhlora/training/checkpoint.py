@@ -28,11 +28,11 @@ from pathlib import Path
 
 from zhlora.errors import ZhloraError
 from zhlora.io_utils import atomic_write_json
+from zhlora.models.adapter_files import ADAPTER_WEIGHTS as ADAPTER_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
