@@ -50,3 +50,21 @@ def test_sha256_file(tmp_path):
     f = tmp_path / "f"
     f.write_bytes(b"abc")
     assert sha256_file(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_replace_folder_swaps_whole_folders(tmp_path):
+    from zhlora.io_utils import replace_folder
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    staging = tmp_path / ".out.partial"
+    staging.mkdir()
+    (staging / "new.txt").write_text("new")
+    assert replace_folder(staging, target) == target
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or old copy left behind
+    fresh = tmp_path / ".fresh.partial"
+    fresh.mkdir()
+    replace_folder(fresh, tmp_path / "fresh")
+    assert (tmp_path / "fresh").is_dir() and not fresh.exists()

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Move the finished folder ``staging`` onto ``target`` with renames only; return ``target``.
+
+    An existing ``target`` is renamed aside first and deleted only after the swap, so a crash
+    leaves either the old folder or the new one, never a half-written or missing ``target``.
+    ``staging`` must be on the same filesystem (make it beside ``target``).
+    """
+    staging, target = Path(staging), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -28,7 +28,7 @@ from typing import Any
 
 from zhlora.data.templates import render_prompt
 from zhlora.errors import DataError, ZhloraError
-from zhlora.io_utils import atomic_write_json, provenance, read_jsonl, sha256_file
+from zhlora.io_utils import atomic_write_json, provenance, read_jsonl, replace_folder, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -249,10 +249,7 @@ def _write_outputs(output_dir: Path, datasets: dict[str, dict[str, list]], stats
     try:
         for dirname, columns in datasets.items():
             _save_dataset(columns, staging / dirname)
-            final = output_dir / dirname
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging / dirname, final)
+            replace_folder(staging / dirname, output_dir / dirname)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     atomic_write_json(output_dir / STATS_NAME, stats)

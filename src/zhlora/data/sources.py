@@ -26,7 +26,7 @@ from zhlora.config import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
 from zhlora.data import builders, hub
 from zhlora.data.builders import SOURCE_SPLITS, BelleOptions, BuiltSource, RawFiles
 from zhlora.errors import DataError, ZhloraError, did_you_mean, unknown_name_error
-from zhlora.io_utils import atomic_write_json, atomic_write_jsonl, provenance, sha256_file, utc_now
+from zhlora.io_utils import atomic_write_json, atomic_write_jsonl, provenance, replace_folder, sha256_file, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -160,17 +160,6 @@ def source_is_complete(data_dir: Path, name: str, entry: dict[str, Any] | None) 
     return set(entry.get("splits", {})) == set(SOURCE_SPLITS[name])
 
 
-def _replace_folder(staging: Path, final: Path) -> None:
-    """Move a finished ``staging`` folder onto ``final`` (replacing an old one) with renames only."""
-    if final.exists():
-        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(staging, final)
-        shutil.rmtree(trash)
-    else:
-        os.replace(staging, final)
-
-
 def _write_source(data_dir: Path, name: str, built: BuiltSource) -> dict[str, dict[str, Any]]:
     """Write the split files of one source into place atomically; return rows and sha256 per split."""
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=data_dir))
@@ -180,7 +169,7 @@ def _write_source(data_dir: Path, name: str, built: BuiltSource) -> dict[str, di
             path = staging / f"{split}.jsonl"
             rows = atomic_write_jsonl(path, built.splits[split])
             splits[split] = {"rows": rows, "sha256": sha256_file(path)}
-        _replace_folder(staging, data_dir / name)
+        replace_folder(staging, data_dir / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
+from zhlora.io_utils import replace_folder
 from zhlora.models.manifest import manifest_files_present, read_manifest, write_manifest
 from zhlora.models.tiny import TINY_MODEL_NAME, build_tiny_model
 
@@ -279,18 +280,3 @@ def download_model(
     replace_folder(staging, target)
     logger.info("Model %s is in %s (weights sha256 %s)", model_name_or_path, target, manifest["weights_sha256"])
     return target
-
-
-def replace_folder(staging: Path, target: Path) -> None:
-    """Rename the finished ``staging`` folder to ``target`` (same filesystem, so atomic).
-
-    An existing ``target`` is renamed aside first and deleted only after the swap, so a crash
-    never leaves ``target`` half-written.
-    """
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        target.rename(old)
-    staging.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
-from zhlora.io_utils import sha256_file
+from zhlora.io_utils import replace_folder, sha256_file
 from zhlora.models.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_folder
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def merge_adapter(
     import torch
     from peft import PeftModel
 
-    from zhlora.models.download import LICENCE_PATTERNS, TOKENIZER_FILES, replace_folder
+    from zhlora.models.download import LICENCE_PATTERNS, TOKENIZER_FILES
     from zhlora.models.loading import load_model
     from zhlora.models.manifest import model_fingerprint, write_manifest
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from zhlora.errors import ZhloraError
-from zhlora.io_utils import atomic_write_json
+from zhlora.io_utils import atomic_write_json, replace_folder
 from zhlora.monitoring.budget import (
     ForgettingBudget,
     ProbePoint,
@@ -308,8 +308,7 @@ class ForgettingMonitor:
         tmp = final.parent / f".step-{step}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(str(tmp), safe_serialization=True)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        replace_folder(tmp, final)
 
     def _prune_snapshots(self) -> None:
         """Delete snapshots no longer needed: keep the current choice and the choice as of each checkpoint."""

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
-from zhlora.io_utils import atomic_write_json
+from zhlora.io_utils import atomic_write_json, replace_folder
 from zhlora.models.adapter_files import ADAPTER_WEIGHTS as ADAPTER_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
@@ -131,9 +130,7 @@ def save_checkpoint(accelerator, model, output_dir: str | Path, step: int, train
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_json(tmp / TRAINER_STATE_NAME, {**trainer_state, "step": step})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_folder(tmp, final)
         if keep > 0:
             for _, old in list_checkpoints(output_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
