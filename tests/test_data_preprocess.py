@@ -189,3 +189,47 @@ def test_chinese_llama_tokenizer_needs_fewer_tokens_per_chinese_character(shared
     with capsys.disabled():
         print(f"\ntokens per Chinese character on 500 BELLE rows: Llama-2 {llama:.3f}, Chinese-LLaMA-2 {chinese:.3f}")
     assert chinese < 0.75 * llama
+
+
+def _with_chat_template(tokenizer, template: str):
+    import copy
+
+    clone = copy.deepcopy(tokenizer)
+    clone.chat_template = template
+    return clone
+
+
+def test_chat_template_renders_the_models_turn_and_keeps_one_bos(tokenizer):
+    """``chat`` uses apply_chat_template; a template writing BOS itself does not double the tokenizer's BOS."""
+    chat = _with_chat_template(
+        tokenizer, "{{ bos_token }}{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}"
+                   "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    text = render_prompt("chat", "翻译", "你好", chat)
+    assert text == "<|user|>翻译\n你好<|assistant|>"  # the tokenizer adds <s>: the template's copy is dropped
+    ids = chat(text)["input_ids"]
+    assert ids[0] == chat.bos_token_id and chat.bos_token_id not in ids[1:]
+    with pytest.raises(ZhloraError, match="has no chat template.*--prompt_template alpaca"):
+        render_prompt("chat", "翻译", "", _with_chat_template(tokenizer, None))
+    with pytest.raises(ZhloraError, match="renders with the model's tokenizer"):
+        render_prompt("chat", "翻译")
+
+
+def test_preprocess_with_chat_template_records_it(data_dir, tokenizer, tmp_path):
+    from zhlora.data.templates import template_identity
+
+    chat = _with_chat_template(tokenizer, "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}<|assistant|>")
+    preprocess_data(data_dir, tmp_path / "p", chat, template="chat", max_seq_length=512)
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    assert meta["template"] == "chat"
+    assert meta["template_identity"] == template_identity("chat", chat)
+    assert meta["request"]["chat_template_sha256"] == meta["template_identity"]["chat_template_sha256"]
+    from datasets import load_from_disk
+
+    row = load_from_disk(str(tmp_path / "p" / "train_dataset"))[0]
+    prompt = [i for i, label in zip(row["input_ids"], row["labels"]) if label == IGNORE_INDEX]
+    assert prompt[0] == chat.bos_token_id and chat.bos_token_id not in prompt[1:]  # the tokenizer's one BOS
+    assert chat.decode(prompt[1:]).strip().startswith("<|user|>") and chat.decode(prompt).endswith("<|assistant|>")
+    # another chat template is another request: refused without --force
+    other = _with_chat_template(tokenizer, "{% for m in messages %}USER: {{ m['content'] }}{% endfor %}ASSISTANT:")
+    with pytest.raises(ZhloraError, match="other inputs or settings"):
+        preprocess_data(data_dir, tmp_path / "p", other, template="chat", max_seq_length=512)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zhlora.data.templates import TEMPLATES
 from zhlora.errors import ConfigError, did_you_mean
 
 ALL_DATA_SOURCES = ["belle", "ceval", "cmmlu", "mmlu", "gsm8k", "english_text"]
@@ -57,7 +58,8 @@ class DataConfig:
     processed_dir: str = field(default="processed_data", metadata=_help("Folder for the tokenized datasets."))
     prompt_template: str = field(
         default="alpaca",
-        metadata=_help("Prompt template: alpaca (plain, for base models) or llama2_chat ([INST] ... [/INST])."),
+        metadata=_help("Prompt template: alpaca (plain, for base models), llama2_chat ([INST] ... [/INST]) or chat "
+                       "(the model's own chat template, e.g. ChatML for SmolLM2-Instruct and Qwen)."),
     )
     max_seq_length: int = field(default=1024, metadata=_help("Longest training row in tokens."))
     overlong: str = field(default="drop", metadata=_help("What to do with rows over max_seq_length: drop or truncate."))
@@ -75,10 +77,10 @@ class DataConfig:
             raise ConfigError(f"--max_seq_length must be at least 16 tokens, got {self.max_seq_length}.")
         if self.overlong not in ("drop", "truncate"):
             raise ConfigError(f'--overlong must be "drop" or "truncate", got "{self.overlong}".')
-        if self.prompt_template not in ("alpaca", "llama2_chat"):
+        if self.prompt_template not in TEMPLATES:
             raise ConfigError(
-                f'--prompt_template must be "alpaca" or "llama2_chat", got "{self.prompt_template}".'
-                + did_you_mean(self.prompt_template, ["alpaca", "llama2_chat"])
+                f'--prompt_template must be one of {", ".join(TEMPLATES)}, got "{self.prompt_template}".'
+                + did_you_mean(self.prompt_template, TEMPLATES)
             )
         if not 0.0 <= self.replay_ratio < 1.0:
             raise ConfigError(f"--replay_ratio must be in [0, 1), got {self.replay_ratio}.")
@@ -235,6 +237,11 @@ class EvalConfig:
     subjects: list[str] | None = field(default=None, metadata=_help("Only these subjects (comma-separated)."))
     batch_size: str = field(default="auto", metadata=_help("Sequences per forward pass, or auto (backs off on OOM)."))
     max_new_tokens: int = field(default=256, metadata=_help("Generation budget per GSM8K answer."))
+    sample_max_new_tokens: int = field(
+        default=64,
+        metadata=_help("Greedy tokens per sample-generation prompt (samples.json; the report's side-by-side "
+                       "answers); 0 turns them off."),
+    )
     backend: str = field(default="hf", metadata=_help("hf (reference) or vllm (GPU generation)."))
     adapter_scales: list[float] = field(
         default_factory=lambda: [1.0], metadata=_help("Scales of the LoRA update to evaluate, e.g. 0,0.5,1.")
@@ -247,6 +254,8 @@ class EvalConfig:
             raise ConfigError(f"--shots must be >= 0, got {self.shots}.")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"--limit must be a positive number of items, got {self.limit}.")
+        if self.sample_max_new_tokens < 0:
+            raise ConfigError(f"--sample_max_new_tokens must be >= 0, got {self.sample_max_new_tokens}.")
         if self.backend not in ("hf", "vllm"):
             raise ConfigError(f'--backend must be "hf" or "vllm", got "{self.backend}".')
         for scale in self.adapter_scales:

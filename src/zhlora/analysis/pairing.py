@@ -14,7 +14,8 @@ import numpy as np
 from zhlora.errors import ZhloraError
 
 # Settings that change prompts, items or scoring: they must be equal for a paired comparison.
-SETTINGS_THAT_MUST_MATCH = ("protocol", "shots", "limit", "subjects", "gsm8k_variant", "max_new_tokens")
+SETTINGS_THAT_MUST_MATCH = ("protocol", "shots", "limit", "subjects", "gsm8k_variant", "max_new_tokens",
+                            "prompt_template", "chat_template_sha256")
 BENCHMARK_FIELDS_THAT_MUST_MATCH = (
     "data_sha256",
     "kind",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from zhlora import __version__
 from zhlora.analysis import charts, labels, sections
+from zhlora.analysis.generations import read_samples, samples_section
 from zhlora.analysis.fonts import resolve_chart_language
 from zhlora.analysis.sections import Section
 from zhlora.errors import DataError
@@ -169,7 +170,8 @@ def write_report(
     """Write ``report.html`` and ``report.md`` (plus their ``report_*.png`` charts) to ``out_dir``.
 
     ``forgetting`` is the dict of :func:`zhlora.analysis.compare.compare_results`; ``base_dir``
-    and ``tuned_dir`` are shown as the compared folders; ``training_log`` adds the loss curve.
+    and ``tuned_dir`` are shown as the compared folders, and their ``samples.json`` (when both
+    have one) give the side-by-side sample generations; ``training_log`` adds the loss curve.
     The report is a view of forgetting.json, so rerunning replaces it. Returns the HTML path.
     """
     out_dir = Path(out_dir)
@@ -180,6 +182,9 @@ def write_report(
     }
     chart_list = comparison_charts(forgetting, out_dir, language=language)
     parts = [sections.headline_section(forgetting)]
+    samples = samples_section(read_samples(base_dir), read_samples(tuned_dir))
+    if samples is not None:
+        parts.append(samples)
     if chart_list:
         parts.append(sections.charts_section("Charts", chart_list, out_dir))
     parts += [sections.benchmarks_section(forgetting), sections.perplexity_section(forgetting)]

@@ -18,6 +18,7 @@ With an adapter and a baseline beside it (``evaluation_results/baseline``, or
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import time
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--trust_remote_code", dest="cfg__model__trust_remote_code", action=argparse.BooleanOptionalAction,
                        default=argparse.SUPPRESS, help="Run modelling code shipped inside the model folder (default: off).")
     model.add_argument("--prompt_template", dest="cfg__data__prompt_template", default=argparse.SUPPRESS, metavar="TEMPLATE",
-                       help="Training template used to render the ppl_zh prompts: alpaca or llama2_chat (default: alpaca).")
+                       help="Training template used to render the ppl_zh prompts: alpaca, llama2_chat or chat (default: alpaca).")
     model.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                        help="Where to run: auto (the GPU when there is one), cpu or cuda (default: auto).")
     parser.add_argument("--overwrite", action="store_true",
@@ -72,13 +73,14 @@ def _resolve_specs(benchmarks: list[str], protocol: str, gsm8k_variant: str) -> 
     return {name: resolve_spec(name, protocol, gsm8k_variant) for name in benchmarks}
 
 
-def _load_items(specs: dict, data_dir: Path, cfg) -> dict:
+def _load_items(specs: dict, data_dir: Path, cfg, tokenizer) -> dict:
     """Every benchmark's items; ``--subjects`` must name subjects of the multiple-choice benchmarks."""
     from zhlora.evaluation.items import load_benchmark_items
 
     ec = cfg.eval
     items = {name: load_benchmark_items(data_dir, spec, shots=ec.shots, subjects=ec.subjects, limit=ec.limit,
-                                        prompt_template=cfg.data.prompt_template) for name, spec in specs.items()}
+                                        prompt_template=cfg.data.prompt_template, tokenizer=tokenizer)
+             for name, spec in specs.items()}
     choice = {name: bench for name, bench in items.items() if bench.spec.kind == "multiple_choice"}
     if ec.subjects is not None:
         if not choice:
@@ -135,14 +137,38 @@ def _device_map(device: str):
     return None if device == "cpu" else {"": 0}
 
 
-def _settings(cfg, data_dir: Path) -> dict:
+def _settings(cfg, data_dir: Path, template: dict) -> dict:
     ec = cfg.eval
     return {
         "benchmarks": list(ec.benchmarks), "protocol": ec.protocol, "shots": ec.shots, "gsm8k_variant": ec.gsm8k_variant,
         "limit": ec.limit, "subjects": ec.subjects, "batch_size": ec.batch_size, "max_new_tokens": ec.max_new_tokens,
         "backend": ec.backend, "torch_dtype": cfg.model.torch_dtype, "prompt_template": cfg.data.prompt_template,
+        **({"chat_template_sha256": template["chat_template_sha256"]} if template["chat_template_sha256"] else {}),
         "data_dir": str(data_dir),
     }
+
+
+def _check_adapter_template(adapter_dir: Path, template: dict, items: dict) -> None:
+    """Refuse to score ``ppl_zh`` with prompts rendered unlike the adapter's training rows.
+
+    The held-out Chinese loss is the fine-tuning loss on unseen rows only when the prompts
+    look like the training prompts; the training run records its template in manifest.json
+    (older runs and bare checkpoints record none, and are not checked).
+    """
+    from zhlora.training.outputs import MANIFEST_NAME
+
+    if "ppl_zh" not in items or not (adapter_dir / MANIFEST_NAME).is_file():
+        return
+    trained = (json.loads((adapter_dir / MANIFEST_NAME).read_text(encoding="utf-8")).get("dataset") or {}).get("template")
+    if trained and trained != template:
+        raise ConfigError(
+            f"ppl_zh: the adapter in {adapter_dir} was trained on prompts rendered with template {trained['name']!r}"
+            + (f" (chat template sha256 {trained['chat_template_sha256'][:12]})" if trained.get("chat_template_sha256") else "")
+            + f", but this evaluation renders them with {template['name']!r}"
+            + (f" (chat template sha256 {template['chat_template_sha256'][:12]})" if template.get("chat_template_sha256") else "")
+            + f". Pass --prompt_template {trained['name']} (and evaluate the baseline the same way), so the held-out "
+            "Chinese loss is measured on the training format."
+        )
 
 
 def _fingerprint_input(settings: dict, model: dict, items: dict) -> dict:
@@ -173,13 +199,17 @@ def main(args: argparse.Namespace) -> int:
         load_adapter,
         set_adapter_scale,
     )
+    from zhlora.evaluation.hf_model import HFEvalModel
     from zhlora.evaluation.results import build_results, build_timings, write_results
+    from zhlora.evaluation.samples import SAMPLES_NAME, sample_generations
+    from zhlora.io_utils import atomic_write_json
     from zhlora.evaluation.runner import (
         CACHE_DIRNAME,
         evaluate_benchmarks,
         open_prediction_cache,
     )
     from zhlora.io_utils import sha256_file
+    from zhlora.data.templates import template_identity
     from zhlora.modeling import load_model, load_tokenizer, model_fingerprint
 
     cfg = config_from_args(args)
@@ -196,26 +226,29 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--backend vllm applies a LoRA adapter at scale 1 only, not {scales}; use --backend hf.")
     data_dir = Path(args.data_dir)
     specs = _resolve_specs(ec.benchmarks, ec.protocol, ec.gsm8k_variant)
-    items = _load_items(specs, data_dir, cfg)
+    base_path = str(args.model_path)
+    tokenizer = load_tokenizer(base_path, trust_remote_code=cfg.model.trust_remote_code)
+    template = template_identity(cfg.data.prompt_template, tokenizer if cfg.data.prompt_template == "chat" else None)
+    items = _load_items(specs, data_dir, cfg, tokenizer)
+    if adapter_dir:
+        _check_adapter_template(adapter_dir, template, items)
     results_dirs = _results_dirs(args, scales)
     for results_dir in results_dirs:
         _prepare_results_dir(results_dir, args.overwrite)
 
-    base_path = str(args.model_path)
     identity = {
         "base_path": base_path,
         "base_sha256": model_fingerprint(base_path) if Path(base_path).is_dir() else None,
         "adapter_path": str(adapter_dir) if adapter_dir else None,
         "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors") if adapter_dir else None,
     }
-    settings = _settings(cfg, data_dir)
+    settings = _settings(cfg, data_dir, template)
     caches = [open_prediction_cache(d, _fingerprint_input(settings, {**identity, "adapter_scale": s if adapter_dir else None}, items))
               for d, s in zip(results_dirs, scales)]
 
     logger.info("Evaluating %s%s on %s", base_path, f" + {adapter_dir}" if adapter_dir else "", ", ".join(items))
     model = load_model(base_path, torch_dtype=cfg.model.torch_dtype, device_map=_device_map(args.device),
                        trust_remote_code=cfg.model.trust_remote_code)
-    tokenizer = load_tokenizer(base_path, trust_remote_code=cfg.model.trust_remote_code)
     adapter_check = None
     if adapter_dir:
         model = load_adapter(model, adapter_dir)
@@ -235,6 +268,10 @@ def main(args: argparse.Namespace) -> int:
         outcome = evaluate_benchmarks(model, tokenizer, items, batch_size=batch_size, max_new_tokens=ec.max_new_tokens,
                                       generator=generator, cache=cache, progress=True)
         results = build_results(model_entry, settings, outcome)
+        if ec.sample_max_new_tokens > 0:
+            samples = sample_generations(generator or HFEvalModel(model, tokenizer, batch_size=batch_size), tokenizer,
+                                         cfg.data.prompt_template, ec.sample_max_new_tokens)
+            atomic_write_json(results_dir / SAMPLES_NAME, samples)
         write_results(results_dir, results, outcome, build_timings(outcome, time.perf_counter() - started))
         shutil.rmtree(results_dir / CACHE_DIRNAME, ignore_errors=True)
         _write_charts(results, results_dir)

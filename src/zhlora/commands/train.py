@@ -337,6 +337,7 @@ def _build_monitor(cfg: ExperimentConfig, accelerator, tokenizer, meta: dict, pr
         )
     budget = parse_budget(tcfg.forgetting_budget)
     suite = select_probe_sets(data_dir, ProbeSizes().capped(tcfg.probe_limit), prompt_template=meta.get("template", "alpaca"),
+                              tokenizer=tokenizer,
                               required=tuple(budget.probes) if budget else ())
     log_metrics = None if tcfg.report_to == "none" else lambda values, step: accelerator.log(values, step=step)
     return ForgettingMonitor(
@@ -389,6 +390,8 @@ def _write_report_files(
             "path": str(dataset_path), "sha256": data_sha, "rows": len(rows), "tokens": int(rows.lengths.sum()),
             "scored_tokens": int(rows.scored_tokens_per_row().sum()),
             "tokenizer": {k: (meta.get("tokenizer") or {}).get(k) for k in ("name_or_path", "vocab_size", "vocab_sha256")},
+            # how the prompts were rendered: evaluation renders ppl_zh the same way (commands/evaluate.py checks)
+            "template": meta.get("template_identity") or {"name": meta.get("template", "alpaca"), "chat_template_sha256": None},
         },
         "adapter": {
             "file": ADAPTER_WEIGHTS_NAME, "sha256": sha256_file(output_dir / ADAPTER_WEIGHTS_NAME),

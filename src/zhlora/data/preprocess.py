@@ -1,6 +1,6 @@
 """Step 2: render instruction rows, tokenize, mask the prompt, apply the length rule, save.
 
-Each row becomes ``input_ids = [<s>] + prompt + response + [</s>]`` with ``labels`` equal to
+Each row becomes ``input_ids = [BOS if the tokenizer adds one] + prompt + response + [EOS]`` with ``labels`` equal to
 ``input_ids`` on the response and EOS and ``-100`` on the prompt, so the loss falls on the
 answer only. Prompt and response are tokenized separately (as Chinese-LLaMA-Alpaca does), so
 the boundary between them is exact for any tokenizer. A row longer than ``max_seq_length``
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zhlora.data.templates import render_prompt
+from zhlora.data.templates import CHAT_TEMPLATE, render_prompt, template_identity
 from zhlora.errors import DataError, ZhloraError
 from zhlora.io_utils import atomic_write_json, provenance, read_jsonl, replace_folder, sha256_file
 
@@ -97,7 +97,7 @@ def tokenize_rows(
     started = time.perf_counter()
     for start in range(0, len(rows), TOKENIZE_BATCH_ROWS):
         batch = rows[start:start + TOKENIZE_BATCH_ROWS]
-        prompts = [render_prompt(template, row["instruction"], row["input"]) for row in batch]
+        prompts = [render_prompt(template, row["instruction"], row["input"], tokenizer) for row in batch]
         prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
         response_ids = tokenizer([row["output"] for row in batch], add_special_tokens=False)["input_ids"]
         for p_ids, r_ids in zip(prompt_ids, response_ids):
@@ -275,12 +275,14 @@ def preprocess_data(
     """
     if overlong not in ("drop", "truncate"):
         raise ZhloraError(f'overlong must be "drop" or "truncate", got "{overlong}".')
-    render_prompt(template, "", "")  # an unknown template fails here, before any work
+    identity = template_identity(template, tokenizer)  # an unknown or unusable template fails here, before any work
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     inputs = _input_files(data_dir, replay_ratio)
     request = {
         "tokenizer": tokenizer_identity(tokenizer),
         "template": template,
+        # the chat template's text decides the rendering; old requests (other templates) keep their shape
+        **({"chat_template_sha256": identity["chat_template_sha256"]} if template == CHAT_TEMPLATE else {}),
         "max_seq_length": max_seq_length,
         "overlong": overlong,
         "replay_ratio": replay_ratio,
@@ -329,6 +331,7 @@ def preprocess_data(
         "request": request,
         "tokenizer": request["tokenizer"],
         "template": template,
+        "template_identity": identity,
         "max_seq_length": max_seq_length,
         "rows": {"train": train_counts["rows_out"], "eval": eval_counts["rows_out"]},
         "data_dir": str(data_dir),

@@ -136,7 +136,8 @@ def _load_generate(data_dir: Path, spec: GenerateSpec, limit: int | None) -> Ben
     return BenchmarkItems(spec=spec, groups={ALL: items}, shots=spec.default_shots, fewshot=fewshot, files_sha256=files)
 
 
-def _load_perplexity(data_dir: Path, spec: PerplexitySpec, limit: int | None, prompt_template: str) -> BenchmarkItems:
+def _load_perplexity(data_dir: Path, spec: PerplexitySpec, limit: int | None, prompt_template: str,
+                     tokenizer) -> BenchmarkItems:
     path = _data_file(data_dir, spec.source, spec.eval_split)
     items = []
     for index, (where, row) in enumerate(iter_json_records(path)):
@@ -145,7 +146,7 @@ def _load_perplexity(data_dir: Path, spec: PerplexitySpec, limit: int | None, pr
             for key in ("instruction", "output"):
                 if not isinstance(row.get(key), str):
                     raise DataError(f"{where}: an instruction row needs a text field {key!r}.")
-            prompt = render_prompt(prompt_template, row["instruction"], row.get("input") or "")
+            prompt = render_prompt(prompt_template, row["instruction"], row.get("input") or "", tokenizer)
             items.append(TextItem(item_id, prompt, row["output"]))
         else:
             if not isinstance(row.get("text"), str):
@@ -163,6 +164,7 @@ def load_benchmark_items(
     subjects: Sequence[str] | None = None,
     limit: int | None = None,
     prompt_template: str = "alpaca",
+    tokenizer=None,
 ) -> BenchmarkItems:
     """Load what ``spec`` scores from ``data_dir``.
 
@@ -171,6 +173,7 @@ def load_benchmark_items(
         subjects: keep only these subjects (multiple choice); None keeps all.
         limit: at most this many items per subject (multiple choice), or in total (others).
         prompt_template: training template used to render instruction prompts (``ppl_zh``).
+        tokenizer: the model's tokenizer; needed when ``prompt_template`` is ``chat``.
 
     Raises a DataError naming the missing file and the ``download-data`` command that makes it.
     """
@@ -179,4 +182,4 @@ def load_benchmark_items(
         return _load_choice(data_dir, spec, subjects, limit, spec.default_shots if shots is None else shots)
     if isinstance(spec, GenerateSpec):
         return _load_generate(data_dir, spec, limit)
-    return _load_perplexity(data_dir, spec, limit, prompt_template)
+    return _load_perplexity(data_dir, spec, limit, prompt_template, tokenizer)

@@ -20,7 +20,7 @@ from zhlora.io_utils import (
 )
 
 SCHEMA_VERSION = 1
-RESULT_FILES = ("results.json", "results.md", "timings.json")
+RESULT_FILES = ("results.json", "results.md", "timings.json", "samples.json")
 PREDICTIONS_DIRNAME = "predictions"
 
 

@@ -147,10 +147,10 @@ def _truncate(text: str, chars: int) -> str:
 
 
 def _load_source(data_dir: Path, source: ProbeSource, size: int, sizes: ProbeSizes, protocol: str,
-                 prompt_template: str, rng: random.Random) -> BenchmarkItems:
+                 prompt_template: str, tokenizer, rng: random.Random) -> BenchmarkItems:
     spec = _probe_spec(source, protocol)
     bench = load_benchmark_items(data_dir, spec, shots=0 if isinstance(spec, ChoiceSpec) else None,
-                                 prompt_template=prompt_template)
+                                 prompt_template=prompt_template, tokenizer=tokenizer)
     if isinstance(spec, ChoiceSpec):
         bench.groups = spread_over_groups(bench.groups, size, rng)
         return bench
@@ -163,13 +163,15 @@ def _load_source(data_dir: Path, source: ProbeSource, size: int, sizes: ProbeSiz
 
 
 def select_probe_sets(
-    data_dir: str | Path, sizes: ProbeSizes, *, prompt_template: str = "alpaca", protocol: str = "lm-eval",
+    data_dir: str | Path, sizes: ProbeSizes, *, prompt_template: str = "alpaca", tokenizer=None, protocol: str = "lm-eval",
     required: tuple[str, ...] = (), seed: int = PROBE_SEED,
 ) -> ProbeSuite:
     """Draw the probe sets from ``data_dir`` (normalized ``data/<source>/<split>.jsonl``).
 
     A probe whose data file is missing or empty is skipped with a warning, unless its value
     is in ``required`` (the probes a forgetting budget reads; ``en_acc`` needs MMLU or GSM8K).
+    ``prompt_template`` renders the ``zh_loss`` prompts as the training rows were (the
+    ``chat`` template needs ``tokenizer``).
 
     Raises:
         DataError: a required probe has no data (the message says how to download it).
@@ -189,7 +191,7 @@ def select_probe_sets(
                                     f"--data_dir {data_dir}`)")
             continue
         rng = random.Random(f"{seed}:{source.name}")  # one stream per probe: sizes of the others do not matter
-        bench = _load_source(data_dir, source, size, sizes, protocol, prompt_template, rng)
+        bench = _load_source(data_dir, source, size, sizes, protocol, prompt_template, tokenizer, rng)
         if bench.n_items == 0:
             skipped[source.name] = f"{path} has no items"
             continue
