@@ -11,6 +11,9 @@ Examples::
 Writes ``results.json``, ``predictions/<benchmark>.jsonl``, ``results.md``, ``timings.json`` and
 charts to the results folder. A killed evaluation continues from its finished subjects when
 the same command is run again; ``--overwrite`` discards earlier results of the folder.
+Under ``accelerate launch -m zhlora evaluate ...`` or ``torchrun --nproc_per_node N -m zhlora evaluate ...``
+the processes split every benchmark's units and the main process writes results byte-identical
+to a single-process run (:mod:`zhlora.evaluation.distributed`).
 With an adapter and a baseline beside it (``evaluation_results/baseline``, or
 ``--baseline_results``), the forgetting comparison is written too.
 """
@@ -109,8 +112,8 @@ def _results_dirs(args: argparse.Namespace, scales: list[float]) -> list[Path]:
     return [base.parent / scale_results_name(base.name, scale) for scale in scales]
 
 
-def _prepare_results_dir(results_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace finished results unless ``--overwrite``, which deletes what evaluate wrote."""
+def _prepare_results_dir(results_dir: Path, overwrite: bool, main_process: bool = True) -> None:
+    """Refuse to replace finished results unless ``--overwrite``, which deletes what evaluate wrote (main process only)."""
     from zhlora.evaluation.results import PREDICTIONS_DIRNAME, RESULT_FILES
     from zhlora.evaluation.runner import CACHE_DIRNAME
 
@@ -119,20 +122,23 @@ def _prepare_results_dir(results_dir: Path, overwrite: bool) -> None:
             raise ZhloraError(f"{results_dir / 'results.json'} already exists. Pass --overwrite to evaluate again "
                               "and replace it, or choose another --results_dir.")
         return
+    if not main_process:
+        return
     for name in RESULT_FILES:
         (results_dir / name).unlink(missing_ok=True)
     for name in (PREDICTIONS_DIRNAME, CACHE_DIRNAME):
         shutil.rmtree(results_dir / name, ignore_errors=True)
 
 
-def _device_map(device: str):
+def _device_map(device: str, local_rank: int = 0):
+    """None (CPU) or the GPU of this process (its local rank under a launcher)."""
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA GPU is visible. Use --device cpu (or auto).")
-    return None if device == "cpu" else {"": 0}
+    return None if device == "cpu" else {"": local_rank}
 
 
 def _settings(cfg, data_dir: Path) -> dict:
@@ -173,6 +179,7 @@ def main(args: argparse.Namespace) -> int:
         load_adapter,
         set_adapter_scale,
     )
+    from zhlora.evaluation.distributed import init_eval_processes
     from zhlora.evaluation.results import build_results, build_timings, write_results
     from zhlora.evaluation.runner import (
         CACHE_DIRNAME,
@@ -194,12 +201,17 @@ def main(args: argparse.Namespace) -> int:
     adapter_dir = check_adapter_folder(args.lora_model_path) if args.lora_model_path else None
     if ec.backend == "vllm" and adapter_dir and scales != [1.0]:
         raise ConfigError(f"--backend vllm applies a LoRA adapter at scale 1 only, not {scales}; use --backend hf.")
+    processes = init_eval_processes(cpu=args.device == "cpu")
+    if ec.backend == "vllm" and processes.world_size > 1:
+        raise ConfigError(f"--backend vllm runs in one process (vLLM spreads a model over GPUs itself), but this "
+                          f"evaluation was launched as {processes.world_size} processes; launch it once, or use --backend hf.")
     data_dir = Path(args.data_dir)
     specs = _resolve_specs(ec.benchmarks, ec.protocol, ec.gsm8k_variant)
     items = _load_items(specs, data_dir, cfg)
     results_dirs = _results_dirs(args, scales)
     for results_dir in results_dirs:
-        _prepare_results_dir(results_dir, args.overwrite)
+        _prepare_results_dir(results_dir, args.overwrite, processes.is_main)
+    processes.wait_for_everyone()  # the main process has cleared the folders before anyone opens a cache
 
     base_path = str(args.model_path)
     identity = {
@@ -213,7 +225,7 @@ def main(args: argparse.Namespace) -> int:
               for d, s in zip(results_dirs, scales)]
 
     logger.info("Evaluating %s%s on %s", base_path, f" + {adapter_dir}" if adapter_dir else "", ", ".join(items))
-    model = load_model(base_path, torch_dtype=cfg.model.torch_dtype, device_map=_device_map(args.device),
+    model = load_model(base_path, torch_dtype=cfg.model.torch_dtype, device_map=_device_map(args.device, processes.local_rank),
                        trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(base_path, trust_remote_code=cfg.model.trust_remote_code)
     adapter_check = None
@@ -233,7 +245,9 @@ def main(args: argparse.Namespace) -> int:
             set_adapter_scale(model, scale)
         model_entry = {**identity, "adapter_scale": scale if adapter_dir else None, "adapter_check": adapter_check}
         outcome = evaluate_benchmarks(model, tokenizer, items, batch_size=batch_size, max_new_tokens=ec.max_new_tokens,
-                                      generator=generator, cache=cache, progress=True)
+                                      generator=generator, cache=cache, progress=processes.is_main, processes=processes)
+        if not processes.is_main:
+            continue  # the main process gathered this process's rows and writes the results
         results = build_results(model_entry, settings, outcome)
         write_results(results_dir, results, outcome, build_timings(outcome, time.perf_counter() - started))
         shutil.rmtree(results_dir / CACHE_DIRNAME, ignore_errors=True)

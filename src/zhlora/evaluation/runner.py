@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from zhlora.errors import ZhloraError
+from zhlora.evaluation.distributed import EvalProcesses, assign_units
 from zhlora.evaluation.hf_model import HFEvalModel
 from zhlora.evaluation.items import ALL, BenchmarkItems
 from zhlora.evaluation.prompts import fewshot_prompt
@@ -284,6 +285,63 @@ def open_prediction_cache(results_dir: Path, settings: Mapping) -> PredictionCac
 # ---------------------------------------------------------------------------------------
 # Library entry point
 # ---------------------------------------------------------------------------------------
+def score_share(
+    engine: HFEvalModel,
+    generator,
+    items_by_benchmark: Mapping[str, BenchmarkItems],
+    *,
+    max_new_tokens: int,
+    cache: PredictionCache | None = None,
+    progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict:
+    """Score this process's units of every benchmark (:func:`~zhlora.evaluation.distributed.assign_units`).
+
+    Returns ``{"rows": {benchmark: {unit index: rows}}, "seconds": {benchmark: seconds}}``;
+    :func:`merge_shares` puts the shares of all processes together. Finished units go to
+    ``cache`` as they complete, so every process resumes its own work.
+    """
+    share: dict = {"rows": {}, "seconds": {}}
+    for name, bench in items_by_benchmark.items():
+        started = time.perf_counter()
+        units = benchmark_units(bench)
+        owners = assign_units([len(unit.items) for unit in units], world_size)
+        mine = [index for index, owner in enumerate(owners) if owner == rank]
+        share["rows"][name] = {}
+        with tqdm(total=sum(len(units[i].items) for i in mine), desc=name, unit="item", disable=not progress) as bar:
+            for index in mine:
+                unit = units[index]
+                ids_sha256 = item_ids_sha256([item.id for item in unit.items])
+                unit_rows = cache.load(name, unit.key, ids_sha256) if cache else None
+                if unit_rows is None:
+                    unit_rows = run_unit(engine, generator, bench, unit, max_new_tokens)
+                    if cache:
+                        cache.save(name, unit.key, ids_sha256, unit_rows)
+                share["rows"][name][index] = unit_rows
+                bar.update(len(unit.items))
+        share["seconds"][name] = time.perf_counter() - started
+    return share
+
+
+def merge_shares(items_by_benchmark: Mapping[str, BenchmarkItems], shares: Sequence[dict]) -> dict[str, BenchmarkResult]:
+    """One result per benchmark from the shares of all processes, rows in unit (= item) order.
+
+    A benchmark's seconds are those of its slowest process.
+    """
+    results: dict[str, BenchmarkResult] = {}
+    for name, bench in items_by_benchmark.items():
+        by_unit = {index: rows for share in shares for index, rows in share["rows"][name].items()}
+        n_units = len(benchmark_units(bench))
+        if sorted(by_unit) != list(range(n_units)):
+            raise ZhloraError(f"{name}: the processes returned units {sorted(by_unit)} of {n_units}. "
+                              "This is a bug in zhlora: please report it with the log above.")
+        rows = [row for index in range(n_units) for row in by_unit[index]]
+        seconds = max(share["seconds"][name] for share in shares)
+        results[name] = BenchmarkResult(summarize_benchmark(bench, rows), rows, seconds)
+    return results
+
+
 def evaluate_benchmarks(
     model,
     tokenizer,
@@ -294,6 +352,7 @@ def evaluate_benchmarks(
     generator=None,
     cache: PredictionCache | None = None,
     progress: bool = False,
+    processes: EvalProcesses | None = None,
 ) -> dict[str, BenchmarkResult]:
     """Evaluate an in-memory model on loaded benchmarks; return one result per benchmark.
 
@@ -308,32 +367,23 @@ def evaluate_benchmarks(
             default: the HF engine on ``model`` (see :mod:`zhlora.evaluation.vllm_backend`).
         cache: resume cache (see :func:`open_prediction_cache`); None computes everything.
         progress: show a progress bar per benchmark.
+        processes: a data-parallel evaluation (:mod:`zhlora.evaluation.distributed`): this
+            process scores its share of the units and the main process gathers them. Every
+            process must call this; processes other than the main one get ``{}``.
 
     Example (cheap probes every N training steps)::
 
         items = {"mmlu": load_benchmark_items("data", resolve_spec("mmlu"), limit=5)}
         scores = {n: r.summary["accuracy_micro"] for n, r in evaluate_benchmarks(model, tok, items).items()}
     """
+    processes = processes or EvalProcesses()
     engine = HFEvalModel(model, tokenizer, batch_size=batch_size)
-    generator = generator or engine
     was_training = model.training
     model.eval()
-    results: dict[str, BenchmarkResult] = {}
     try:
-        for name, bench in items_by_benchmark.items():
-            started = time.perf_counter()
-            rows: list[dict] = []
-            with tqdm(total=bench.n_items, desc=name, unit="item", disable=not progress) as bar:
-                for unit in benchmark_units(bench):
-                    ids_sha256 = item_ids_sha256([item.id for item in unit.items])
-                    unit_rows = cache.load(name, unit.key, ids_sha256) if cache else None
-                    if unit_rows is None:
-                        unit_rows = run_unit(engine, generator, bench, unit, max_new_tokens)
-                        if cache:
-                            cache.save(name, unit.key, ids_sha256, unit_rows)
-                    rows.extend(unit_rows)
-                    bar.update(len(unit.items))
-            results[name] = BenchmarkResult(summarize_benchmark(bench, rows), rows, time.perf_counter() - started)
+        share = score_share(engine, generator or engine, items_by_benchmark, max_new_tokens=max_new_tokens,
+                            cache=cache, progress=progress, rank=processes.rank, world_size=processes.world_size)
     finally:
         model.train(was_training)
-    return results
+    shares = processes.gather(share)
+    return {} if shares is None else merge_shares(items_by_benchmark, shares)
