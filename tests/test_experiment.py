@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,6 @@ from zhlora.errors import ConfigError
 from zhlora.experiment import (
     Step,
     StepFailed,
-    StepLock,
     WorkLayout,
     changed_settings,
     check_run_name,
@@ -237,32 +233,6 @@ def test_a_plan_must_list_inputs_first(tmp_path):
     steps = _fake_plan(tmp_path)
     with pytest.raises(ValueError, match="reads"):
         plan_fingerprints(steps[::-1])
-
-
-# ---------------------------------------------------------------------------------------
-# Locks
-# ---------------------------------------------------------------------------------------
-def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock = tmp_path / "x.lock"
-    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}), encoding="utf-8")
-    with StepLock(lock, poll_seconds=0.01):
-        assert json.loads(lock.read_text())["pid"] == os.getpid()
-    assert not lock.exists()
-
-
-def test_a_held_lock_is_waited_for(tmp_path):
-    lock = tmp_path / "x.lock"
-    lock.write_text(json.dumps({"host": "another-machine", "pid": 1}), encoding="utf-8")
-    threading.Timer(0.3, lock.unlink).start()
-    started = time.perf_counter()
-    with StepLock(lock, poll_seconds=0.05):
-        pass
-    assert time.perf_counter() - started >= 0.25
 
 
 def test_forgetting_probes_make_training_depend_on_the_benchmark_data(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -274,6 +275,9 @@ class ReportConfig:
             raise ConfigError(f'--chart_language must be auto, zh or en, got "{self.chart_language}".')
 
 
+LAUNCHERS = ("local", "ray", "slurm")
+
+
 @dataclass
 class SweepConfig:
     """A grid of LoRA settings evaluated against one shared baseline (``zhlora sweep``)."""
@@ -282,11 +286,30 @@ class SweepConfig:
     lora_alphas: list[float] = field(default_factory=lambda: [16, 32, 64], metadata=_help("Alphas to try."))
     lora_dropouts: list[float] = field(default_factory=lambda: [0.05, 0.1], metadata=_help("Dropouts to try."))
     replay_ratios: list[float] = field(default_factory=lambda: [0.0], metadata=_help("Replay ratios to try."))
+    # Where the trials run (docs/sweeps.md); none of these changes a trial's numbers.
+    launcher: str = field(default="local", metadata=_help(
+        "local (this process, trial after trial), ray (one Ray task per trial) or slurm (an sbatch array, one task per trial)."))
+    ray_address: str | None = field(default=None, metadata=_help(
+        "Ray cluster to submit to (e.g. auto, or ray://head:10001); none starts a local one on this machine."))
+    cpus_per_trial: int = field(default=1, metadata=_help("CPU cores each trial reserves (Ray task / SLURM array task)."))
+    gpus_per_trial: int | None = field(default=None, metadata=_help(
+        "GPUs each trial reserves; none: 1 where the Ray cluster has GPUs (always 1 on SLURM), else 0."))
+    slurm_partition: str | None = field(default=None, metadata=_help("SLURM partition (none: the cluster's default)."))
+    slurm_time: str = field(default="24:00:00", metadata=_help("SLURM time limit of each trial's array task (HH:MM:SS)."))
+    slurm_account: str | None = field(default=None, metadata=_help("SLURM account to charge (none: your default)."))
 
     def __post_init__(self) -> None:
         for name in ("lora_ranks", "lora_alphas", "lora_dropouts", "replay_ratios"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name} must list at least one value.")
+        if self.launcher not in LAUNCHERS:
+            raise ConfigError(f'--launcher must be one of {", ".join(LAUNCHERS)}, got "{self.launcher}".')
+        if self.cpus_per_trial < 1:
+            raise ConfigError(f"--cpus_per_trial must be at least 1, got {self.cpus_per_trial}.")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise ConfigError(f"--gpus_per_trial must be 0 or more, got {self.gpus_per_trial}.")
+        if not re.fullmatch(r"(\d+-)?\d+(:\d\d){0,2}", self.slurm_time):
+            raise ConfigError(f'--slurm_time "{self.slurm_time}" is not a SLURM time limit; write HH:MM:SS or D-HH:MM:SS.')
 
 
 @dataclass

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,11 +14,12 @@ from zhlora.errors import ZhloraError
 from zhlora.experiment.layout import WorkLayout
 from zhlora.experiment.plan import Step, plan_fingerprints
 from zhlora.io_utils import atomic_write_json, provenance, utc_now
+from zhlora.locking import folder_lock
 
 logger = logging.getLogger(__name__)
 
 
-LOCK_POLL_SECONDS = 5.0
+LOCK_POLL_SECONDS = 5.0  # how often a process waiting for another's step looks again
 
 
 def read_record(layout: WorkLayout, step_id: str) -> dict | None:
@@ -42,60 +41,6 @@ def read_records(layout: WorkLayout) -> dict[str, dict]:
         if record is not None:
             records[path.stem] = record
     return records
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class StepLock:
-    """An exclusive lock file per step (``O_CREAT | O_EXCL``, atomic on local and NFS file systems).
-
-    A lock left by a dead process on this host is taken over; one held on another host is
-    waited for (the log says whose it is, and which file to delete if that process is gone).
-    """
-
-    def __init__(self, path: Path, poll_seconds: float = LOCK_POLL_SECONDS):
-        self.path = path
-        self.poll_seconds = poll_seconds
-        self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
-
-    def __enter__(self) -> StepLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        announced = False
-        while True:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder.get("host") == self.owner["host"] and not _pid_alive(int(holder.get("pid", -1))):
-                    logger.warning("Taking over %s, left by process %s that no longer runs.", self.path, holder.get("pid"))
-                    self.path.unlink(missing_ok=True)
-                    continue
-                if not announced:
-                    logger.info("Waiting for process %s on %s, which is running this step (lock %s; delete it if "
-                                "that process is gone).", holder.get("pid"), holder.get("host"), self.path)
-                    announced = True
-                time.sleep(self.poll_seconds)
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.owner, handle)
-            return self
-
-    def _holder(self) -> dict:
-        try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, ValueError):
-            return {}
-
-    def __exit__(self, *exc_info) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 Runner = Callable[[str, list[str]], int]
@@ -223,7 +168,9 @@ def execute(
         inputs = {i: result.fingerprints[i] for i in step.inputs}
         fingerprint = result.fingerprints[step.id]
         prefix = f"[{index}/{len(steps)}] {step.id}"
-        with StepLock(layout.lock_file(step.id), poll_seconds):
+        # Shards of a sweep on one (shared) folder: the first runs a shared step, the others wait
+        # (logged once) and then find it complete. A lock of a dead process is taken over.
+        with folder_lock(layout.lock_dir(step.id), wait=True, poll_seconds=poll_seconds):
             state = step_state(step, layout, fingerprint, inputs)
             if state.skip:
                 logger.info("%s: %s", prefix, state.reason)

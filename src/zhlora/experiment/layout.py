@@ -111,8 +111,9 @@ class WorkLayout:
     def record_file(self, step_id: str) -> Path:
         return self.state_dir / "steps" / f"{step_id}.json"
 
-    def lock_file(self, step_id: str) -> Path:
-        return self.state_dir / "locks" / f"{step_id}.lock"
+    def lock_dir(self, step_id: str) -> Path:
+        """The folder whose lock (:func:`zhlora.locking.folder_lock`) a process holds while it runs the step."""
+        return self.state_dir / "locks" / step_id
 
 
 def _inside(root: Path, path: str) -> Path:
