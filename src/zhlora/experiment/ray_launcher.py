@@ -91,12 +91,14 @@ def run_trials_on_ray(
     cpus_per_trial: int,
     gpus_per_trial: int | None,
     report: Callable[[str], None] = print,
+    body: Callable[..., float] = _run_trial,
 ) -> list[TrialRun]:
     """Run ``configs`` (the trials still to do) as Ray tasks; report each as it finishes.
 
     ``address``: an existing cluster (``auto``, ``ray://host:10001``), or None for a local one.
     ``runner`` runs one verb in the worker (the CLI's ``run_command``, imported there by name).
-    Returns one :class:`TrialRun` per trial, in the order of ``configs``.
+    ``body(cfg, layout, runner, fingerprints) -> seconds`` is what a task does (default: the
+    trial's steps). Returns one :class:`TrialRun` per trial, in the order of ``configs``.
     """
     ray = _import_ray()
     started_here = not ray.is_initialized()
@@ -104,7 +106,7 @@ def run_trials_on_ray(
         ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
     try:
         gpus = gpus_for(ray, gpus_per_trial)
-        task = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus, max_retries=0, max_calls=1)(_run_trial)
+        task = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus, max_retries=0, max_calls=1)(body)
         report(f"Ray: {len(configs)} trial(s) on {ray.cluster_resources().get('CPU', 0):g} CPUs / "
                f"{ray.cluster_resources().get('GPU', 0):g} GPUs, each reserving {cpus_per_trial} CPU(s) and {gpus} GPU(s).")
         outcome = {cfg.run_name: TrialRun(cfg.run_name, "running", 1) for cfg in configs}
