@@ -4,6 +4,8 @@ A *unit* is the smallest piece of work that is cached: one subject of a multiple
 benchmark, or 64 consecutive items of the others. With a :class:`PredictionCache`, each
 finished unit is written atomically, stamped with the fingerprint of the settings, so a
 killed evaluation resumes from the units already done and ends with the same numbers.
+Units are also how a data-parallel evaluation shares work (:mod:`zhlora.evaluation.distributed`):
+:func:`score_share` scores one process's units, :func:`merge_shares` puts all shares back in order.
 
 :func:`evaluate_benchmarks` is also the library entry point for callers that already hold a
 model (e.g. probes evaluated during training): it never loads or saves a model.

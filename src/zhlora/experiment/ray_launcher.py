@@ -26,8 +26,6 @@ from zhlora.experiment.execution import Runner, execute
 from zhlora.experiment.layout import WorkLayout
 from zhlora.experiment.plan import run_steps
 
-logger = logging.getLogger(__name__)
-
 RETRIES = 1  # a failed trial is submitted once more
 
 
