@@ -138,6 +138,16 @@ def test_launchers_and_shard_do_not_mix(tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------------------------------
 # Ray: retry and report with trivial tasks on a real local cluster
 # ---------------------------------------------------------------------------------------
+def test_ray_missing_says_how_to_install_it(monkeypatch):
+    from zhlora.errors import ZhloraError
+    from zhlora.experiment.ray_launcher import run_trials_on_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ZhloraError, match=r"pip install 'zhlora\[ray\]'"):
+        run_trials_on_ray([], WorkLayout(Path("w"), Path("w/data")), None, {}, address=None, cpus_per_trial=1,
+                          gpus_per_trial=None)
+
+
 def _flaky_trial(cfg, layout, runner, fingerprints) -> float:
     """First attempt: fail as the trial says (error, or a worker that dies); then succeed."""
     marker = Path(layout) / f"{cfg.run_name}.attempted"
