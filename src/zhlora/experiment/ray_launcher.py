@@ -101,7 +101,12 @@ def run_trials_on_ray(
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+            raise ZhloraError(f"Could not start or reach {where}: {exc}. Check --ray_address (e.g. auto on a node of a "
+                              "running cluster, ray://<head>:10001 from outside it) and `ray status`.") from None
     try:
         gpus = gpus_for(ray, gpus_per_trial)
         task = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus, max_retries=0, max_calls=1)(body)
