@@ -119,7 +119,7 @@ def test_existing_results_and_foreign_cache_are_not_mixed(capsys, monkeypatch, t
     done.mkdir()
     (done / "results.json").write_text("{}")
     code, err = _evaluate(capsys, *common, done)
-    assert code == 2 and "already exists. Pass --overwrite" in err
+    assert code == 2 and "already holds results made with other settings" in err and "--overwrite" in err
 
     real_run_unit, units = runner.run_unit, []
 
@@ -137,6 +137,19 @@ def test_existing_results_and_foreign_cache_are_not_mixed(capsys, monkeypatch, t
     assert code == 2 and "other settings (settings.shots (cached 0, now 1)" in err and "--overwrite" in err
     code, err = _evaluate(capsys, *common, tmp_path / "partial", "--shots", "1", "--overwrite")
     assert code == 0 and (tmp_path / "partial" / "results.json").is_file()
+
+    # Killed after results.json, before its other files (issue 13 finding 0): the same command
+    # accepts the finished results and completes the folder, without evaluating again.
+    finished = tmp_path / "partial" / "results.json"
+    before = finished.read_bytes()
+    for name in ("results.md", "accuracy.png"):
+        (tmp_path / "partial" / name).unlink(missing_ok=True)
+    monkeypatch.setattr(runner, "run_unit", lambda *a, **k: pytest.fail("evaluated again"))
+    code, err = _evaluate(capsys, *common, tmp_path / "partial", "--shots", "1")
+    assert code == 0 and finished.read_bytes() == before
+    assert (tmp_path / "partial" / "results.md").is_file() and (tmp_path / "partial" / "accuracy.png").is_file()
+    code, err = _evaluate(capsys, *common, tmp_path / "partial", "--shots", "0")
+    assert code == 2 and "other settings (settings.shots: 1 -> 0" in err
 
 
 def test_bad_adapter_arguments(capsys, tmp_path, tiny_model_dir, sample_data_dir):

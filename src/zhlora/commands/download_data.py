@@ -29,19 +29,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Fetch every named source (hub token from HF_TOKEN or the saved login) and print the row counts."""
     from zhlora.data.sources import download_data, resolve_datasets
+    from zhlora.locking import folder_lock
 
     data = config_from_args(args).data
     names = resolve_datasets(data.datasets, data.replay_ratio)
-    manifest = download_data(
-        data.data_dir,
-        source=data.source,
-        datasets=names,
-        belle_dataset=data.belle_dataset,
-        belle_sample_size=data.belle_sample_size,
-        belle_heldout_size=data.belle_heldout_size,
-        seed=data.data_seed,
-        force=args.force,
-    )
+    with folder_lock(data.data_dir):  # one writer per data folder (its manifest.json is shared)
+        manifest = download_data(
+            data.data_dir,
+            source=data.source,
+            datasets=names,
+            belle_dataset=data.belle_dataset,
+            belle_sample_size=data.belle_sample_size,
+            belle_heldout_size=data.belle_heldout_size,
+            seed=data.data_seed,
+            force=args.force,
+        )
     for name in names:
         entry = manifest["sources"][name]
         counts = ", ".join(f"{split} {info['rows']:,}" for split, info in entry["splits"].items())

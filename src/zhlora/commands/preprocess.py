@@ -27,22 +27,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Load the model's tokenizer, preprocess, and print the row counts and tokens per Chinese character."""
     from zhlora.data.preprocess import preprocess_data
+    from zhlora.locking import folder_lock
+    from zhlora.models.loading import check_model_argument
     from zhlora.modeling import load_tokenizer
 
     cfg = config_from_args(args)
     data = cfg.data
+    check_model_argument(cfg.model.model_name_or_path, "--model_name_or_path")
     tokenizer = load_tokenizer(cfg.model.model_name_or_path, trust_remote_code=cfg.model.trust_remote_code)
-    stats = preprocess_data(
-        data.data_dir,
-        data.processed_dir,
-        tokenizer,
-        template=data.prompt_template,
-        max_seq_length=data.max_seq_length,
-        overlong=data.overlong,
-        replay_ratio=data.replay_ratio,
-        seed=data.data_seed,
-        force=args.force,
-    )
+    with folder_lock(data.processed_dir):  # one writer per output folder
+        stats = preprocess_data(
+            data.data_dir,
+            data.processed_dir,
+            tokenizer,
+            template=data.prompt_template,
+            max_seq_length=data.max_seq_length,
+            overlong=data.overlong,
+            replay_ratio=data.replay_ratio,
+            seed=data.data_seed,
+            force=args.force,
+        )
     train, held_out = stats["train"], stats["eval"]
     print(
         f"{data.processed_dir}: train {train['rows_out']:,} rows ({train['lengths'].get('total', 0):,} tokens), "

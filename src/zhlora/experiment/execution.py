@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from zhlora.errors import ZhloraError
 from zhlora.experiment.layout import WorkLayout
 from zhlora.experiment.plan import Step, plan_fingerprints
 from zhlora.io_utils import atomic_write_json, provenance, utc_now
+from zhlora.locking import folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +158,8 @@ def redo_reason(record: dict | None, step: Step, fingerprint: str, inputs: dict[
             parts.append("inputs were redone (" + ", ".join(redone_inputs) + ")")
         return "redoing: " + (" and ".join(parts) or "fingerprint changed")
     if record.get("status") != "complete":
+        if stamp is not None and stamp != record.get("stamp_before"):
+            return "an interrupted attempt left complete outputs; the step checks and finishes them"
         return "continuing an interrupted attempt" if step.resumes else "redoing an interrupted attempt"
     if stamp is None:
         return "outputs are missing or incomplete"
@@ -167,15 +171,22 @@ def decide_redo(record: dict | None, step: Step, fingerprint: str, stamp: str | 
 
     - no record: never (outputs zhlora run did not make are the verb's to accept or refuse);
     - recorded with another fingerprint: always (zhlora run made them with other settings);
-    - same fingerprint but interrupted or incomplete: only if the verb cannot resume itself;
+    - same fingerprint but interrupted: again if the interrupted attempt was itself a redo and the
+      outputs are still the ones it was replacing (``stamp_before``); otherwise only if the verb
+      cannot resume. Complete outputs of an interrupted attempt are left to the verb, which
+      accepts them when they match its settings (a kill between a verb's last write and the
+      step record must never leave a folder that refuses to be finished);
     - same fingerprint, complete, but outputs changed by someone else: never (the verb decides).
     """
     if record is None:
         return False
     if record.get("fingerprint") != fingerprint:
         return True
+    if record.get("status") != "complete" and record.get("redo") and stamp is not None \
+            and stamp == record.get("stamp_before"):
+        return True
     if record.get("status") != "complete" or stamp is None:
-        return not step.resumes
+        return stamp is None and not step.resumes
     return False
 
 
@@ -223,7 +234,9 @@ def execute(
         inputs = {i: result.fingerprints[i] for i in step.inputs}
         fingerprint = result.fingerprints[step.id]
         prefix = f"[{index}/{len(steps)}] {step.id}"
-        with StepLock(layout.lock_file(step.id), poll_seconds):
+        with StepLock(layout.lock_file(step.id), poll_seconds), contextlib.ExitStack() as folders:
+            for folder in step.writes:  # the verb takes these too (re-entrant); another shard's step is waited for
+                folders.enter_context(folder_lock(folder, wait=True, poll_seconds=poll_seconds))
             state = step_state(step, layout, fingerprint, inputs)
             if state.skip:
                 logger.info("%s: %s", prefix, state.reason)
@@ -233,7 +246,7 @@ def execute(
             logger.info("%s: %s\n    %s", prefix, state.reason, command)
             base_record = {"fingerprint": fingerprint, "inputs": inputs, "command": command,
                            "started_at": utc_now(), "provenance": provenance()}
-            _write_record(layout, step, status="running", redo=state.redo, **base_record)
+            _write_record(layout, step, status="running", redo=state.redo, stamp_before=step.stamp(), **base_record)
             started = time.perf_counter()
             if step.action is not None:
                 step.action()

@@ -18,7 +18,7 @@ from pathlib import Path
 from zhlora.errors import ZhloraError
 from zhlora.training.checkpoint import (
     ADAPTER_WEIGHTS_NAME,
-    list_checkpoints,
+    newest_intact_checkpoint,
     read_trainer_state,
 )
 
@@ -95,9 +95,9 @@ def decide_start(output_dir: str | Path, fingerprint: str, resume: bool, overwri
             return RunStart("complete")
         what = "a different run (other settings, base model or data)" if recorded else "an adapter zhlora did not record"
         raise ZhloraError(f"{folder} already holds {what}: {folder / ADAPTER_WEIGHTS_NAME}. {refuse}")
-    checkpoints = list_checkpoints(folder)
-    if checkpoints:
-        step, latest = checkpoints[-1]
+    newest = newest_intact_checkpoint(folder)
+    if newest is not None:
+        step, latest = newest
         recorded = read_trainer_state(latest).get("run_fingerprint")
         if recorded != fingerprint:
             raise ZhloraError(
