@@ -36,3 +36,20 @@ def test_help_does_not_import_torch():
 def test_unknown_verb_suggests(capsys):
     assert main(["evalute"]) == 2
     assert 'Did you mean "evaluate"' in capsys.readouterr().err
+
+
+def test_third_party_deprecations_are_hidden_and_real_warnings_pass():
+    """Issue 13 finding 6: transformers' FutureWarnings are noise for users; other warnings are not."""
+    import warnings
+
+    from zhlora.cli import quiet_third_party_deprecations
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party_deprecations()
+        for category, module in [(FutureWarning, "transformers.modeling_utils"), (DeprecationWarning, "peft.tuners"),
+                                 (UserWarning, "transformers.generation"), (FutureWarning, "zhlora.training"),
+                                 (FutureWarning, "transformersx")]:
+            warnings.warn_explicit(f"{module} says", category, "file.py", 1, module=module)
+    assert sorted(str(w.message) for w in caught) == ["transformers.generation says", "transformersx says",
+                                                      "zhlora.training says"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -150,6 +151,31 @@ def test_existing_results_and_foreign_cache_are_not_mixed(capsys, monkeypatch, t
     assert (tmp_path / "partial" / "results.md").is_file() and (tmp_path / "partial" / "accuracy.png").is_file()
     code, err = _evaluate(capsys, *common, tmp_path / "partial", "--shots", "0")
     assert code == 2 and "other settings (settings.shots: 1 -> 0" in err
+
+
+@pytest.mark.parametrize("case", ["truncated_adapter", "config_not_json", "truncated_base", "missing_model"])
+def test_corrupted_files_and_missing_model_are_clear_errors(capsys, tmp_path, tiny_model_dir, adapter_dir, sample_data_dir, case):
+    """Issue 13 findings 3 and 4: one paragraph naming the file and what to do, no traceback."""
+    model, adapter = tiny_model_dir, Path(shutil.copytree(adapter_dir, tmp_path / "adapter"))
+    if case == "truncated_adapter":
+        weights = adapter / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-64])
+    elif case == "config_not_json":
+        (adapter / "adapter_config.json").write_bytes(b"\xff\xfe not json")
+    elif case == "truncated_base":
+        model = Path(shutil.copytree(tiny_model_dir, tmp_path / "base"))
+        weights = model / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:4096])
+    else:
+        model = tmp_path / "nonexistent" / "model"
+    code, err = _evaluate(capsys, "--model_path", model, "--lora_model_path", adapter, "--data_dir", sample_data_dir,
+                          "--benchmarks", "ceval", "--limit", "1", "--results_dir", tmp_path / "out")
+    expected = {"truncated_adapter": "adapter_model.safetensors is not a complete safetensors file",
+                "config_not_json": "adapter_config.json is not valid JSON",
+                "truncated_base": "model.safetensors is not a complete safetensors file",
+                "missing_model": f"--model_path {model}: no such folder"}[case]
+    assert code == 2 and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_bad_adapter_arguments(capsys, tmp_path, tiny_model_dir, sample_data_dir):

@@ -81,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
               "Run the same command again to resume.", file=sys.stderr)
         return 130
     else:
-        print(f"{output_dir}: adapter after {outcome.step} steps (last logged loss {outcome.last_loss}).")
+        loss = "none logged" if outcome.last_loss is None else f"{outcome.last_loss:.4f}"
+        print(f"{output_dir}: adapter after {outcome.step} steps (last logged loss {loss}).")
         if outcome.monitoring:
             print(_monitoring_lines(outcome.monitoring, outcome.step))
     return 0

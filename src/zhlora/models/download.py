@@ -19,8 +19,8 @@ from pathlib import Path
 
 from zhlora.errors import ZhloraError
 from zhlora.io_utils import replace_folder
-from zhlora.models.manifest import manifest_files_present, read_manifest, write_manifest
 from zhlora.models.loading import looks_like_path, missing_path_hint
+from zhlora.models.manifest import manifest_files_present, read_manifest, write_manifest
 from zhlora.models.tiny import TINY_MODEL_NAME, build_tiny_model
 
 logger = logging.getLogger(__name__)

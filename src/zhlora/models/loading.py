@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from zhlora.errors import ZhloraError, did_you_mean
+from zhlora.models.adapter_files import check_safetensors_file
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ def _check_local_model_folder(folder: Path) -> None:
                 "in an environment you trust, or download a safetensors copy of the model."
             )
         raise ZhloraError(f"{folder} has a config.json but no *.safetensors weights. {_DOWNLOAD_HINT}")
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors_file(weights, "Download the model again: `zhlora download-model --model_name_or_path "
+                               "<hub id, folder or tiny> --output_dir models --force`.")
 
 
 def _resolve_source(name_or_path: str | Path, what: str) -> str:
