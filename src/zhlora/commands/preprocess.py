@@ -48,9 +48,14 @@ def main(args: argparse.Namespace) -> int:
             force=args.force,
         )
     train, held_out = stats["train"], stats["eval"]
+    replay = stats["replay"]
+    replay_text = f"replay rows {replay['used']:,}"
+    if replay.get("requested"):
+        replay_text += (f" of {replay['requested']:,} asked for (effective replay ratio "
+                        f"{replay.get('effective_ratio', 0):.3f}, asked {replay['ratio']:g})")
     print(
         f"{data.processed_dir}: train {train['rows_out']:,} rows ({train['lengths'].get('total', 0):,} tokens), "
         f"eval {held_out['rows_out']:,} rows; dropped {train['dropped'] or 'none'}; "
-        f"replay rows {stats['replay']['used']:,}; tokens per Chinese character {stats['tokens_per_chinese_char']}"
+        f"{replay_text}; tokens per Chinese character {stats['tokens_per_chinese_char']}"
     )
     return 0
