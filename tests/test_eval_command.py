@@ -178,6 +178,32 @@ def test_corrupted_files_and_missing_model_are_clear_errors(capsys, tmp_path, ti
     assert not (tmp_path / "out" / "results.json").exists()
 
 
+def test_subjects_may_name_their_benchmark(capsys, caplog, tmp_path, tiny_model_dir, sample_data_dir):
+    """`marketing` is in CMMLU and MMLU: a bare name takes both and says so; cmmlu:marketing picks one."""
+    import logging
+
+    from zhlora.commands.evaluate import split_subjects
+    from zhlora.errors import ConfigError
+
+    assert split_subjects(["mmlu:marketing", "nutrition"], ["cmmlu", "mmlu"]) == ({"mmlu": ["marketing"]}, ["nutrition"])
+    with pytest.raises(ConfigError, match='"mmmlu" is not one of the evaluated benchmarks.*Did you mean "mmlu"'):
+        split_subjects(["mmmlu:marketing"], ["cmmlu", "mmlu"])
+    common = ["--model_path", tiny_model_dir, "--data_dir", sample_data_dir, "--benchmarks", "cmmlu,mmlu", "--limit", "1",
+              "--shots", "0"]
+    with caplog.at_level(logging.INFO, logger="zhlora.commands.evaluate"):
+        code, err = _evaluate(capsys, *common, "--subjects", "marketing", "--results_dir", tmp_path / "both")
+    assert code == 0, err
+    assert "--subjects marketing: found in cmmlu and mmlu (write cmmlu:marketing to evaluate one of them)" in caplog.text
+    both = json.loads((tmp_path / "both" / "results.json").read_text())["benchmarks"]
+    assert set(both) == {"cmmlu", "mmlu"}
+    code, err = _evaluate(capsys, *common, "--subjects", "mmlu:marketing", "--results_dir", tmp_path / "one")
+    assert code == 0, err
+    one = json.loads((tmp_path / "one" / "results.json").read_text())["benchmarks"]
+    assert set(one) == {"mmlu"} and set(one["mmlu"]["subjects"]) == {"marketing"}
+    code, err = _evaluate(capsys, *common, "--subjects", "cmmlu:nutritio", "--results_dir", tmp_path / "bad")
+    assert code == 2 and 'no subject "nutritio" in cmmlu' in err
+
+
 def test_bad_adapter_arguments(capsys, tmp_path, tiny_model_dir, sample_data_dir):
     code, err = _evaluate(capsys, "--model_path", tiny_model_dir, "--data_dir", sample_data_dir, "--lora_model_path", tmp_path)
     assert code == 2 and "no adapter_config.json" in err

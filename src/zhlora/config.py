@@ -231,7 +231,8 @@ class EvalConfig:
     )
     gsm8k_variant: str = field(default="gsm8k_cot", metadata=_help("gsm8k_cot (8-shot chain of thought) or gsm8k (5-shot)."))
     limit: int | None = field(default=None, metadata=_help("At most N scored items per subject (per benchmark for GSM8K)."))
-    subjects: list[str] | None = field(default=None, metadata=_help("Only these subjects (comma-separated)."))
+    subjects: list[str] | None = field(default=None, metadata=_help(
+        "Only these subjects (comma-separated); benchmark:subject (mmlu:philosophy) picks one benchmark's."))
     batch_size: str = field(default="auto", metadata=_help("Sequences per forward pass, or auto (backs off on OOM)."))
     max_new_tokens: int = field(default=256, metadata=_help("Generation budget per GSM8K answer."))
     backend: str = field(default="hf", metadata=_help("hf (reference) or vllm (GPU generation)."))

@@ -74,24 +74,62 @@ def _resolve_specs(benchmarks: list[str], protocol: str, gsm8k_variant: str) -> 
     return {name: resolve_spec(name, protocol, gsm8k_variant) for name in benchmarks}
 
 
+def split_subjects(subjects: list[str] | None, benchmarks: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """``--subjects`` as ``({benchmark: [subject]}, [bare subject])``: ``mmlu:philosophy`` names one benchmark's subject."""
+    qualified: dict[str, list[str]] = {}
+    bare: list[str] = []
+    for entry in subjects or []:
+        bench, sep, subject = entry.partition(":")
+        if not sep:
+            bare.append(entry)
+            continue
+        if bench not in benchmarks:
+            raise ConfigError(f'--subjects {entry}: "{bench}" is not one of the evaluated benchmarks '
+                              f"({', '.join(benchmarks)}).{did_you_mean(bench, benchmarks)}")
+        qualified.setdefault(bench, []).append(subject)
+    return qualified, bare
+
+
 def _load_items(specs: dict, data_dir: Path, cfg) -> dict:
-    """Every benchmark's items; ``--subjects`` must name subjects of the multiple-choice benchmarks."""
+    """Every benchmark's items; ``--subjects`` must name subjects of the multiple-choice benchmarks.
+
+    A subject may be written ``benchmark:subject`` (``mmlu:philosophy``); a bare name applies to
+    every benchmark that has it, and the log says which ones matched.
+    """
     from zhlora.evaluation.items import load_benchmark_items
 
     ec = cfg.eval
-    items = {name: load_benchmark_items(data_dir, spec, shots=ec.shots, subjects=ec.subjects, limit=ec.limit,
-                                        prompt_template=cfg.data.prompt_template) for name, spec in specs.items()}
-    choice = {name: bench for name, bench in items.items() if bench.spec.kind == "multiple_choice"}
+    choice_names = [name for name, spec in specs.items() if spec.kind == "multiple_choice"]
+    if ec.subjects is not None and not choice_names:
+        raise ConfigError("--subjects applies to multiple-choice benchmarks (ceval, cmmlu, mmlu); none is selected.")
+    qualified, bare = split_subjects(ec.subjects, list(specs))
+    for bench in qualified:
+        if bench not in choice_names:
+            raise ConfigError(f"--subjects {bench}:...: {bench} has no subjects (only ceval, cmmlu and mmlu do).")
+    items = {}
+    for name, spec in specs.items():
+        wanted = None if ec.subjects is None or name not in choice_names else qualified.get(name, []) + bare
+        items[name] = load_benchmark_items(data_dir, spec, shots=ec.shots, subjects=wanted, limit=ec.limit,
+                                           prompt_template=cfg.data.prompt_template)
     if ec.subjects is not None:
-        if not choice:
-            raise ConfigError("--subjects applies to multiple-choice benchmarks (ceval, cmmlu, mmlu); none is selected.")
-        known = {s for bench in choice.values() for s in bench.available_subjects}
-        for subject in ec.subjects:
-            if subject not in known:
+        choice = {name: items[name] for name in choice_names}
+        for bench, names in qualified.items():
+            for subject in names:
+                if subject not in choice[bench].available_subjects:
+                    raise ConfigError(f'--subjects: no subject "{subject}" in {bench}.'
+                                      f"{did_you_mean(subject, choice[bench].available_subjects)}")
+        for subject in bare:
+            matched = [name for name, bench in choice.items() if subject in bench.available_subjects]
+            if not matched:
+                known = {s for bench in choice.values() for s in bench.available_subjects}
                 raise ConfigError(f'--subjects: no subject "{subject}" in {", ".join(choice)}.{did_you_mean(subject, known)}')
+            logger.info("--subjects %s: found in %s%s", subject, " and ".join(matched),
+                        f" (write {matched[0]}:{subject} to evaluate one of them)" if len(matched) > 1 else "")
         for name in [n for n, bench in choice.items() if not bench.groups]:
             logger.info("%s: none of --subjects belongs to it; skipping it", name)
             del items[name]
+        if not items:
+            raise ConfigError(f"--subjects {','.join(ec.subjects)}: none of these subjects has items in {data_dir}.")
     for name, bench in items.items():
         if bench.n_items == 0:
             raise ZhloraError(f"Benchmark {name} has no items in {data_dir}. Re-download it with "
