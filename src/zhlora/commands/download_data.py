@@ -18,7 +18,8 @@ from zhlora.config import add_config_flags, config_from_args
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags: the data group (``--source``, ``--datasets``, ``--belle_sample_size``, ...), ``--force``."""
-    add_config_flags(parser, ["data"])
+    add_config_flags(parser, ["data"], used=("data_dir", "source", "datasets", "belle_dataset", "belle_sample_size",
+                                             "belle_heldout_size", "data_seed", "replay_ratio"))
     parser.add_argument(
         "--output_dir", dest="cfg__data__data_dir", default=argparse.SUPPRESS, metavar="DATA_DIR",
         help="Same as --data_dir (the seed script's name).",

@@ -18,7 +18,7 @@ from zhlora.config import add_config_flags, config_from_args
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags: the model group (``--model_name_or_path``, ``--model_source``, ``--revision``, ...)."""
-    add_config_flags(parser, ["model"])
+    add_config_flags(parser, ["model"], used=("model_name_or_path", "model_source", "revision"))
     parser.add_argument("--output_dir", default="models", help="Parent folder; the model lands in OUTPUT_DIR/base_model (default: models).")
     parser.add_argument("--force", action="store_true", help="Download again and replace an existing base_model.")
 

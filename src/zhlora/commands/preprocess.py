@@ -16,7 +16,9 @@ from zhlora.config import add_config_flags, config_from_args
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags: the data group (``--prompt_template``, ``--max_seq_length``, ...), the model group, ``--force``."""
-    add_config_flags(parser, ["data", "model"])
+    add_config_flags(parser, ["data", "model"], used=("data_dir", "processed_dir", "prompt_template", "max_seq_length",
+                                                      "overlong", "replay_ratio", "data_seed", "model_name_or_path",
+                                                      "trust_remote_code"))
     parser.add_argument(
         "--output_dir", dest="cfg__data__processed_dir", default=argparse.SUPPRESS, metavar="PROCESSED_DIR",
         help="Same as --processed_dir (the seed script's name).",
