@@ -324,3 +324,29 @@ def test_interrupted_redo_whose_old_outputs_are_untouched_redoes_again(tmp_path)
     verbs.calls.clear()
     execute(_fake_plan(tmp_path, train_setting=2), layout, verbs)
     assert verbs.calls == [("train", ["--out", str(tmp_path / "train"), "--force"])]
+
+
+def test_report_states_the_effective_replay_ratio(tmp_path):
+    from zhlora.experiment.reports import replay_section
+
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"replay": {"ratio": 0.2, "requested": 225, "used": 100, "effective_ratio": 0.1}}))
+    section = replay_section(stats)
+    assert "effective replay ratio is 0.100" in section.markdown and "asked for 225" in section.html
+    assert "replayed less English than asked" in section.markdown
+    stats.write_text(json.dumps({"replay": {"ratio": 0.0, "requested": 0, "used": 0}}))
+    assert replay_section(stats) is None
+
+
+def test_step_lines_estimate_the_remaining_time(tmp_path, caplog):
+    from zhlora.experiment.execution import estimate_remaining
+
+    steps = _fake_plan(tmp_path)
+    assert estimate_remaining(steps, {}, {}) is None
+    assert estimate_remaining(steps, {"data": 1.0}, {"preprocess": [4.0]}) == 1.0 + 4.0 + 4.0
+    assert estimate_remaining(steps, {"train": 30.0}, {}) == 90.0
+    layout = WorkLayout(tmp_path, tmp_path / "data")
+    with caplog.at_level(logging.INFO, logger="zhlora.experiment"):
+        execute(steps, layout, FakeVerbs())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
+    assert "so far)" in lines[0] and all("left)" in line for line in lines[1:])

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Also write report.html and report.md (default: yes).",
     )
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing forgetting.json.")
+    parser.add_argument("--quiet", action="store_true",
+                        help="Leave the headline out of the output (zhlora run prints it once, at its end).")
     add_config_flags(parser, ["report"])
 
 
@@ -69,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             overwrite=args.overwrite,
         )
-        print(f"{out_dir}/{FORGETTING_FILE}: {forgetting['headline']['text']}")
+        print(f"{out_dir}/{FORGETTING_FILE}" + ("" if args.quiet else f": {forgetting['headline']['text']}"))
         for row in forgetting["rows"]:
             if row["level"] == "benchmark":
                 interval = f"[{row['ci_low_points']:+.1f}, {row['ci_high_points']:+.1f}]"

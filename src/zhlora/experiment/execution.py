@@ -214,6 +214,24 @@ def step_state(step: Step, layout: WorkLayout, fingerprint: str, inputs: dict[st
     return StepState(False, decide_redo(record, step, fingerprint, stamp), redo_reason(record, step, fingerprint, inputs, stamp))
 
 
+def estimate_remaining(steps: Sequence[Step], history: dict[str, float], measured: dict[str, list[float]]) -> float | None:
+    """Seconds the ``steps`` still to run are expected to take, or None before anything was measured.
+
+    Each step counts its own last recorded duration (``history``: an earlier attempt or run), else
+    the mean of the steps of its verb measured in this invocation (``measured``), else the mean of
+    everything measured so far. A rough guide for the log, not a promise.
+    """
+    every = [seconds for values in measured.values() for seconds in values]
+    if not every and not history:
+        return None
+    overall = sum(every) / len(every) if every else sum(history.values()) / len(history)
+    total = 0.0
+    for step in steps:
+        same_verb = measured.get(step.verb or "action")
+        total += history.get(step.id, sum(same_verb) / len(same_verb) if same_verb else overall)
+    return total
+
+
 def execute(
     steps: Sequence[Step],
     layout: WorkLayout,
@@ -229,11 +247,21 @@ def execute(
     caller run part of a larger plan. Raises :class:`StepFailed` when a step fails (status
     130: interrupted); rerunning continues from that step.
     """
+    from zhlora.progress import format_duration
+
     result = Execution(fingerprints=dict(fingerprints) if fingerprints is not None else plan_fingerprints(steps))
+    history = {step.id: float(record["seconds"]) for step in steps
+               if (record := read_record(layout, step.id)) and isinstance(record.get("seconds"), (int, float))}
+    measured: dict[str, list[float]] = {}
+    started_all = time.perf_counter()
     for index, step in enumerate(steps, start=1):
         inputs = {i: result.fingerprints[i] for i in step.inputs}
         fingerprint = result.fingerprints[step.id]
         prefix = f"[{index}/{len(steps)}] {step.id}"
+        left = estimate_remaining(steps[index - 1:], history, measured)
+        timing = f"{format_duration(time.perf_counter() - started_all)} so far"
+        if left is not None:
+            timing += f", about {format_duration(left)} left"
         with StepLock(layout.lock_file(step.id), poll_seconds), contextlib.ExitStack() as folders:
             for folder in step.writes:  # the verb takes these too (re-entrant); another shard's step is waited for
                 folders.enter_context(folder_lock(folder, wait=True, poll_seconds=poll_seconds))
@@ -243,7 +271,7 @@ def execute(
                 result.outcomes.append(StepOutcome(step.id, "skipped"))
                 continue
             command = step.command(state.redo)
-            logger.info("%s: %s\n    %s", prefix, state.reason, command)
+            logger.info("%s: %s (%s)\n    %s", prefix, state.reason, timing, command)
             base_record = {"fingerprint": fingerprint, "inputs": inputs, "command": command,
                            "started_at": utc_now(), "provenance": provenance()}
             _write_record(layout, step, status="running", redo=state.redo, stamp_before=step.stamp(), **base_record)
@@ -261,6 +289,7 @@ def execute(
                         status,
                     )
             seconds = time.perf_counter() - started
+            measured.setdefault(step.verb or "action", []).append(seconds)
             new_stamp = step.stamp()
             if new_stamp is None:
                 raise ZhloraError(f"Step {step.id} finished but its outputs are incomplete ({command}). "

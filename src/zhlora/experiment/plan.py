@@ -264,7 +264,7 @@ def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
             inputs=(f"evaluate.{BASELINE_NAME}", f"evaluate.{name}"),
             stamp=_file_stamp(layout.eval_dir(name) / "forgetting.json"), verb="compare",
             argv=(str(layout.eval_dir(BASELINE_NAME)), str(layout.eval_dir(name)), "--config", config_file,
-                  "--data_dir", str(layout.data_dir), "--no-report", "--overwrite"),
+                  "--data_dir", str(layout.data_dir), "--no-report", "--overwrite", "--quiet"),
             writes=(layout.eval_dir(name),),
         ))
         compare_ids.append(f"compare.{name}")
@@ -272,7 +272,8 @@ def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
     steps.append(Step(
         id=f"report.{run}", settings={"chart_language": cfg.report.chart_language, "scales": scales},
         inputs=(*compare_ids, f"train.{run}"), stamp=_file_stamp(report_dir / "report.html"),
-        action=lambda: write_run_report(layout, run, scales, cfg.report.chart_language, cfg.report.confidence),
+        action=lambda: write_run_report(layout, run, scales, cfg.report.chart_language, cfg.report.confidence,
+                                        processed_dir=processed),
         description=f"built in: like `zhlora report {report_dir}`"
         + (", plus the adapter-scale curve" if len(scales) > 1 else ""), writes=(report_dir,),
     ))
