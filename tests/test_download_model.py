@@ -148,6 +148,7 @@ def test_bad_local_folders_give_clear_errors(tmp_path, capsys):
         download_model(str(tmp_path / "missing"), tmp_path / "models", source="local")
     assert run_command("download-model", ["--model_name_or_path", "x", "--model_source", "ftp"]) == 2
     assert "--model_source must be hf, modelscope or local" in capsys.readouterr().err
+    assert not (tmp_path / "models" / "base_model").exists()
 
 
 def test_a_mistyped_folder_is_no_such_folder_and_leaves_nothing_behind(tmp_path, capsys, monkeypatch, tiny_model_dir):
@@ -160,7 +161,6 @@ def test_a_mistyped_folder_is_no_such_folder_and_leaves_nothing_behind(tmp_path,
     assert "Traceback" not in err and "HFValidationError" not in err
     assert not (tmp_path / "out" / ".base_model.partial").exists()
     assert [p.name for p in (tmp_path / "out").iterdir()] == []  # the lock is gone too
-    assert not (tmp_path / "models" / "base_model").exists()
 
 
 def test_modelscope_without_package_says_how_to_install(tmp_path, monkeypatch):
