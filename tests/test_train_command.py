@@ -154,7 +154,7 @@ def test_overwrite_replaces_another_run(tmp_path, reference_run, tiny_model_dir,
 # ---------------------------------------------------------------------------------------
 # interruption
 # ---------------------------------------------------------------------------------------
-def test_sigkill_then_rerun_ends_with_the_uninterrupted_adapter(tmp_path, reference_run, tiny_model_dir, processed):
+def test_sigkill_then_rerun_ends_with_the_uninterrupted_adapter(tmp_path, reference_run, tiny_model_dir, processed, caplog):
     out = tmp_path / "killed"
     command = _zhlora(*_paths(tiny_model_dir, processed, out), *REFERENCE_FLAGS)
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -164,9 +164,11 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_adapter(tmp_path, refere
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
 
-    resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300, check=False)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resumed from" in resumed.stderr
+    # The resume runs in this process (cheaper than a second interpreter), with the same threads
+    # as the killed one (_env()); the kill left a stale lock on the folder, which is taken over.
+    with caplog.at_level(logging.INFO, logger="zhlora.training"):
+        assert run_command("train", [*_paths(tiny_model_dir, processed, out), *REFERENCE_FLAGS]) == 0
+    assert "Resumed from" in caplog.text
     assert _max_abs_diff(out, reference_run) <= 1e-5
     steps = [json.loads(line)["step"] for line in (out / "training_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))  # no step logged twice after the resume
