@@ -43,7 +43,7 @@ def test_run_writes_the_seed_layout_and_prints_the_headline(first_run):
         assert (work / "evaluation_results" / name / "results.json").is_file(), name
     report = work / "evaluation_results" / "lora-demo" / "report.html"
     forgetting = json.loads((work / "evaluation_results" / "lora-demo" / "forgetting.json").read_text(encoding="utf-8"))
-    assert forgetting["headline"]["text"] in stdout
+    assert stdout.count(forgetting["headline"]["text"]) == 1  # printed once, at the end (issue 13)
     assert f"Report: {report}" in stdout
     assert "Adapter scale" in report.read_text(encoding="utf-8")
     config = (work / ".zhlora" / "configs" / "lora-demo.yaml").read_text(encoding="utf-8")

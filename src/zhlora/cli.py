@@ -77,6 +77,7 @@ def run_command(verb: str, argv: list[str], prog: str | None = None) -> int:
     quiet_third_party_deprecations()
     if not sys.stderr.isatty():  # library progress bars in a log file are one endless line; zhlora logs lines
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock"):  # one line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)

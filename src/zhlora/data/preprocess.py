@@ -337,7 +337,7 @@ def preprocess_data(
     if not train_columns["length"]:
         raise DataError(f"Every training row was dropped: {advice}.")
     if advice:
-        logger.warning("Training rows dropped: %s.", advice)
+        logger.info("Training rows dropped: %s.", advice)
     texts = [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in belle_train[:CHAR_RATIO_ROWS]]
     stats = {
         "train": {**train_counts, "lengths": length_summary(train_columns["length"])},
