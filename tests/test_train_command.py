@@ -219,6 +219,19 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, reference_run, tiny_
     assert steps == list(range(1, 9))
 
 
+def test_killed_between_the_adapter_and_the_manifest_finishes_from_the_checkpoint(
+        tmp_path, reference_run, tiny_model_dir, processed, caplog):
+    """Issue 13 finding 0 for train: manifest.json (the completion marker) is written after the
+    adapter; a kill between them must not leave "an adapter zhlora did not record" (a dead end)."""
+    out = tmp_path / "unfinished"
+    shutil.copytree(reference_run, out)
+    (out / "manifest.json").unlink()
+    with caplog.at_level(logging.INFO, logger="zhlora.training"):
+        assert run_command("train", [*_paths(tiny_model_dir, processed, out), *REFERENCE_FLAGS]) == 0
+    assert "stopped while writing its final files" in caplog.text
+    assert (out / "manifest.json").is_file() and _max_abs_diff(out, reference_run) <= 1e-5
+
+
 def test_every_checkpoint_damaged_is_a_clear_error(tmp_path, reference_run, tiny_model_dir, processed, capsys):
     out = tmp_path / "damaged"
     shutil.copytree(reference_run, out)
