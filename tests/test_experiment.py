@@ -339,12 +339,15 @@ def test_report_states_the_effective_replay_ratio(tmp_path):
 
 
 def test_step_lines_estimate_the_remaining_time(tmp_path, caplog):
-    from zhlora.experiment.execution import estimate_remaining
+    from zhlora.experiment.execution import STEP_WEIGHTS, estimate_remaining
 
-    steps = _fake_plan(tmp_path)
+    steps = _fake_plan(tmp_path)  # download-data, preprocess, train
     assert estimate_remaining(steps, {}, {}) is None
-    assert estimate_remaining(steps, {"data": 1.0}, {"preprocess": [4.0]}) == 1.0 + 4.0 + 4.0
-    assert estimate_remaining(steps, {"train": 30.0}, {}) == 90.0
+    # measured or recorded kinds: exact sums, not rough
+    assert estimate_remaining(steps, {"data": 1.0, "train": 30.0}, {"preprocess": [4.0]}) == (35.0, False)
+    # train never measured: its weight, scaled by what was measured (preprocess 4 s for its weight)
+    seconds, rough = estimate_remaining(steps[2:], {}, {"preprocess": [4.0]})
+    assert rough and seconds == pytest.approx(4.0 / STEP_WEIGHTS["preprocess"] * STEP_WEIGHTS["train"])
     layout = WorkLayout(tmp_path, tmp_path / "data")
     with caplog.at_level(logging.INFO, logger="zhlora.experiment"):
         execute(steps, layout, FakeVerbs())

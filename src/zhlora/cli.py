@@ -79,7 +79,7 @@ def run_command(verb: str, argv: list[str], prog: str | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock"):  # one line per HTTP request otherwise
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "accelerate"):  # per request / per saved file
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(module.main(args) or 0)
