@@ -21,8 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from zhlora.errors import ZhloraError
 from zhlora.evaluation.distributed import EvalProcesses, assign_units
 from zhlora.evaluation.hf_model import HFEvalModel
@@ -45,6 +43,7 @@ from zhlora.evaluation.specs import ChoiceSpec, GenerateSpec
 from zhlora.evaluation.tasks import choice as choice_hooks
 from zhlora.evaluation.tasks import gsm8k as gsm8k_hooks
 from zhlora.io_utils import atomic_write_json, atomic_write_text, dumps_json
+from zhlora.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +310,7 @@ def score_share(
         owners = assign_units([len(unit.items) for unit in units], world_size)
         mine = [index for index, owner in enumerate(owners) if owner == rank]
         share["rows"][name] = {}
-        with tqdm(total=sum(len(units[i].items) for i in mine), desc=name, unit="item", disable=not progress) as bar:
+        with progress_bar(sum(len(units[i].items) for i in mine), name, "item", disable=not progress) as bar:
             for index in mine:
                 unit = units[index]
                 ids_sha256 = item_ids_sha256([item.id for item in unit.items])
