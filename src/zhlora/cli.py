@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# verbs that compute with torch: they take --num_threads (see zhlora.threads)
+THREADED_VERBS = ("download-model", "evaluate", "train", "merge", "run", "sweep")
+
+
 def load_command(verb: str):
     """Import the module that implements ``verb``."""
     module_name, _ = COMMANDS[verb]
@@ -56,11 +60,19 @@ def run_command(verb: str, argv: list[str], prog: str | None = None) -> int:
     module = load_command(verb)
     parser = argparse.ArgumentParser(prog=prog or f"zhlora {verb}", description=COMMANDS[verb][1])
     module.add_arguments(parser)
+    if verb in THREADED_VERBS:
+        parser.add_argument("--num_threads", type=int, default=None,
+                            help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores not already "
+                                 "busy by the 1-minute load average, at least 1).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock"):  # one line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if verb in THREADED_VERBS:
+            from zhlora.threads import apply_threads
+
+            apply_threads(args.num_threads)
         return int(module.main(args) or 0)
     except ZhloraError as exc:
         print(f"zhlora {verb}: error: {exc}", file=sys.stderr)
