@@ -76,7 +76,8 @@ def apply_threads(requested: int | None = None) -> int:
     logger.debug("torch uses %d CPU thread(s) (%s)", threads, why)
     if not _warned and not torch.cuda.is_available() and oversubscribed(threads, cores, load):
         _warned = True
+        hint = " Pass --num_threads 1 to stop its threads from waiting on each other." if threads > 1 else ""
         logger.warning(
-            "This machine is busy: load average %.1f on %d cores, and zhlora adds %d thread(s) (%s). Expect it to run "
-            "slower than on an idle machine; if another job needs the cores, pass --num_threads 1.", load, cores, threads, why)
+            "This machine is busy: load average %.1f on %d cores, and zhlora adds %d thread(s) (%s), so it will run "
+            "slower than on an idle machine.%s", load, cores, threads, why, hint)
     return threads
