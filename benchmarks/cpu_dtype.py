@@ -145,6 +145,9 @@ def main() -> int:
                 brief = {k: v for k, v in entry.items() if k not in ("eval", "train")}
                 if "eval" in entry:
                     brief["eval_items_per_second"] = round(entry["eval"]["items_per_second"], 3)
+                    reference = next(r for r in rounds if r["round"] == index and r["mode"] == "fp32")
+                    brief.update(changed_predictions(reference["eval"]["loglikelihoods"], entry["eval"]["loglikelihoods"],
+                                                     args.near_tie))
                 if "train" in entry:
                     brief["train_tokens_per_second"] = round(entry["train"]["tokens_per_second"], 1)
                     brief["train_losses"] = entry["train"]["losses"]
