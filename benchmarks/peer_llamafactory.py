@@ -15,7 +15,9 @@ epoch, one CPU thread each. Rows per optimizer step: zhlora and LF with packing 
 ``--accumulation`` x ``--rows_per_batch`` rows per step (about the same tokens).
 
 LLaMA-Factory is installed by the script into ``benchmarks/.venv-llamafactory`` (torch 2.13.0,
-the CPU wheel, first, so that pip does not replace it with a multi-GB CUDA build). Runs are
+the CPU wheel, first, and pinned, so that pip does not replace it with a multi-GB CUDA build;
+torchvision/torchaudio removed, and an empty ``torchaudio`` module in its place because LF imports
+it for audio inputs and no torchaudio wheel matches torch 2.13.0). Runs are
 interleaved (zhlora, LF packing off, LF packing, LF neat_packing, then again), each in its own
 child process, with the 1-minute load average before and after. Reported per run: non-pad
 tokens per second of the training loop (tokens of the tokenized rows each tool trained on /
@@ -57,6 +59,12 @@ def ensure_llamafactory() -> Path:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(pin), LLAMAFACTORY], check=True)
         # torchvision/torchaudio wheels built for another torch break `import transformers`; LF does not need them for text
         subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio"], check=False)
+        # ...but llamafactory.data.mm_plugin imports torchaudio at module level (for audio inputs), and no
+        # torchaudio wheel matches torch 2.13.0: an empty stand-in module satisfies that import.
+        site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   check=True, capture_output=True, text=True).stdout.strip())
+        (site / "torchaudio").mkdir(exist_ok=True)
+        (site / "torchaudio" / "__init__.py").write_text('"""Empty stand-in for LLaMA-Factory text training."""\n')
     return python
 
 
