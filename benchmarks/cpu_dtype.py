@@ -84,6 +84,20 @@ def train_round(model_dir: Path, tokenizer, text: str, mode: str, steps: int, se
     return {"seconds": seconds, "tokens_per_second": steps * seq_len / seconds, "losses": losses}
 
 
+def matmul_gflops(dtype_name: str, size: int = 1024) -> float:
+    """Best-of-five ``torch.matmul`` of two ``size`` x ``size`` matrices, GFLOP/s (this CPU, current threads)."""
+    import torch
+
+    a = torch.randn(size, size, dtype=getattr(torch, dtype_name))
+    b = torch.randn(size, size, dtype=getattr(torch, dtype_name))
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
 def _argmax(values):
     return max(range(len(values)), key=lambda k: (values[k], -k))
 
@@ -111,7 +125,7 @@ def main() -> int:
     parser.add_argument("--seq_len", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--near_tie", type=float, default=0.05, help="Top-two gap (nats) below which a flip is a near-tie.")
-    parser.add_argument("--skip", default="", help="Comma-separated parts to skip: eval, train.")
+    parser.add_argument("--skip", default="", help="Comma-separated parts to skip: eval, train (both: only the matmul peaks).")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -123,6 +137,11 @@ def main() -> int:
     from zhlora.modeling import build_tiny_model, load_tokenizer
 
     torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
+    peaks = {name: round(matmul_gflops(name), 2) for name in ("float32", "bfloat16")}
+    print(json.dumps({"cpu_capability": torch.backends.cpu.get_cpu_capability(), "matmul_gflops": peaks,
+                      "load": round(os.getloadavg()[0], 2)}), flush=True)
+    if args.skip == "eval,train":
+        return 0
     with tempfile.TemporaryDirectory(prefix="zhlora_cpu_dtype_") as tmp:
         work = Path(tmp)
         model_dir = build_tiny_model(work / "tiny") if args.model_dir == "tiny" else Path(args.model_dir)
@@ -152,7 +171,7 @@ def main() -> int:
                     brief["train_tokens_per_second"] = round(entry["train"]["tokens_per_second"], 1)
                     brief["train_losses"] = entry["train"]["losses"]
                 print(json.dumps(brief), flush=True)
-    summary = {"model_dir": args.model_dir, "threads": os.environ["OMP_NUM_THREADS"], "rounds": []}
+    summary = {"model_dir": args.model_dir, "threads": os.environ["OMP_NUM_THREADS"], "matmul_gflops": peaks, "rounds": []}
     for entry in rounds:
         reference = next(r for r in rounds if r["round"] == entry["round"] and r["mode"] == "fp32")
         row = {k: entry[k] for k in ("round", "mode", "load_before", "load_after")}
