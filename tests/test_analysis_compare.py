@@ -274,3 +274,16 @@ def test_perplexity_token_mismatch_is_refused(pair, tmp_path):
     file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     with pytest.raises(SettingsMismatchError, match="token counts"):
         compare_results(base, tuned, tmp_path / "out", **OPTIONS)
+
+
+def test_non_utf8_predictions_are_a_clear_error(pair, capsys):
+    """Issue 13 finding 7: a damaged predictions file names itself and its line, exit 2, no traceback."""
+    from zhlora.cli import main
+
+    base, tuned = pair
+    path = tuned / "predictions" / "mmlu.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2] + [b'{"id": "x\xff\xfe"}\n'] + lines[3:]))
+    assert main(["compare", str(base), str(tuned), "--no-report", "--bootstrap_samples", "100"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line 3: not UTF-8 text (byte 0xff" in err and "Traceback" not in err
