@@ -134,7 +134,11 @@ def lf_config(model_dir: Path, lf_data: Path, out: Path, tokenized: Path, settin
 
 
 def lf_tokens(tokenized: Path, python: Path) -> int:
-    """Non-pad tokens LF trained on: the lengths of its tokenized (and, with packing, packed) train rows."""
+    """Non-pad tokens LF trained on: the lengths of its tokenized rows *without* packing.
+
+    With ``packing`` LF pads each packed sequence to the cutoff with attention mask 1, so the
+    packed dataset's lengths would count padding; the rows are the same in every setting.
+    """
     code = ("import sys,datasets;d=datasets.load_from_disk(sys.argv[1])['train'];"
             "print(sum(len(x) for x in d['input_ids']))")
     return int(subprocess.run([str(python), "-c", code, str(tokenized)], check=True, capture_output=True, text=True).stdout)
@@ -151,7 +155,10 @@ def run_lf(python: Path, model_dir: Path, lf_data: Path, work: Path, name: str, 
     metrics = json.loads((out / "train_results.json").read_text(encoding="utf-8"))
     history = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]
-    tokens = lf_tokens(tokenized, python)
+    unpacked = work / "lf-nopack-tokenized"
+    if not unpacked.exists():  # LF's own tokenization of the same rows, unpacked
+        raise SystemExit("run lf-nopack first (--only lf-nopack,...): its tokenized rows give the real token count")
+    tokens = lf_tokens(unpacked, python)
     return {"tokens_per_second": round(tokens / metrics["train_runtime"], 1), "real_tokens": tokens,
             "loop_seconds": round(metrics["train_runtime"], 2), "steps": history[-1].get("step"),
             "final_loss": round(losses[-1], 4) if losses else None, "peak_mb": peak, "wall_seconds": round(wall, 1)}
@@ -165,7 +172,8 @@ def main() -> int:
     parser.add_argument("--accumulation", type=int, default=2, help="Micro-batches per optimizer step.")
     parser.add_argument("--rows_per_batch", type=int, default=4, help="Rows per micro-batch of LF without packing.")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--only", default="zhlora,lf-nopack,lf-packing,lf-neat", help="Comma-separated subset of runs.")
+    parser.add_argument("--only", default="lf-nopack,lf-packing,lf-neat,zhlora",
+                        help="Comma-separated subset of runs, in order (lf-nopack must come before the other LF runs).")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if not (SHARED / "README.md").is_file():
