@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_eval_engine import TOLERANCE, _max_difference, plain_loglikelihoods
 
 from zhlora.evaluation.hf_model import HFEvalModel
 from zhlora.evaluation.items import load_benchmark_items
@@ -20,8 +21,6 @@ from zhlora.evaluation.prefix import PrefixUse, shared_prefix_length
 from zhlora.evaluation.requests import encode_choice
 from zhlora.evaluation.runner import choice_requests, evaluate_benchmarks
 from zhlora.evaluation.specs import resolve_spec
-
-from test_eval_engine import TOLERANCE, _max_difference, plain_loglikelihoods
 
 SUBJECTS = {"mmlu": ["astronomy"], "cmmlu": ["agronomy"], "ceval": ["computer_network"]}
 ITEMS = 4  # per subject
@@ -133,7 +132,7 @@ def test_llama2_sentencepiece(llama2_tokenizer, benches):
 def test_tokenizer_that_merges_across_the_blank_line(merging_tokenizer, benches):
     tokenizer = merging_tokenizer
     merged = 0
-    for name, bench in benches.items():
+    for bench in benches.values():
         for subject, items in bench.groups.items():
             for request in choice_requests(tokenizer, bench, subject, items):
                 prefix_ids = tokenizer(request.prompt.prefix)["input_ids"]
