@@ -25,6 +25,7 @@ from zhlora.errors import ZhloraError
 from zhlora.evaluation.distributed import EvalProcesses, assign_units
 from zhlora.evaluation.hf_model import HFEvalModel
 from zhlora.evaluation.items import ALL, BenchmarkItems
+from zhlora.evaluation.prefix import PrefixUse
 from zhlora.evaluation.prompts import fewshot_prompt
 from zhlora.evaluation.requests import (
     ChoiceRequest,
@@ -64,11 +65,16 @@ class Unit:
 
 @dataclass
 class BenchmarkResult:
-    """One benchmark's ``results.json`` entry (``summary``), prediction rows and compute time (s)."""
+    """One benchmark's ``results.json`` entry (``summary``), prediction rows and compute time (s).
+
+    ``prefix`` counts the multiple-choice items computed in this call that were scored from
+    their subject's shared few-shot prefix (None for other kinds of benchmark).
+    """
 
     summary: dict
     predictions: list[dict]
     seconds: float
+    prefix: PrefixUse | None = None
 
 
 def benchmark_units(bench: BenchmarkItems) -> list[Unit]:
@@ -111,14 +117,15 @@ def choice_requests(tokenizer, bench: BenchmarkItems, subject: str, questions: S
     ]
 
 
-def _choice_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit) -> list[dict]:
+def _choice_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit, prefix_use: PrefixUse) -> list[dict]:
     requests = choice_requests(engine.tokenizer, bench, unit.key, unit.items)
     encoded = [encode_choice(engine.tokenizer, request) for request in requests]
     prefix_ids = engine.tokenizer(requests[0].prompt.prefix, verbose=False)["input_ids"] if requests else None
-    loglikelihoods = engine.choice_loglikelihoods(encoded, prefix_ids)
+    scores = engine.choice_loglikelihoods(encoded, prefix_ids)
+    prefix_use.add(scores.prefix)
     letters = bench.spec.choices
     rows = []
-    for question, lls in zip(unit.items, loglikelihoods):
+    for question, lls in zip(unit.items, scores.loglikelihoods):
         predicted = predicted_letter(lls, letters)
         rows.append({
             "id": question.id, "subject": unit.key, "gold": question.answer, "predicted": predicted,
@@ -183,10 +190,14 @@ def _perplexity_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit) -> 
     ]
 
 
-def run_unit(engine: HFEvalModel, generator, bench: BenchmarkItems, unit: Unit, max_new_tokens: int) -> list[dict]:
-    """Prediction rows of one unit (``generator`` answers generation requests; often ``engine``)."""
+def run_unit(engine: HFEvalModel, generator, bench: BenchmarkItems, unit: Unit, max_new_tokens: int,
+             prefix_use: PrefixUse | None = None) -> list[dict]:
+    """Prediction rows of one unit (``generator`` answers generation requests; often ``engine``).
+
+    Multiple-choice units add their shared-prefix counts to ``prefix_use``.
+    """
     if isinstance(bench.spec, ChoiceSpec):
-        return _choice_rows(engine, bench, unit)
+        return _choice_rows(engine, bench, unit, prefix_use if prefix_use is not None else PrefixUse())
     if isinstance(bench.spec, GenerateSpec):
         return _generate_rows(generator, bench, unit, max_new_tokens)
     return _perplexity_rows(engine, bench, unit)
@@ -206,6 +217,24 @@ def summarize_benchmark(bench: BenchmarkItems, rows: Sequence[dict]) -> dict:
     else:
         entry.update(summarize_perplexity(rows))
     return entry
+
+
+SHARING_WARN_BELOW = 0.9  # fraction of items; below it, most of the few-shot prompts are recomputed per item
+
+
+def log_prefix_use(benchmark: str, use: PrefixUse) -> None:
+    """Say how many items were scored from the shared few-shot prefix; warn when few were.
+
+    Few items sharing means the evaluation runs several times slower than it could (every
+    prompt computed in full), not that its numbers are wrong.
+    """
+    message = (f"{benchmark}: {use.shared_items}/{use.items} items ({use.rate:.0%}) scored from the shared few-shot "
+               f"prefix, {use.mean_shared_tokens:.0f} tokens on average")
+    if use.rate < SHARING_WARN_BELOW:
+        logger.warning("%s; the others were computed in full (slower, same numbers): contexts truncated to the model's "
+                       "window, subjects with one item, or a tokenizer that splits the prompts unusually.", message)
+    else:
+        logger.info(message)
 
 
 # ---------------------------------------------------------------------------------------
@@ -299,29 +328,32 @@ def score_share(
 ) -> dict:
     """Score this process's units of every benchmark (:func:`~zhlora.evaluation.distributed.assign_units`).
 
-    Returns ``{"rows": {benchmark: {unit index: rows}}, "seconds": {benchmark: seconds}}``;
+    Returns ``{"rows": {benchmark: {unit index: rows}}, "seconds": {benchmark: seconds},
+    "prefix": {benchmark: PrefixUse | None}}`` (shared-prefix counts of the units computed here);
     :func:`merge_shares` puts the shares of all processes together. Finished units go to
     ``cache`` as they complete, so every process resumes its own work.
     """
-    share: dict = {"rows": {}, "seconds": {}}
+    share: dict = {"rows": {}, "seconds": {}, "prefix": {}}
     for name, bench in items_by_benchmark.items():
         started = time.perf_counter()
         units = benchmark_units(bench)
         owners = assign_units([len(unit.items) for unit in units], world_size)
         mine = [index for index, owner in enumerate(owners) if owner == rank]
         share["rows"][name] = {}
+        prefix_use = PrefixUse() if isinstance(bench.spec, ChoiceSpec) else None
         with progress_bar(sum(len(units[i].items) for i in mine), name, "item", disable=not progress) as bar:
             for index in mine:
                 unit = units[index]
                 ids_sha256 = item_ids_sha256([item.id for item in unit.items])
                 unit_rows = cache.load(name, unit.key, ids_sha256) if cache else None
                 if unit_rows is None:
-                    unit_rows = run_unit(engine, generator, bench, unit, max_new_tokens)
+                    unit_rows = run_unit(engine, generator, bench, unit, max_new_tokens, prefix_use)
                     if cache:
                         cache.save(name, unit.key, ids_sha256, unit_rows)
                 share["rows"][name][index] = unit_rows
                 bar.update(len(unit.items))
         share["seconds"][name] = time.perf_counter() - started
+        share["prefix"][name] = prefix_use
     return share
 
 
@@ -339,7 +371,13 @@ def merge_shares(items_by_benchmark: Mapping[str, BenchmarkItems], shares: Seque
                               "This is a bug in zhlora: please report it with the log above.")
         rows = [row for index in range(n_units) for row in by_unit[index]]
         seconds = max(share["seconds"][name] for share in shares)
-        results[name] = BenchmarkResult(summarize_benchmark(bench, rows), rows, seconds)
+        prefix_use = None
+        for use in (share["prefix"][name] for share in shares if share["prefix"][name] is not None):
+            prefix_use = prefix_use or PrefixUse()
+            prefix_use.add(use)
+        results[name] = BenchmarkResult(summarize_benchmark(bench, rows), rows, seconds, prefix_use)
+        if prefix_use is not None and prefix_use.items:
+            log_prefix_use(name, prefix_use)
     return results
 
 
