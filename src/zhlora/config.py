@@ -26,6 +26,8 @@ ALL_DATA_SOURCES = ["belle", "ceval", "cmmlu", "mmlu", "gsm8k", "english_text"]
 # Downloaded only when named (or when replay_ratio > 0): English instructions for replay.
 OPTIONAL_DATA_SOURCES = ["alpaca"]
 ALL_BENCHMARKS = ["ceval", "cmmlu", "mmlu", "gsm8k", "ppl_zh", "ppl_en"]
+# How many items each benchmark scores (None = all): set independently, recorded in results.json.
+SIZE_FIELDS = ("limit", "gsm8k_limit", "ppl_zh_documents", "ppl_en_documents")
 LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -217,7 +219,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Steps 4 and 6: which benchmarks, with which protocol."""
+    """Steps 4 and 6: which benchmarks, with which protocol, and how many items of each."""
 
     benchmarks: list[str] = field(
         default_factory=lambda: list(ALL_BENCHMARKS),
@@ -230,7 +232,16 @@ class EvalConfig:
         default=None, metadata=_help("Few-shot examples (multiple choice: 0 or 5, default 5; GSM8K keeps its spec's).")
     )
     gsm8k_variant: str = field(default="gsm8k_cot", metadata=_help("gsm8k_cot (8-shot chain of thought) or gsm8k (5-shot)."))
-    limit: int | None = field(default=None, metadata=_help("At most N scored items per subject (per benchmark for GSM8K)."))
+    limit: int | None = field(
+        default=None, metadata=_help("At most N scored items per subject of C-Eval, CMMLU and MMLU (default: all).")
+    )
+    gsm8k_limit: int | None = field(default=None, metadata=_help("At most N scored GSM8K problems (default: all)."))
+    ppl_zh_documents: int | None = field(
+        default=None, metadata=_help("At most N held-out BELLE rows in the Chinese perplexity probe (default: all).")
+    )
+    ppl_en_documents: int | None = field(
+        default=None, metadata=_help("At most N English documents in the English perplexity probe (default: all).")
+    )
     subjects: list[str] | None = field(default=None, metadata=_help("Only these subjects (comma-separated)."))
     batch_size: str = field(default="auto", metadata=_help("Sequences per forward pass, or auto (backs off on OOM)."))
     max_new_tokens: int = field(default=256, metadata=_help("Generation budget per GSM8K answer."))
@@ -244,13 +255,20 @@ class EvalConfig:
             raise ConfigError(f'--protocol must be "lm-eval" or "official", got "{self.protocol}".')
         if self.shots is not None and self.shots < 0:
             raise ConfigError(f"--shots must be >= 0, got {self.shots}.")
-        if self.limit is not None and self.limit <= 0:
-            raise ConfigError(f"--limit must be a positive number of items, got {self.limit}.")
+        for name in SIZE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name} must be a positive number of items, got {value} (omit it for all).")
         if self.backend not in ("hf", "vllm"):
             raise ConfigError(f'--backend must be "hf" or "vllm", got "{self.backend}".')
         for scale in self.adapter_scales:
             if not 0.0 <= scale <= 1.0:
                 raise ConfigError(f"--adapter_scales values must be in [0, 1], got {scale}.")
+
+    def size_of(self, benchmark: str) -> int | None:
+        """The item limit of one benchmark: per subject for multiple choice, in total for the others."""
+        return {"gsm8k": self.gsm8k_limit, "ppl_zh": self.ppl_zh_documents,
+                "ppl_en": self.ppl_en_documents}.get(benchmark, self.limit)
 
 
 @dataclass

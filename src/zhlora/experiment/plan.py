@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zhlora.config import ExperimentConfig, config_to_dict
+from zhlora.config import SIZE_FIELDS, ExperimentConfig, config_to_dict
 from zhlora.experiment.layout import BASELINE_NAME, WorkLayout, check_run_name, number_tag, scale_results_name
 from zhlora.experiment.reports import write_run_report
 from zhlora.io_utils import dumps_json, sha256_file
@@ -148,7 +148,7 @@ BELLE_FIELDS = ("source", "belle_dataset", "belle_sample_size", "belle_heldout_s
 MODEL_SOURCE_FIELDS = ("model_name_or_path", "model_source", "revision")
 PREPROCESS_FIELDS = ("prompt_template", "max_seq_length", "overlong", "replay_ratio", "data_seed")
 MODEL_LOAD_FIELDS = ("torch_dtype", "load_in_4bit", "trust_remote_code")
-EVAL_FIELDS = ("benchmarks", "protocol", "shots", "gsm8k_variant", "limit", "subjects", "max_new_tokens", "backend")
+EVAL_FIELDS = ("benchmarks", "protocol", "shots", "gsm8k_variant", *SIZE_FIELDS, "subjects", "max_new_tokens", "backend")
 COMPARE_FIELDS = ("bootstrap_samples", "confidence", "significance", "stats_seed")
 
 
