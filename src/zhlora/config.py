@@ -163,6 +163,11 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm (0 disables)."))
     seed: int = field(default=42, metadata=_help("Seed of data order, dropout and adapter initialisation."))
+    seeds: int = field(
+        default=1,
+        metadata=_help("zhlora run/sweep: train N times with seeds seed, seed+1, ... and report each change as the "
+                       "mean and spread between seeds (runs <run>-seed<s> beside the first)."),
+    )
     save_steps: int = field(default=200, metadata=_help("Save a checkpoint every N optimizer steps."))
     save_total_limit: int = field(default=3, metadata=_help("Checkpoints kept on disk (oldest removed first)."))
     logging_steps: int = field(default=10, metadata=_help("Log loss, lr, grad norm and tokens/s every N steps."))
@@ -195,6 +200,8 @@ class TrainConfig:
             raise ConfigError(f"--max_steps must be a positive number of steps or -1, got {self.max_steps}.")
         if self.lr_scheduler_type not in ("cosine", "linear", "constant"):
             raise ConfigError(f'--lr_scheduler_type must be cosine, linear or constant, got "{self.lr_scheduler_type}".')
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds is the number of training seeds (1 = one run), got {self.seeds}.")
         if self.monitor_every < 0:
             raise ConfigError(f"--monitor_every must be >= 0 (0 turns the probes off), got {self.monitor_every}.")
         if self.probe_limit is not None and self.probe_limit <= 0:

@@ -115,7 +115,7 @@ def accuracy_table(rows: Sequence[dict], confidence: float) -> Table:
     return Table(headers, cells, classes)
 
 
-def _both(title: str, intro: str, tables: Sequence[tuple[str, Table]], anchor: str) -> Section:
+def table_section(title: str, intro: str, tables: Sequence[tuple[str, Table]], anchor: str) -> Section:
     md = [f"## {title}\n", f"{intro}\n"] if intro else [f"## {title}\n"]
     htm = [f'<h2 id="{anchor}">{html.escape(title)}</h2>']
     if intro:
@@ -171,7 +171,7 @@ def settings_section(forgetting: dict) -> Section:
         ],
         ["test", f"{statistics['test']}; {statistics['correction']}; significance {statistics['significance']}"],
     ]
-    return _both("Settings", "", [("", Table(["", "value"], rows))], "settings")
+    return table_section("Settings", "", [("", Table(["", "value"], rows))], "settings")
 
 
 def benchmarks_section(forgetting: dict) -> Section:
@@ -191,7 +191,7 @@ def benchmarks_section(forgetting: dict) -> Section:
             f"{benchmark_label(u['benchmark'])}: n = {u['n']} — changes smaller than ±{u['detectable_points']:.0f} "
             "points would go unseen" for u in undetectable
         ) + "."
-    return _both("Benchmarks", intro, [("", accuracy_table(rows, confidence))], "benchmarks")
+    return table_section("Benchmarks", intro, [("", accuracy_table(rows, confidence))], "benchmarks")
 
 
 def _ppl_interval(row: dict, entry: dict, low: str = "ci_low", high: str = "ci_high", percent: bool = True) -> str:
@@ -244,7 +244,7 @@ def perplexity_section(forgetting: dict) -> Section:
         f"resample documents (at least {MIN_DOCUMENTS}, and only when both evaluations saved per-document losses); "
         "perplexity has no significance verdict."
     )
-    return _both("Perplexity", intro, [("", Table(headers, rows))] if rows else [], "perplexity")
+    return table_section("Perplexity", intro, [("", Table(headers, rows))] if rows else [], "perplexity")
 
 
 def breakdown_section(forgetting: dict, level: str) -> Section:
@@ -257,7 +257,7 @@ def breakdown_section(forgetting: dict, level: str) -> Section:
     tables = [(benchmark_label(name), accuracy_table(rows, confidence)) for name, rows in by_benchmark.items()]
     title = "Categories" if level == "category" else "Subjects"
     intro = f"Holm correction within each benchmark's {title.lower()}."
-    return _both(title, intro, tables, title.lower())
+    return table_section(title, intro, tables, title.lower())
 
 
 def _short(text: str | None, limit: int) -> str:
