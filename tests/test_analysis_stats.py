@@ -121,6 +121,13 @@ def test_interval_agrees_with_bootstrap_at_large_n():
     assert score == pytest.approx(boot, abs=0.15)  # points; the bootstrap's own Monte Carlo error is ~0.05
 
 
+@pytest.mark.parametrize(("b", "c"), [(0, 1), (1, 0), (0, 3), (2, 0)])
+def test_every_item_flipped_one_way_stays_inside_its_interval(b, c):
+    counts = stats.PairedCounts(a=0, b=b, c=c, d=0)  # observed change ±100 points
+    low, high = stats.paired_difference_interval(counts, 0.95)
+    assert low <= counts.delta_points <= high and -100 <= low < high <= 100
+
+
 def test_interval_is_fast_on_mmlu_size():
     counts = stats.PairedCounts(a=5000, b=1500, c=1300, d=6242)  # 14,042 items
     start = time.perf_counter()

@@ -213,6 +213,10 @@ _PPL_UNITS = {
 }
 
 
+def _figure(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.5g}"
+
+
 def perplexity_section(forgetting: dict) -> Section:
     """Perplexity of the Chinese and English probes before and after, per token and per
     tokenizer-independent unit (bits per byte, bits per character, word perplexity)."""
@@ -233,7 +237,7 @@ def perplexity_section(forgetting: dict) -> Section:
             if "delta" in unit and field != "word_perplexity":
                 difference = f"{unit['delta']:+.4f} {_ppl_interval(r, unit, 'delta_ci_low', 'delta_ci_high', False)}"
             rows.append([
-                label, name, f"{unit['count']} {counted}", f"{unit['base']:.4f}", f"{unit['tuned']:.4f}",
+                label, name, f"{unit['count']} {counted}", _figure(unit["base"]), _figure(unit["tuned"]),
                 _signed(100 * unit["relative_change"], "%"), _ppl_interval(r, unit), difference,
             ])
     headers = ["probe", "measure", "scored", "base", "tuned", "relative change", f"{confidence:.0%} CI", "difference"]

@@ -142,7 +142,8 @@ def paired_difference_interval(counts: PairedCounts, confidence: float) -> tuple
     edge = 1.0 - 1e-12
     low = -edge if tango_score(b, c, n, -edge) <= z else _bisect(lambda d: tango_score(b, c, n, d) - z, -edge, observed)
     high = edge if tango_score(b, c, n, edge) >= -z else _bisect(lambda d: tango_score(b, c, n, d) + z, observed, edge)
-    return 100.0 * low, 100.0 * high
+    # An observed change of ±100% sits on the edge of the search range: keep it inside its interval.
+    return 100.0 * min(low, observed), 100.0 * max(high, observed)
 
 
 def combined_mean_interval(estimates: Sequence[float], intervals: Sequence[tuple[float, float]]) -> tuple[float, float]:
