@@ -282,10 +282,12 @@ class EvalConfig:
 class ReportConfig:
     """Step 6 (analysis): statistics and charts of the forgetting comparison."""
 
-    bootstrap_samples: int = field(default=10000, metadata=_help("Paired bootstrap resamples for confidence intervals."))
+    bootstrap_samples: int = field(
+        default=10000, metadata=_help("Bootstrap resamples for the perplexity intervals (over documents).")
+    )
     confidence: float = field(default=0.95, metadata=_help("Confidence level of the intervals."))
     significance: float = field(default=0.05, metadata=_help("Family-wise error rate (Holm-corrected McNemar tests)."))
-    stats_seed: int = field(default=0, metadata=_help("Seed of the bootstrap (results are reproducible)."))
+    stats_seed: int = field(default=0, metadata=_help("Seed of the perplexity bootstrap (results are reproducible)."))
     chart_language: str = field(default="auto", metadata=_help("Chart labels: auto, zh or en."))
 
     def __post_init__(self) -> None:
