@@ -167,7 +167,7 @@ def test_load_model_errors_name_the_path_and_the_fix(tmp_path, tiny_model_dir, c
     if case in ("no_config", "bin_only"):
         (folder / "pytorch_model.bin").write_bytes(b"pickle")
     expected = {"missing": "does not exist", "no_config": "no config.json", "no_weights": "no \\*.safetensors",
-                "bin_only": "only pickled weights", "tiny_name": '"tiny" names the built-in model'}[case]
+                "bin_only": "only pickled weights", "tiny_name": '"tiny" names a model to import'}[case]
     target = "tiny" if case == "tiny_name" else folder
     with pytest.raises(ZhloraError, match=expected) as info:
         load_model(target)

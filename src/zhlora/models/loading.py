@@ -64,13 +64,17 @@ def _check_local_model_folder(folder: Path) -> None:
 
 def _resolve_source(name_or_path: str | Path, what: str) -> str:
     """A local folder path, or a hub id passed through; anything else is a clear error."""
+    from zhlora.models.builtin import BUILTIN_GGUF_MODELS
+    from zhlora.models.gguf import is_gguf_path
+    from zhlora.models.tiny import TINY_MODEL_NAME
+
     text = str(name_or_path)
-    if Path(text).exists():
+    if Path(text).exists() and not is_gguf_path(text):
         return text
-    if text == "tiny":
+    if text in (TINY_MODEL_NAME, *BUILTIN_GGUF_MODELS) or is_gguf_path(text):
         raise ZhloraError(
-            f'"tiny" names the built-in model, not a {what} folder. Build it with '
-            "`zhlora download-model --model_name_or_path tiny --output_dir models` and pass models/base_model."
+            f'"{text}" names a model to import, not a {what} folder. Import it with '
+            f"`zhlora download-model --model_name_or_path {text} --output_dir models` and pass models/base_model."
         )
     if _looks_like_hub_id(text):
         return text

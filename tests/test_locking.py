@@ -1,0 +1,76 @@
+"""One writer per folder: refusal naming the holder, stale takeover, waiting, re-entrance."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+
+import pytest
+
+from zhlora.locking import LOCK_FILENAME, FolderLockedError, folder_lock
+
+HOLD = """
+import sys, time
+from zhlora.locking import folder_lock
+with folder_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _start_holder(folder, seconds):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    holder = _start_holder(tmp_path / "run", 30)
+    try:
+        with pytest.raises(FolderLockedError) as info, folder_lock(tmp_path / "run"):
+            pass
+        assert f"pid {holder.pid}" in str(info.value)
+        assert "being written by another zhlora process" in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over_with_a_log_line(tmp_path, caplog):
+    holder = _start_holder(tmp_path / "run", 30)
+    holder.kill()  # SIGKILL: the lock file stays behind
+    holder.wait()
+    assert (tmp_path / "run" / LOCK_FILENAME).exists()
+    with caplog.at_level(logging.WARNING, logger="zhlora.locking"), folder_lock(tmp_path / "run"):
+        record = json.loads((tmp_path / "run" / LOCK_FILENAME).read_text())
+        assert record["pid"] != holder.pid
+    assert "stale lock" in caplog.text and f"pid {holder.pid}" in caplog.text
+    assert not (tmp_path / "run" / LOCK_FILENAME).exists()  # released on exit
+
+
+def test_lock_from_another_host_is_never_taken_over(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / LOCK_FILENAME).write_text(json.dumps({"pid": 1, "host": "gpu-node-17", "started_at": "x", "command": "zhlora sweep"}))
+    with pytest.raises(FolderLockedError, match="another host.*delete"), folder_lock(folder):
+        pass
+    assert (folder / LOCK_FILENAME).exists()
+
+
+def test_waiting_writer_gets_the_lock_when_the_holder_finishes(tmp_path, caplog):
+    holder = _start_holder(tmp_path / "run", 1.5)
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="zhlora.locking"), folder_lock(tmp_path / "run", wait=True, poll_seconds=0.1):
+        waited = time.monotonic() - start
+    holder.wait()
+    assert waited > 0.5
+    assert caplog.text.count("Waiting for") == 1 and f"pid {holder.pid}" in caplog.text
+
+
+def test_lock_is_reentrant_within_one_process(tmp_path):
+    with folder_lock(tmp_path / "run"), folder_lock(tmp_path / "run"):
+        assert (tmp_path / "run" / LOCK_FILENAME).exists()
+    assert not (tmp_path / "run" / LOCK_FILENAME).exists()
