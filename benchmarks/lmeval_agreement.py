@@ -207,7 +207,10 @@ def main() -> int:
     parser.add_argument("--batch_size", type=int, default=8, help="Same fixed batch size for both tools.")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each tool (OMP_NUM_THREADS overrides).")
     parser.add_argument("--lm_eval_python", default=None, help="A python with lm-eval installed (default: benchmarks/.venv).")
-    parser.add_argument("--out", default=None, help="Write the figures as JSON here.")
+    parser.add_argument("--out", default=None,
+                        help="Write the figures as JSON here (and lm-eval's per-item output beside it, <out>.lm_eval.json).")
+    parser.add_argument("--lm_eval_results", default=None,
+                        help="Reuse a saved <out>.lm_eval.json of the same settings instead of running lm-eval again.")
     parser.add_argument("--worker", nargs=2, metavar=("SUBSET", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -218,14 +221,17 @@ def main() -> int:
         return 2
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    python = Path(args.lm_eval_python) if args.lm_eval_python else ensure_lm_eval_venv()
+    python = None if args.lm_eval_results else Path(args.lm_eval_python) if args.lm_eval_python else ensure_lm_eval_venv()
     with tempfile.TemporaryDirectory(prefix="zhlora_lmeval_agreement_") as tmp:
         work = Path(tmp)
         data = prepare_data(work, args.items_per_subject)
-        lm_eval_out = work / "lm_eval.json"
-        subprocess.run([str(python), __file__, "--model_dir", args.model_dir, "--batch_size", str(args.batch_size),
-                        "--worker", str(work / "subset"), str(lm_eval_out)],
-                       check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+        lm_eval_out = Path(args.lm_eval_results) if args.lm_eval_results else work / "lm_eval.json"
+        if not args.lm_eval_results:
+            subprocess.run([str(python), __file__, "--model_dir", args.model_dir, "--batch_size", str(args.batch_size),
+                            "--worker", str(work / "subset"), str(lm_eval_out)],
+                           check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+            if args.out:
+                Path(f"{args.out}.lm_eval.json").write_bytes(lm_eval_out.read_bytes())
         theirs = json.loads(lm_eval_out.read_text(encoding="utf-8"))
         ours = run_zhlora(Path(args.model_dir), data, args.items_per_subject, args.batch_size)
     figures = compare(ours, theirs)
