@@ -51,6 +51,12 @@ def test_run_writes_the_seed_layout_and_prints_the_headline(first_run):
     records = [json.loads(p.read_text(encoding="utf-8")) for p in (work / ".zhlora" / "steps").glob("*.json")]
     assert len(records) == 17 and all(r["status"] == "complete" for r in records)
     assert not list((work / ".zhlora" / "locks").glob("*.lock"))
+    baseline = json.loads((work / "evaluation_results" / "baseline" / "results.json").read_text(encoding="utf-8"))
+    sizes = {key: baseline["settings"][key] for key in ("limit", "gsm8k_limit", "ppl_zh_documents", "ppl_en_documents")}
+    assert sizes == {"limit": 1, "gsm8k_limit": 1, "ppl_zh_documents": 2, "ppl_en_documents": 1}  # set independently
+    benchmarks = baseline["benchmarks"]
+    assert (benchmarks["gsm8k"]["n"], benchmarks["ppl_zh"]["n_documents"], benchmarks["ppl_en"]["n_documents"]) == (1, 2, 1)
+    assert benchmarks["mmlu"]["n"] == len(benchmarks["mmlu"]["subjects"])  # one item per subject
 
 
 def test_scale_zero_is_the_base_model(first_run):
