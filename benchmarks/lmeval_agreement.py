@@ -164,6 +164,30 @@ def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: 
     return {"seconds": seconds, "items": items}
 
 
+def tokenization_check(model_dir: Path, data: Path, items_per_subject: int) -> dict:
+    """Inside the lm-eval venv, without forward passes: zhlora's ``encode_choice`` ids against
+    lm-eval's ``HFLM._encode_pair`` on zhlora's prompts, for every item and option."""
+    from lm_eval.models.huggingface import HFLM
+
+    from zhlora.evaluation import load_benchmark_items, resolve_spec
+    from zhlora.evaluation.requests import encode_choice
+    from zhlora.evaluation.runner import choice_requests
+
+    model, tokenizer = _load(model_dir, "float32", "cpu")
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1)
+    items = identical = 0
+    for name, subjects in SUBJECTS.items():
+        bench = load_benchmark_items(data, resolve_spec(name), shots=5, subjects=subjects, limit=items_per_subject)
+        for subject, questions in bench.groups.items():
+            for request in choice_requests(tokenizer, bench, subject, questions):
+                ours = encode_choice(tokenizer, request)
+                theirs = [lm._encode_pair(request.prompt.text, c) for c in request.continuations]
+                items += 1
+                identical += all(ours.context_ids == context and ids == continuation
+                                 for (context, continuation), ids in zip(theirs, ours.continuation_ids))
+    return {"items": items, "identical_tokenization": identical}
+
+
 def _top_gap(values: list[float]) -> float:
     """Log-likelihood gap between the best and the second-best option (a near-tie is < ~1e-4)."""
     best, second = sorted(values, reverse=True)[:2]
@@ -211,8 +235,16 @@ def main() -> int:
                         help="Write the figures as JSON here (and lm-eval's per-item output beside it, <out>.lm_eval.json).")
     parser.add_argument("--lm_eval_results", default=None,
                         help="Reuse a saved <out>.lm_eval.json of the same settings instead of running lm-eval again.")
+    parser.add_argument("--tokenization_only", action="store_true",
+                        help="Run in a python with lm-eval: compare only the token ids (no forward pass; seconds).")
     parser.add_argument("--worker", nargs=2, metavar=("SUBSET", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tokenization_only:
+        with tempfile.TemporaryDirectory(prefix="zhlora_lmeval_tokens_") as tmp:
+            figures = tokenization_check(Path(args.model_dir), prepare_data(Path(tmp), args.items_per_subject),
+                                         args.items_per_subject)
+        print(json.dumps(figures))
+        return 0 if figures["items"] == figures["identical_tokenization"] else 1
     if args.worker:
         lm_eval_worker(Path(args.model_dir), Path(args.worker[0]), args.batch_size, Path(args.worker[1]))
         return 0
