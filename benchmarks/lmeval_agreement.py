@@ -2,7 +2,8 @@
 """Agreement of zhlora's lm-eval protocol with lm-evaluation-harness on a real model with a byte-level BPE.
 
     python benchmarks/lmeval_agreement.py --model_dir zhlora_work/models/base_model   # a SmolLM2-135M base_model
-    python benchmarks/lmeval_agreement.py --items_per_subject 10 --out /tmp/agreement.json
+    python benchmarks/lmeval_agreement.py --model_dir DIR --items_per_subject 10 --out /tmp/agreement.json
+    benchmarks/.venv/bin/python benchmarks/lmeval_agreement.py --model_dir DIR --tokenization_only   # ids only, minutes
 
 The sibling of ``eval_throughput.py`` (same lm-eval venv, ``benchmarks/.venv``), for correctness
 rather than speed: the real SmolLM2-135M-Instruct (Llama architecture, 49,152-token byte-level
