@@ -342,3 +342,16 @@ def test_ten_items_without_flips(tmp_path):
     assert "English accuracy changed by +0.0 points (95% CI -27.8 to +27.8; MMLU +0.0)" in text
     assert "Too few items to detect a change of 5 points: MMLU (n = 10: changes smaller than ±62 points would go unseen)." in text
     assert "MMLU（n = 10：小于 ±62 个百分点的变化检测不到）" in out["headline"]["text_zh"]
+
+
+def test_non_utf8_predictions_are_a_clear_error(pair, capsys):
+    """Issue 13 finding 7: a damaged predictions file names itself and its line, exit 2, no traceback."""
+    from zhlora.cli import main
+
+    base, tuned = pair
+    path = tuned / "predictions" / "mmlu.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2] + [b'{"id": "x\xff\xfe"}\n'] + lines[3:]))
+    assert main(["compare", str(base), str(tuned), "--no-report", "--bootstrap_samples", "100"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line 3: not UTF-8 text (byte 0xff" in err and "Traceback" not in err

@@ -43,7 +43,7 @@ def test_run_writes_the_seed_layout_and_prints_the_headline(first_run):
         assert (work / "evaluation_results" / name / "results.json").is_file(), name
     report = work / "evaluation_results" / "lora-demo" / "report.html"
     forgetting = json.loads((work / "evaluation_results" / "lora-demo" / "forgetting.json").read_text(encoding="utf-8"))
-    assert forgetting["headline"]["text"] in stdout
+    assert stdout.count(forgetting["headline"]["text"]) == 1  # printed once, at the end (issue 13)
     assert f"Report: {report}" in stdout
     assert "Adapter scale" in report.read_text(encoding="utf-8")
     config = (work / ".zhlora" / "configs" / "lora-demo.yaml").read_text(encoding="utf-8")
@@ -74,6 +74,35 @@ def test_rerun_skips_every_step(first_run, capsys):
     work, _ = first_run
     assert main(["run", "--work_dir", str(work), *FAST, "--adapter_scales", "0,0.5,1"]) == 0
     assert "0 ran, 0 redone, 17 skipped" in capsys.readouterr().out
+
+
+def test_a_kill_between_each_steps_outputs_and_its_record_is_finished_by_a_rerun(first_run, capsys):
+    """Issue 13 finding 0: every step killed at its commit point (outputs written, record not).
+
+    Each step's record is put back to ``running`` as the kill left it; the rerun must accept or
+    finish every step (no "already exists, pass --overwrite" dead end) and change no result.
+    """
+    work, _ = first_run
+    steps_dir = work / ".zhlora" / "steps"
+    tracked = sorted((work / "evaluation_results").glob("*/results.json")) + [
+        work / "results" / "lora-demo" / "adapter_model.safetensors", work / "processed_data" / "meta.json"]
+    before = {path: path.read_bytes() for path in tracked}
+    records = sorted(steps_dir.glob("*.json"))
+    assert len(records) == 17
+    for path in records:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        record["status"] = "running"
+        record["stamp_before"] = None
+        for key in ("output_stamp", "finished_at", "seconds"):
+            record.pop(key)
+        path.write_text(json.dumps(record), encoding="utf-8")
+    assert main(["run", "--work_dir", str(work), *FAST, "--adapter_scales", "0,0.5,1"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "17 ran, 0 redone, 0 skipped" in out
+    for path in records:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        assert record["status"] == "complete" and record["redo"] is False, path.name
+    assert {path: path.read_bytes() for path in tracked} == before
 
 
 def test_changed_setting_redoes_training_and_after_but_not_the_baseline(first_run, capsys, caplog):

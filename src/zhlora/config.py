@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,7 +251,8 @@ class EvalConfig:
     ppl_en_documents: int | None = field(
         default=None, metadata=_help("At most N English documents in the English perplexity probe (default: all).")
     )
-    subjects: list[str] | None = field(default=None, metadata=_help("Only these subjects (comma-separated)."))
+    subjects: list[str] | None = field(default=None, metadata=_help(
+        "Only these subjects (comma-separated); benchmark:subject (mmlu:philosophy) picks one benchmark's."))
     batch_size: str = field(default="auto", metadata=_help("Sequences per forward pass, or auto (backs off on OOM)."))
     max_new_tokens: int = field(default=256, metadata=_help("Generation budget per GSM8K answer."))
     backend: str = field(default="hf", metadata=_help("hf (reference) or vllm (GPU generation)."))
@@ -454,18 +456,26 @@ def dump_config_yaml(cfg: ExperimentConfig) -> str:
 # ---------------------------------------------------------------------------------------
 # Command-line flags
 # ---------------------------------------------------------------------------------------
-def add_config_flags(parser: argparse.ArgumentParser, groups: list[str]) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, groups: list[str], used: Collection[str] | None = None) -> None:
     """Add ``--config`` and one flag per field of the named groups to ``parser``.
 
     Flags default to "not given" so that only explicit flags override the YAML. A field
     name shared by two of ``groups`` is offered only in the dotted form ``--group.field``.
+    ``used`` (field names) are the fields the verb reads: their flags come first in ``--help``;
+    the other fields of the groups stay accepted (one YAML or command line serves every verb)
+    but are only named, in one line under "shared config".
     """
     parser.add_argument("--config", default=None, help="YAML config file (defaults < YAML < flags).")
     counts: dict[str, int] = {}
     for group in groups:
         for f in dataclasses.fields(GROUPS[group]):
             counts[f.name] = counts.get(f.name, 0) + 1
-    section = parser.add_argument_group("configuration (also settable in the YAML)")
+    section = parser.add_argument_group("settings (flags or YAML keys)")
+    unused = [f"--{f.name}" for group in groups for f in dataclasses.fields(GROUPS[group])
+              if used is not None and f.name not in used]
+    shared = parser.add_argument_group(
+        "shared config", f"Accepted so that one config serves every verb, but not used by this one: {', '.join(unused)}."
+    ) if unused else None
     for group in groups:
         types_ = _field_types(GROUPS[group])
         for f in dataclasses.fields(GROUPS[group]):
@@ -476,10 +486,13 @@ def add_config_flags(parser: argparse.ArgumentParser, groups: list[str]) -> None
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help with %
             dest = f"cfg__{group}__{f.name}"
+            target = section
+            if used is not None and f.name not in used:
+                target, help_text = shared, argparse.SUPPRESS
             if inner is bool:
-                section.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+                target.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             else:
-                section.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+                target.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
 
 
 def add_top_level_flags(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ Accuracies arrive as fractions in [0, 1] and are drawn in percent.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zhlora.analysis import labels
-from zhlora.analysis.fonts import font_rc, resolve_chart_language
+from zhlora.analysis.fonts import boxed_characters, font_rc, resolve_chart_language
 from zhlora.errors import DataError
 from zhlora.io_utils import atomic_path, read_jsonl
 
@@ -30,6 +31,8 @@ BASE_COLOR = "#7f8c9d"
 TUNED_COLOR = "#d9534f"
 VERDICT_COLORS = {"improved": "#2e8b57", "forgot": "#c0392b", "no significant change": "#7f8c9d"}
 DPI = 110
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +55,11 @@ def _canvas(out_png: str | os.PathLike, language: str, figsize: tuple[float, flo
         # Text is laid out while saving, so the fonts above must still be active here.
         with atomic_path(out_png) as tmp:
             figure.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+        boxed = boxed_characters(figure)
+        if boxed:
+            logger.warning("%s: these characters have no glyph in the chart's fonts and show as boxes: %s. Install a "
+                           "CJK font (apt-get install fonts-noto-cjk) or pass --chart_language en.", out_png,
+                           ", ".join(f"{char!r} ({font})" for char, font in sorted(boxed.items())))
 
 
 def _pct(value: float | None) -> float:

@@ -18,6 +18,8 @@ With an adapter and a baseline beside it (``evaluation_results/baseline``, or
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import shutil
 import time
@@ -72,24 +74,62 @@ def _resolve_specs(benchmarks: list[str], protocol: str, gsm8k_variant: str) -> 
     return {name: resolve_spec(name, protocol, gsm8k_variant) for name in benchmarks}
 
 
+def split_subjects(subjects: list[str] | None, benchmarks: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """``--subjects`` as ``({benchmark: [subject]}, [bare subject])``: ``mmlu:philosophy`` names one benchmark's subject."""
+    qualified: dict[str, list[str]] = {}
+    bare: list[str] = []
+    for entry in subjects or []:
+        bench, sep, subject = entry.partition(":")
+        if not sep:
+            bare.append(entry)
+            continue
+        if bench not in benchmarks:
+            raise ConfigError(f'--subjects {entry}: "{bench}" is not one of the evaluated benchmarks '
+                              f"({', '.join(benchmarks)}).{did_you_mean(bench, benchmarks)}")
+        qualified.setdefault(bench, []).append(subject)
+    return qualified, bare
+
+
 def _load_items(specs: dict, data_dir: Path, cfg) -> dict:
-    """Every benchmark's items; ``--subjects`` must name subjects of the multiple-choice benchmarks."""
+    """Every benchmark's items; ``--subjects`` must name subjects of the multiple-choice benchmarks.
+
+    A subject may be written ``benchmark:subject`` (``mmlu:philosophy``); a bare name applies to
+    every benchmark that has it, and the log says which ones matched.
+    """
     from zhlora.evaluation.items import load_benchmark_items
 
     ec = cfg.eval
-    items = {name: load_benchmark_items(data_dir, spec, shots=ec.shots, subjects=ec.subjects, limit=ec.size_of(name),
-                                        prompt_template=cfg.data.prompt_template) for name, spec in specs.items()}
-    choice = {name: bench for name, bench in items.items() if bench.spec.kind == "multiple_choice"}
+    choice_names = [name for name, spec in specs.items() if spec.kind == "multiple_choice"]
+    if ec.subjects is not None and not choice_names:
+        raise ConfigError("--subjects applies to multiple-choice benchmarks (ceval, cmmlu, mmlu); none is selected.")
+    qualified, bare = split_subjects(ec.subjects, list(specs))
+    for bench in qualified:
+        if bench not in choice_names:
+            raise ConfigError(f"--subjects {bench}:...: {bench} has no subjects (only ceval, cmmlu and mmlu do).")
+    items = {}
+    for name, spec in specs.items():
+        wanted = None if ec.subjects is None or name not in choice_names else qualified.get(name, []) + bare
+        items[name] = load_benchmark_items(data_dir, spec, shots=ec.shots, subjects=wanted, limit=ec.size_of(name),
+                                           prompt_template=cfg.data.prompt_template)
     if ec.subjects is not None:
-        if not choice:
-            raise ConfigError("--subjects applies to multiple-choice benchmarks (ceval, cmmlu, mmlu); none is selected.")
-        known = {s for bench in choice.values() for s in bench.available_subjects}
-        for subject in ec.subjects:
-            if subject not in known:
+        choice = {name: items[name] for name in choice_names}
+        for bench, names in qualified.items():
+            for subject in names:
+                if subject not in choice[bench].available_subjects:
+                    raise ConfigError(f'--subjects: no subject "{subject}" in {bench}.'
+                                      f"{did_you_mean(subject, choice[bench].available_subjects)}")
+        for subject in bare:
+            matched = [name for name, bench in choice.items() if subject in bench.available_subjects]
+            if not matched:
+                known = {s for bench in choice.values() for s in bench.available_subjects}
                 raise ConfigError(f'--subjects: no subject "{subject}" in {", ".join(choice)}.{did_you_mean(subject, known)}')
+            logger.info("--subjects %s: found in %s%s", subject, " and ".join(matched),
+                        f" (write {matched[0]}:{subject} to evaluate one of them)" if len(matched) > 1 else "")
         for name in [n for n, bench in choice.items() if not bench.groups]:
             logger.info("%s: none of --subjects belongs to it; skipping it", name)
             del items[name]
+        if not items:
+            raise ConfigError(f"--subjects {','.join(ec.subjects)}: none of these subjects has items in {data_dir}.")
     for name, bench in items.items():
         if bench.n_items == 0:
             raise ZhloraError(f"Benchmark {name} has no items in {data_dir}. Re-download it with "
@@ -110,19 +150,49 @@ def _results_dirs(args: argparse.Namespace, scales: list[float]) -> list[Path]:
 
 
 def _prepare_results_dir(results_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace finished results unless ``--overwrite``, which deletes what evaluate wrote."""
+    """With ``--overwrite``, delete what evaluate wrote (the resume cache first, results.json last)."""
     from zhlora.evaluation.results import PREDICTIONS_DIRNAME, RESULT_FILES
     from zhlora.evaluation.runner import CACHE_DIRNAME
 
     if not overwrite:
-        if (results_dir / "results.json").exists():
-            raise ZhloraError(f"{results_dir / 'results.json'} already exists. Pass --overwrite to evaluate again "
-                              "and replace it, or choose another --results_dir.")
         return
-    for name in RESULT_FILES:
-        (results_dir / name).unlink(missing_ok=True)
-    for name in (PREDICTIONS_DIRNAME, CACHE_DIRNAME):
+    for name in (CACHE_DIRNAME, PREDICTIONS_DIRNAME):
         shutil.rmtree(results_dir / name, ignore_errors=True)
+    for name in reversed(RESULT_FILES):
+        (results_dir / name).unlink(missing_ok=True)
+
+
+def _identity_of_results(results: dict) -> dict:
+    """What :func:`_fingerprint_input` covers, read back from a finished ``results.json``."""
+    specs = {name: {"version": entry.get("spec_version"), "reference": entry.get("spec_reference"),
+                    "shots": entry.get("shots"), "data_sha256": entry.get("data_sha256")}
+             for name, entry in results.get("benchmarks", {}).items()}
+    return _fingerprint_input(results.get("settings", {}), results.get("model", {}), specs)
+
+
+def _finished_results(results_dir: Path, expected: dict) -> dict | None:
+    """The folder's ``results.json`` when it was made with exactly ``expected``; None when there is none.
+
+    A finished evaluation with the same settings, model and data is this command's result (a kill
+    between writing it and anything after must not leave a folder that refuses to be finished);
+    one made differently is refused, naming what differs, unless ``--overwrite``.
+    """
+    path = results_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        found = _identity_of_results(results)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
+        raise ZhloraError(f"{path} is not a readable results file. Pass --overwrite to evaluate again and "
+                          "replace it, or choose another --results_dir.") from None
+    if found != expected:
+        from zhlora.experiment import changed_settings
+
+        changes = changed_settings(found, expected)
+        raise ZhloraError(f"{path} already holds results made with other settings ({'; '.join(changes[:5])}). "
+                          "Pass --overwrite to evaluate again and replace it, or choose another --results_dir.")
+    return results
 
 
 def _device_map(device: str):
@@ -145,14 +215,20 @@ def _settings(cfg, data_dir: Path) -> dict:
     }
 
 
-def _fingerprint_input(settings: dict, model: dict, items: dict) -> dict:
-    """What must match for cached predictions to be reused: settings, model identity, specs, data."""
+def _spec_identity(items: dict) -> dict:
+    """Each benchmark's spec version, reference, shots (None for perplexity) and data hashes."""
+    return {name: {"version": bench.spec.version, "reference": bench.spec.reference,
+                   "shots": None if bench.spec.kind == "perplexity" else bench.shots,
+                   "data_sha256": dict(sorted(bench.files_sha256.items()))} for name, bench in items.items()}
+
+
+def _fingerprint_input(settings: dict, model: dict, specs: dict) -> dict:
+    """What must match for cached predictions or a finished results.json to be reused."""
     return {
         "settings": {k: v for k, v in settings.items() if k not in _NOT_FINGERPRINTED},
-        "model": {k: model[k] for k in ("base_sha256", "adapter_sha256", "adapter_scale")}
-        | ({"base_path": model["base_path"]} if model["base_sha256"] is None else {}),
-        "specs": {name: {"version": bench.spec.version, "reference": bench.spec.reference, "shots": bench.shots,
-                         "data_sha256": bench.files_sha256} for name, bench in items.items()},
+        "model": {k: model.get(k) for k in ("base_sha256", "adapter_sha256", "adapter_scale")}
+        | ({"base_path": model.get("base_path")} if model.get("base_sha256") is None else {}),
+        "specs": specs,
     }
 
 
@@ -166,24 +242,14 @@ def _batch_size(value: str):
 
 
 def main(args: argparse.Namespace) -> int:
-    """Validate inputs, load the model (and adapter), evaluate per scale, write results, compare."""
-    from zhlora.evaluation.adapters import (
-        check_adapter_applied,
-        check_adapter_folder,
-        load_adapter,
-        set_adapter_scale,
-    )
-    from zhlora.evaluation.results import build_results, build_timings, write_results
-    from zhlora.evaluation.runner import (
-        CACHE_DIRNAME,
-        evaluate_benchmarks,
-        open_prediction_cache,
-    )
-    from zhlora.io_utils import sha256_file
-    from zhlora.modeling import load_model, load_tokenizer, model_fingerprint
+    """Validate inputs, lock the results folders, then evaluate (see :func:`_evaluate`)."""
+    from zhlora.evaluation.adapters import check_adapter_folder
+    from zhlora.locking import folder_lock
+    from zhlora.models.loading import check_model_argument
 
     cfg = config_from_args(args)
     ec = cfg.eval
+    check_model_argument(args.model_path, "--model_path")
     batch_size = _batch_size(ec.batch_size)
     scales = [args.adapter_scale] if args.adapter_scale is not None else list(ec.adapter_scales)
     for scale in scales:
@@ -198,6 +264,23 @@ def main(args: argparse.Namespace) -> int:
     specs = _resolve_specs(ec.benchmarks, ec.protocol, ec.gsm8k_variant)
     items = _load_items(specs, data_dir, cfg)
     results_dirs = _results_dirs(args, scales)
+    with contextlib.ExitStack() as locks:
+        for results_dir in results_dirs:  # one writer per results folder
+            locks.enter_context(folder_lock(results_dir))
+        return _evaluate(args, cfg, items, results_dirs, scales, adapter_dir, batch_size)
+
+
+def _evaluate(args: argparse.Namespace, cfg, items: dict, results_dirs: list[Path], scales: list[float],
+              adapter_dir: Path | None, batch_size) -> int:
+    """Evaluate into ``results_dirs`` (locked by the caller), one per adapter scale."""
+    from zhlora.evaluation.adapters import check_adapter_applied, load_adapter, set_adapter_scale
+    from zhlora.evaluation.results import build_results, build_timings, write_results
+    from zhlora.evaluation.runner import evaluate_benchmarks, open_prediction_cache
+    from zhlora.io_utils import sha256_file
+    from zhlora.modeling import load_model, load_tokenizer, model_fingerprint
+
+    ec = cfg.eval
+    data_dir = Path(args.data_dir)
     for results_dir in results_dirs:
         _prepare_results_dir(results_dir, args.overwrite)
 
@@ -209,8 +292,17 @@ def main(args: argparse.Namespace) -> int:
         "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors") if adapter_dir else None,
     }
     settings = _settings(cfg, data_dir)
-    caches = [open_prediction_cache(d, _fingerprint_input(settings, {**identity, "adapter_scale": s if adapter_dir else None}, items))
-              for d, s in zip(results_dirs, scales)]
+    specs = _spec_identity(items)
+    expected = [_fingerprint_input(settings, {**identity, "adapter_scale": s if adapter_dir else None}, specs) for s in scales]
+    todo = []
+    for results_dir, scale, fingerprint in zip(results_dirs, scales, expected):
+        finished = None if args.overwrite else _finished_results(results_dir, fingerprint)
+        if finished is None:
+            todo.append((results_dir, scale, open_prediction_cache(results_dir, fingerprint)))
+        else:
+            _finish(args, cfg, results_dir, finished, adapter_dir)
+    if not todo:
+        return 0
 
     logger.info("Evaluating %s%s on %s", base_path, f" + {adapter_dir}" if adapter_dir else "", ", ".join(items))
     model = load_model(base_path, torch_dtype=cfg.model.torch_dtype, device_map=_device_map(args.device),
@@ -227,7 +319,7 @@ def main(args: argparse.Namespace) -> int:
 
         generator = VllmGenerator(base_path, adapter_dir, 1.0, cfg.model.torch_dtype, cfg.model.trust_remote_code)
 
-    for results_dir, scale, cache in zip(results_dirs, scales, caches):
+    for results_dir, scale, cache in todo:
         started = time.perf_counter()
         if adapter_dir:
             set_adapter_scale(model, scale)
@@ -236,12 +328,29 @@ def main(args: argparse.Namespace) -> int:
                                       generator=generator, cache=cache, progress=True)
         results = build_results(model_entry, settings, outcome)
         write_results(results_dir, results, outcome, build_timings(outcome, time.perf_counter() - started))
-        shutil.rmtree(results_dir / CACHE_DIRNAME, ignore_errors=True)
-        _write_charts(results, results_dir)
-        _print_summary(results_dir, results)
-        if adapter_dir and not args.no_compare:
-            _compare_with_baseline(args, cfg, results_dir)
+        _finish(args, cfg, results_dir, results, adapter_dir, fresh=True)
     return 0
+
+
+def _finish(args: argparse.Namespace, cfg, results_dir: Path, results: dict, adapter_dir: Path | None,
+            fresh: bool = False) -> None:
+    """Everything after ``results.json``: results.md, cache removal, charts, summary, comparison.
+
+    Idempotent, so a finished results.json whose later files a kill cut short is completed here.
+    """
+    from zhlora.evaluation.results import results_markdown
+    from zhlora.evaluation.runner import CACHE_DIRNAME
+    from zhlora.io_utils import atomic_write_text
+
+    if not fresh:
+        logger.info("%s already holds these results (same settings, model and data); finishing its files. "
+                    "Pass --overwrite to evaluate again.", results_dir / "results.json")
+        atomic_write_text(results_dir / "results.md", results_markdown(results))
+    shutil.rmtree(results_dir / CACHE_DIRNAME, ignore_errors=True)
+    _write_charts(results, results_dir)
+    _print_summary(results_dir, results)
+    if adapter_dir and not args.no_compare:
+        _compare_with_baseline(args, cfg, results_dir)
 
 
 def _write_charts(results: dict, results_dir: Path) -> None:

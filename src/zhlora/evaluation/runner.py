@@ -19,8 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from zhlora.errors import ZhloraError
 from zhlora.evaluation.hf_model import HFEvalModel
 from zhlora.evaluation.items import ALL, BenchmarkItems
@@ -43,6 +41,7 @@ from zhlora.evaluation.specs import ChoiceSpec, GenerateSpec
 from zhlora.evaluation.tasks import choice as choice_hooks
 from zhlora.evaluation.tasks import gsm8k as gsm8k_hooks
 from zhlora.io_utils import atomic_write_json, atomic_write_text, dumps_json
+from zhlora.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +324,7 @@ def evaluate_benchmarks(
         for name, bench in items_by_benchmark.items():
             started = time.perf_counter()
             rows: list[dict] = []
-            with tqdm(total=bench.n_items, desc=name, unit="item", disable=not progress) as bar:
+            with progress_bar(bench.n_items, name, "item", disable=not progress) as bar:
                 for unit in benchmark_units(bench):
                     ids_sha256 = item_ids_sha256([item.id for item in unit.items])
                     unit_rows = cache.load(name, unit.key, ids_sha256) if cache else None

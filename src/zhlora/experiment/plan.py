@@ -37,6 +37,8 @@ class Step:
         redo_flags: added to ``argv`` to replace outputs made with other settings.
         resumes: the verb continues its own partial work (training, evaluation), so an
             interrupted attempt is continued rather than redone from scratch.
+        writes: the folders the step writes; :func:`~zhlora.experiment.execution.execute` holds
+            their one-writer locks (waiting for another shard's step) while the step runs.
     """
 
     id: str
@@ -49,6 +51,7 @@ class Step:
     description: str = ""
     redo_flags: tuple[str, ...] = ()
     resumes: bool = False
+    writes: tuple[Path, ...] = ()
 
     def command(self, redo: bool = False) -> str:
         """The step as a shell command (what a user would type to do it by hand)."""
@@ -177,7 +180,7 @@ def shared_steps(cfg: ExperimentConfig, layout: WorkLayout, replay_ratios: Seque
                      "--belle_heldout_size", str(cfg.data.belle_heldout_size), "--data_seed", str(cfg.data.data_seed)]
         steps.append(Step(
             id=f"download-data.{name}", settings=settings, inputs=(), stamp=_data_source_stamp(layout.data_dir, name),
-            verb="download-data", argv=tuple(argv), redo_flags=("--force",),
+            verb="download-data", argv=tuple(argv), redo_flags=("--force",), writes=(layout.data_dir,),
         ))
     model = cfg.model
     argv = ["--model_name_or_path", model.model_name_or_path, "--model_source", model.model_source,
@@ -187,6 +190,7 @@ def shared_steps(cfg: ExperimentConfig, layout: WorkLayout, replay_ratios: Seque
     steps.append(Step(
         id="download-model", settings=_pick(raw["model"], MODEL_SOURCE_FIELDS), inputs=(),
         stamp=_model_stamp(layout.base_model), verb="download-model", argv=tuple(argv), redo_flags=("--force",),
+        writes=(layout.models_dir,),
     ))
     steps.append(_evaluate_step(cfg, layout, BASELINE_NAME, run_name=None, scale=None))
     return steps
@@ -218,7 +222,7 @@ def _evaluate_step(
     return Step(
         id=f"evaluate.{name}", settings=settings, inputs=tuple(inputs),
         stamp=_file_stamp(layout.eval_dir(name) / "results.json"), verb="evaluate", argv=tuple(argv),
-        redo_flags=("--overwrite",), resumes=True,
+        redo_flags=("--overwrite",), resumes=True, writes=(layout.eval_dir(name),),
     )
 
 
@@ -238,7 +242,7 @@ def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[
         inputs=tuple(preprocess_inputs), stamp=_file_stamp(processed / "meta.json"), verb="preprocess",
         argv=("--config", config_file, "--data_dir", str(layout.data_dir), "--processed_dir", str(processed),
               "--model_name_or_path", str(layout.base_model)),
-        redo_flags=("--force",),
+        redo_flags=("--force",), writes=(processed,),
     )]
     train_inputs = [preprocess_id, "download-model"]
     train_argv = ["--config", config_file, "--model_path", str(layout.base_model),
@@ -254,7 +258,7 @@ def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[
             "model": _pick(raw["model"], MODEL_LOAD_FIELDS),
         },
         inputs=tuple(dict.fromkeys(train_inputs)), stamp=_adapter_stamp(layout.run_dir(run)), verb="train",
-        argv=tuple(train_argv), redo_flags=("--overwrite",), resumes=True,
+        argv=tuple(train_argv), redo_flags=("--overwrite",), resumes=True, writes=(layout.run_dir(run),),
     ))
     for scale in scales:
         name = scale_results_name(run, scale)
@@ -266,7 +270,8 @@ def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[
             inputs=(f"evaluate.{BASELINE_NAME}", f"evaluate.{name}"),
             stamp=_file_stamp(layout.eval_dir(name) / "forgetting.json"), verb="compare",
             argv=(str(layout.eval_dir(BASELINE_NAME)), str(layout.eval_dir(name)), "--config", config_file,
-                  "--data_dir", str(layout.data_dir), "--no-report", "--overwrite"),
+                  "--data_dir", str(layout.data_dir), "--no-report", "--overwrite", "--quiet"),
+            writes=(layout.eval_dir(name),),
         ))
     return steps
 
@@ -299,15 +304,15 @@ def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
     settings: dict[str, Any] = {"chart_language": cfg.report.chart_language, "scales": scales}
     if seed_runs:
         settings["seed_runs"] = seed_runs
-    report_dir = layout.eval_dir(run)
+    report_dir, processed = layout.eval_dir(run), layout.processed_dir(cfg.data.replay_ratio)
     steps.append(Step(
         id=f"report.{run}", settings=settings,
         inputs=(*compare_ids, *(f"train.{c.run_name}" for c in runs)), stamp=_file_stamp(report_dir / "report.html"),
         action=lambda: write_run_report(layout, run, scales, cfg.report.chart_language, cfg.report.confidence,
-                                        seed_runs=seed_runs),
+                                        processed_dir=processed, seed_runs=seed_runs),
         description=f"built in: like `zhlora report {report_dir}`"
         + (", plus the adapter-scale curve" if len(scales) > 1 else "")
-        + (f", plus the spread over {len(runs)} training seeds" if seed_runs else ""),
+        + (f", plus the spread over {len(runs)} training seeds" if seed_runs else ""), writes=(report_dir,),
     ))
     return steps
 

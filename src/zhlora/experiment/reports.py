@@ -116,17 +116,38 @@ def scale_curve_section(rows: Sequence[dict], out_dir: Path, confidence: float, 
     return Section("Adapter scale", md, htm, "scales")
 
 
+def replay_section(stats_file: Path):
+    """The report section on English replay (asked vs effective ratio), or None without replay."""
+    import html
+
+    from zhlora.analysis.sections import Section
+
+    try:
+        replay = json.loads(stats_file.read_text(encoding="utf-8")).get("replay") or {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    if not replay.get("requested"):
+        return None
+    text = (f"Training mixed in {replay['used']:,} English instruction rows (alpaca) for --replay_ratio "
+            f"{replay['ratio']:g}, which asked for {replay['requested']:,}: the effective replay ratio is "
+            f"{replay.get('effective_ratio', 0):.3f}.")
+    if replay["used"] < replay["requested"]:
+        text += " Fewer English rows existed than the ratio needs, so the run replayed less English than asked."
+    return Section("Replay", f"## Replay\n\n{text}", f'<h2 id="replay">Replay</h2>\n<p>{html.escape(text)}</p>', "replay")
+
+
 def write_run_report(
     layout: WorkLayout,
     run_name: str,
     scales: Sequence[float],
     language: str,
     confidence: float,
+    processed_dir: Path | None = None,
     seed_runs: Sequence[tuple[int, str]] = (),
 ) -> Path:
     """Write the run's ``report.html``/``report.md`` (with the adapter-scale curve when there are several
-    scales, and the spread between training seeds, ``seeds.json``, when ``seed_runs`` lists several
-    ``(seed, run name)``)."""
+    scales, the effective replay ratio when ``processed_dir``'s stats.json records replay, and the
+    spread between training seeds, ``seeds.json``, when ``seed_runs`` lists several ``(seed, run name)``)."""
     from zhlora.analysis.compare import FORGETTING_FILE
     from zhlora.analysis.report import write_report
     from zhlora.analysis.results_io import load_forgetting
@@ -145,6 +166,9 @@ def write_run_report(
         rows = scale_curve(layout, run_name, scales)
         atomic_write_json(out_dir / "adapter_scales.json", {"provenance": provenance(), "rows": rows})
         extra.append(scale_curve_section(rows, out_dir, confidence, language))
+    replay = replay_section(processed_dir / "stats.json") if processed_dir is not None else None
+    if replay is not None:
+        extra.append(replay)
     training_log = layout.run_dir(run_name) / "training_log.jsonl"
     return write_report(out_dir, forgetting, base_dir=layout.eval_dir(BASELINE_NAME), tuned_dir=out_dir,
                         training_log=training_log if training_log.is_file() else None, extra_sections=extra,

@@ -182,7 +182,7 @@ def train_loop(
     ``model``/``optimizer`` come from ``accelerator.prepare``; ``scheduler`` is a plain LR scheduler
     stepped once per optimizer step. ``on_log`` receives each logged row (trackers, progress).
     """
-    from tqdm.auto import tqdm
+    from zhlora.progress import progress_bar
 
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -202,8 +202,8 @@ def train_loop(
     order, order_epoch = None, -1
     status, checkpoint = "completed", None
     step = start_step
-    progress = tqdm(total=plan.total_steps, initial=start_step, desc="training", unit="step",
-                    disable=not accelerator.is_main_process, dynamic_ncols=True)
+    progress = progress_bar(plan.total_steps, "training", "step", initial=start_step,
+                            disable=not accelerator.is_main_process)
     with StopSignals() as signals, progress:
         while step < plan.total_steps:
             epoch, step_in_epoch = divmod(step, plan.steps_per_epoch)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from pathlib import Path
 from zhlora.errors import ZhloraError
 from zhlora.training.checkpoint import (
     ADAPTER_WEIGHTS_NAME,
-    list_checkpoints,
+    newest_intact_checkpoint,
     read_trainer_state,
 )
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "train_config.yaml"
@@ -94,11 +97,18 @@ def decide_start(output_dir: str | Path, fingerprint: str, resume: bool, overwri
         recorded = _recorded_fingerprint(manifest) if manifest.is_file() else None
         if recorded == fingerprint:
             return RunStart("complete")
+        newest = newest_intact_checkpoint(folder) if recorded is None else None
+        if newest is not None and read_trainer_state(newest[1]).get("run_fingerprint") == fingerprint:
+            # Killed after writing the adapter but before manifest.json (the completion marker):
+            # finish from this run's newest checkpoint, which rewrites both.
+            logger.info("%s has an adapter but no %s: the run stopped while writing its final files; finishing it "
+                        "from %s.", folder, MANIFEST_NAME, newest[1].name)
+            return RunStart("resume", newest[1])
         what = "a different run (other settings, base model or data)" if recorded else "an adapter zhlora did not record"
         raise ZhloraError(f"{folder} already holds {what}: {folder / ADAPTER_WEIGHTS_NAME}. {refuse}")
-    checkpoints = list_checkpoints(folder)
-    if checkpoints:
-        step, latest = checkpoints[-1]
+    newest = newest_intact_checkpoint(folder)
+    if newest is not None:
+        step, latest = newest
         recorded = read_trainer_state(latest).get("run_fingerprint")
         if recorded != fingerprint:
             raise ZhloraError(
