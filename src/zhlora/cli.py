@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# verbs that compute with torch: they take --num_threads (see zhlora.threads)
+THREADED_VERBS = ("download-model", "evaluate", "train", "merge", "run", "sweep")
 # Libraries whose deprecation notices are for zhlora's developers, not its users.
 THIRD_PARTY_MODULES = r"(transformers|peft|accelerate|datasets|huggingface_hub|torch|safetensors)(\.|$)"
 DEPRECATION_CATEGORIES = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
@@ -73,6 +75,10 @@ def run_command(verb: str, argv: list[str], prog: str | None = None) -> int:
     module = load_command(verb)
     parser = argparse.ArgumentParser(prog=prog or f"zhlora {verb}", description=COMMANDS[verb][1])
     module.add_arguments(parser)
+    if verb in THREADED_VERBS:
+        parser.add_argument("--num_threads", type=int, default=None,
+                            help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores not already "
+                                 "busy by the 1-minute load average, at least 1).")
     args = parser.parse_args(argv)
     quiet_third_party_deprecations()
     if not sys.stderr.isatty():  # library progress bars in a log file are one endless line; zhlora logs lines
@@ -82,6 +88,10 @@ def run_command(verb: str, argv: list[str], prog: str | None = None) -> int:
     for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "accelerate"):  # per request / per saved file
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if verb in THREADED_VERBS:
+            from zhlora.threads import apply_threads
+
+            apply_threads(args.num_threads)
         return int(module.main(args) or 0)
     except ZhloraError as exc:
         print(f"zhlora {verb}: error: {exc}", file=sys.stderr)

@@ -45,16 +45,19 @@ def build_results(model: Mapping, settings: Mapping, benchmarks: Mapping[str, Be
 
 
 def build_timings(benchmarks: Mapping[str, BenchmarkResult], total_seconds: float) -> dict:
-    """Wall-clock seconds of this process (units restored from the resume cache cost ~0 s)."""
-    return {
-        "created_at": utc_now(),
-        "total_seconds": round(total_seconds, 3),
-        "benchmarks": {
-            name: {"seconds": round(result.seconds, 3), "items": len(result.predictions),
-                   "items_per_second": round(len(result.predictions) / result.seconds, 3) if result.seconds > 0 else None}
-            for name, result in benchmarks.items()
-        },
-    }
+    """Wall-clock seconds of this process (units restored from the resume cache cost ~0 s).
+
+    Multiple-choice benchmarks also say how many of the items computed here were scored from
+    their subject's shared few-shot prefix (``shared_prefix``: items, shared_items, rate,
+    mean_shared_tokens).
+    """
+    entries = {}
+    for name, result in benchmarks.items():
+        entries[name] = {"seconds": round(result.seconds, 3), "items": len(result.predictions),
+                         "items_per_second": round(len(result.predictions) / result.seconds, 3) if result.seconds > 0 else None}
+        if result.prefix is not None and result.prefix.items:
+            entries[name]["shared_prefix"] = result.prefix.as_dict()
+    return {"created_at": utc_now(), "total_seconds": round(total_seconds, 3), "benchmarks": entries}
 
 
 def _pct(value: float) -> str:

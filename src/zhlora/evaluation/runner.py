@@ -22,6 +22,7 @@ from pathlib import Path
 from zhlora.errors import ZhloraError
 from zhlora.evaluation.hf_model import HFEvalModel
 from zhlora.evaluation.items import ALL, BenchmarkItems
+from zhlora.evaluation.prefix import PrefixUse
 from zhlora.evaluation.prompts import fewshot_prompt
 from zhlora.evaluation.requests import (
     ChoiceRequest,
@@ -62,11 +63,16 @@ class Unit:
 
 @dataclass
 class BenchmarkResult:
-    """One benchmark's ``results.json`` entry (``summary``), prediction rows and compute time (s)."""
+    """One benchmark's ``results.json`` entry (``summary``), prediction rows and compute time (s).
+
+    ``prefix`` counts the multiple-choice items computed in this call that were scored from
+    their subject's shared few-shot prefix (None for other kinds of benchmark).
+    """
 
     summary: dict
     predictions: list[dict]
     seconds: float
+    prefix: PrefixUse | None = None
 
 
 def benchmark_units(bench: BenchmarkItems) -> list[Unit]:
@@ -109,14 +115,15 @@ def choice_requests(tokenizer, bench: BenchmarkItems, subject: str, questions: S
     ]
 
 
-def _choice_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit) -> list[dict]:
+def _choice_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit, prefix_use: PrefixUse) -> list[dict]:
     requests = choice_requests(engine.tokenizer, bench, unit.key, unit.items)
     encoded = [encode_choice(engine.tokenizer, request) for request in requests]
     prefix_ids = engine.tokenizer(requests[0].prompt.prefix, verbose=False)["input_ids"] if requests else None
-    loglikelihoods = engine.choice_loglikelihoods(encoded, prefix_ids)
+    scores = engine.choice_loglikelihoods(encoded, prefix_ids)
+    prefix_use.add(scores.prefix)
     letters = bench.spec.choices
     rows = []
-    for question, lls in zip(unit.items, loglikelihoods):
+    for question, lls in zip(unit.items, scores.loglikelihoods):
         predicted = predicted_letter(lls, letters)
         rows.append({
             "id": question.id, "subject": unit.key, "gold": question.answer, "predicted": predicted,
@@ -182,10 +189,14 @@ def _perplexity_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit) -> 
     ]
 
 
-def run_unit(engine: HFEvalModel, generator, bench: BenchmarkItems, unit: Unit, max_new_tokens: int) -> list[dict]:
-    """Prediction rows of one unit (``generator`` answers generation requests; often ``engine``)."""
+def run_unit(engine: HFEvalModel, generator, bench: BenchmarkItems, unit: Unit, max_new_tokens: int,
+             prefix_use: PrefixUse | None = None) -> list[dict]:
+    """Prediction rows of one unit (``generator`` answers generation requests; often ``engine``).
+
+    Multiple-choice units add their shared-prefix counts to ``prefix_use``.
+    """
     if isinstance(bench.spec, ChoiceSpec):
-        return _choice_rows(engine, bench, unit)
+        return _choice_rows(engine, bench, unit, prefix_use if prefix_use is not None else PrefixUse())
     if isinstance(bench.spec, GenerateSpec):
         return _generate_rows(generator, bench, unit, max_new_tokens)
     return _perplexity_rows(engine, bench, unit)
@@ -205,6 +216,24 @@ def summarize_benchmark(bench: BenchmarkItems, rows: Sequence[dict]) -> dict:
     else:
         entry.update(summarize_perplexity(rows, spec.units))
     return entry
+
+
+SHARING_WARN_BELOW = 0.9  # fraction of items; below it, most of the few-shot prompts are recomputed per item
+
+
+def log_prefix_use(benchmark: str, use: PrefixUse) -> None:
+    """Say how many items were scored from the shared few-shot prefix; warn when few were.
+
+    Few items sharing means the evaluation runs several times slower than it could (every
+    prompt computed in full), not that its numbers are wrong.
+    """
+    message = (f"{benchmark}: {use.shared_items}/{use.items} items ({use.rate:.0%}) scored from the shared few-shot "
+               f"prefix, {use.mean_shared_tokens:.0f} tokens on average")
+    if use.rate < SHARING_WARN_BELOW:
+        logger.warning("%s; the others were computed in full (slower, same numbers): contexts truncated to the model's "
+                       "window, subjects with one item, or a tokenizer that splits the prompts unusually.", message)
+    else:
+        logger.info(message)
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,17 +353,20 @@ def evaluate_benchmarks(
         for name, bench in items_by_benchmark.items():
             started = time.perf_counter()
             rows: list[dict] = []
+            prefix_use = PrefixUse() if isinstance(bench.spec, ChoiceSpec) else None
             with progress_bar(bench.n_items, name, "item", disable=not progress) as bar:
                 for unit in benchmark_units(bench):
                     ids_sha256 = item_ids_sha256([item.id for item in unit.items])
                     unit_rows = cache.load(name, unit.key, ids_sha256) if cache else None
                     if unit_rows is None:
-                        unit_rows = run_unit(engine, generator, bench, unit, max_new_tokens)
+                        unit_rows = run_unit(engine, generator, bench, unit, max_new_tokens, prefix_use)
                         if cache:
                             cache.save(name, unit.key, ids_sha256, unit_rows)
                     rows.extend(unit_rows)
                     bar.update(len(unit.items))
-            results[name] = BenchmarkResult(summarize_benchmark(bench, rows), rows, time.perf_counter() - started)
+            results[name] = BenchmarkResult(summarize_benchmark(bench, rows), rows, time.perf_counter() - started, prefix_use)
+            if prefix_use is not None and prefix_use.items:
+                log_prefix_use(name, prefix_use)
     finally:
         model.train(was_training)
     return results
