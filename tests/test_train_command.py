@@ -70,12 +70,18 @@ def _env(threads: int | None = None) -> dict:
 
 @contextlib.contextmanager
 def _torch_threads(count: int):
-    previous = torch.get_num_threads()
+    """Run in-process commands with ``count`` threads (zhlora.threads reads OMP_NUM_THREADS)."""
+    previous, previous_env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(count)
+    os.environ["OMP_NUM_THREADS"] = str(count)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+        if previous_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous_env
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:

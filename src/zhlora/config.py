@@ -28,6 +28,8 @@ ALL_DATA_SOURCES = ["belle", "ceval", "cmmlu", "mmlu", "gsm8k", "english_text"]
 # Downloaded only when named (or when replay_ratio > 0): English instructions for replay.
 OPTIONAL_DATA_SOURCES = ["alpaca"]
 ALL_BENCHMARKS = ["ceval", "cmmlu", "mmlu", "gsm8k", "ppl_zh", "ppl_en"]
+# How many items each benchmark scores (None = all): set independently, recorded in results.json.
+SIZE_FIELDS = ("limit", "gsm8k_limit", "ppl_zh_documents", "ppl_en_documents")
 LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -164,6 +166,11 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm (0 disables)."))
     seed: int = field(default=42, metadata=_help("Seed of data order, dropout and adapter initialisation."))
+    seeds: int = field(
+        default=1,
+        metadata=_help("zhlora run/sweep: train N times with seeds seed, seed+1, ... and report each change as the "
+                       "mean and spread between seeds (runs <run>-seed<s> beside the first)."),
+    )
     save_steps: int = field(default=200, metadata=_help("Save a checkpoint every N optimizer steps."))
     save_total_limit: int = field(default=3, metadata=_help("Checkpoints kept on disk (oldest removed first)."))
     logging_steps: int = field(default=10, metadata=_help("Log loss, lr, grad norm and tokens/s every N steps."))
@@ -196,6 +203,8 @@ class TrainConfig:
             raise ConfigError(f"--max_steps must be a positive number of steps or -1, got {self.max_steps}.")
         if self.lr_scheduler_type not in ("cosine", "linear", "constant"):
             raise ConfigError(f'--lr_scheduler_type must be cosine, linear or constant, got "{self.lr_scheduler_type}".')
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds is the number of training seeds (1 = one run), got {self.seeds}.")
         if self.monitor_every < 0:
             raise ConfigError(f"--monitor_every must be >= 0 (0 turns the probes off), got {self.monitor_every}.")
         if self.probe_limit is not None and self.probe_limit <= 0:
@@ -220,7 +229,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Steps 4 and 6: which benchmarks, with which protocol."""
+    """Steps 4 and 6: which benchmarks, with which protocol, and how many items of each."""
 
     benchmarks: list[str] = field(
         default_factory=lambda: list(ALL_BENCHMARKS),
@@ -233,7 +242,16 @@ class EvalConfig:
         default=None, metadata=_help("Few-shot examples (multiple choice: 0 or 5, default 5; GSM8K keeps its spec's).")
     )
     gsm8k_variant: str = field(default="gsm8k_cot", metadata=_help("gsm8k_cot (8-shot chain of thought) or gsm8k (5-shot)."))
-    limit: int | None = field(default=None, metadata=_help("At most N scored items per subject (per benchmark for GSM8K)."))
+    limit: int | None = field(
+        default=None, metadata=_help("At most N scored items per subject of C-Eval, CMMLU and MMLU (default: all).")
+    )
+    gsm8k_limit: int | None = field(default=None, metadata=_help("At most N scored GSM8K problems (default: all)."))
+    ppl_zh_documents: int | None = field(
+        default=None, metadata=_help("At most N held-out BELLE rows in the Chinese perplexity probe (default: all).")
+    )
+    ppl_en_documents: int | None = field(
+        default=None, metadata=_help("At most N English documents in the English perplexity probe (default: all).")
+    )
     subjects: list[str] | None = field(default=None, metadata=_help(
         "Only these subjects (comma-separated); benchmark:subject (mmlu:philosophy) picks one benchmark's."))
     batch_size: str = field(default="auto", metadata=_help("Sequences per forward pass, or auto (backs off on OOM)."))
@@ -248,23 +266,32 @@ class EvalConfig:
             raise ConfigError(f'--protocol must be "lm-eval" or "official", got "{self.protocol}".')
         if self.shots is not None and self.shots < 0:
             raise ConfigError(f"--shots must be >= 0, got {self.shots}.")
-        if self.limit is not None and self.limit <= 0:
-            raise ConfigError(f"--limit must be a positive number of items, got {self.limit}.")
+        for name in SIZE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name} must be a positive number of items, got {value} (omit it for all).")
         if self.backend not in ("hf", "vllm"):
             raise ConfigError(f'--backend must be "hf" or "vllm", got "{self.backend}".')
         for scale in self.adapter_scales:
             if not 0.0 <= scale <= 1.0:
                 raise ConfigError(f"--adapter_scales values must be in [0, 1], got {scale}.")
 
+    def size_of(self, benchmark: str) -> int | None:
+        """The item limit of one benchmark: per subject for multiple choice, in total for the others."""
+        return {"gsm8k": self.gsm8k_limit, "ppl_zh": self.ppl_zh_documents,
+                "ppl_en": self.ppl_en_documents}.get(benchmark, self.limit)
+
 
 @dataclass
 class ReportConfig:
     """Step 6 (analysis): statistics and charts of the forgetting comparison."""
 
-    bootstrap_samples: int = field(default=10000, metadata=_help("Paired bootstrap resamples for confidence intervals."))
+    bootstrap_samples: int = field(
+        default=10000, metadata=_help("Bootstrap resamples for the perplexity intervals (over documents).")
+    )
     confidence: float = field(default=0.95, metadata=_help("Confidence level of the intervals."))
     significance: float = field(default=0.05, metadata=_help("Family-wise error rate (Holm-corrected McNemar tests)."))
-    stats_seed: int = field(default=0, metadata=_help("Seed of the bootstrap (results are reproducible)."))
+    stats_seed: int = field(default=0, metadata=_help("Seed of the perplexity bootstrap (results are reproducible)."))
     chart_language: str = field(default="auto", metadata=_help("Chart labels: auto, zh or en."))
 
     def __post_init__(self) -> None:

@@ -444,8 +444,10 @@ def plot_adapter_scale_curve(rows: Sequence[dict], out_png: str | os.PathLike, *
 
     ``rows`` (one per scale, ascending) hold ``scale``, ``zh_delta_points``/``en_delta_points``
     with ``*_ci_low_points``/``*_ci_high_points`` (accuracy change vs the base model, points)
-    and ``ppl_zh``/``ppl_en`` (relative perplexity change, 0.1 = +10%); None values are skipped.
-    Left panel: accuracy changes with CI bars; right panel: perplexity changes in percent.
+    and ``ppl_zh``/``ppl_en`` (relative change, 0.1 = +10%, of bits per byte when every row's
+    ``ppl_unit`` is "bits per byte", else of per-token perplexity); None values are skipped.
+    Left panel: accuracy changes with CI bars; right panel: the perplexity changes in percent,
+    titled with their unit (bits per byte compares Chinese with English; per-token perplexity does not).
     """
     colors = {"zh": TUNED_COLOR, "en": "#2c7fb8"}
     dodge = {"zh": -0.006, "en": 0.006}  # fraction of the scale range: keeps overlapping CI bars apart
@@ -477,7 +479,9 @@ def plot_adapter_scale_curve(rows: Sequence[dict], out_png: str | os.PathLike, *
                     color=colors[side],
                     label=label,
                 )
-        for ax, title in ((acc_ax, "scale_accuracy_title"), (ppl_ax, "scale_perplexity_title")):
+        per_byte = all(r.get("ppl_unit") == "bits per byte" for r in rows)
+        ppl_title = "scale_bits_title" if per_byte else "scale_perplexity_title"
+        for ax, title in ((acc_ax, "scale_accuracy_title"), (ppl_ax, ppl_title)):
             ax.axhline(0.0, color=BASE_COLOR, linewidth=0.8)
             ax.set_xlabel(labels.text("scale_axis", lang), fontsize=8)
             ax.set_title(labels.text(title, lang), fontsize=10)

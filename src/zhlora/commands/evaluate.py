@@ -28,7 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
-from zhlora.config import add_config_flags, config_from_args
+from zhlora.config import SIZE_FIELDS, add_config_flags, config_from_args
 from zhlora.errors import ConfigError, ZhloraError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _load_items(specs: dict, data_dir: Path, cfg) -> dict:
     items = {}
     for name, spec in specs.items():
         wanted = None if ec.subjects is None or name not in choice_names else qualified.get(name, []) + bare
-        items[name] = load_benchmark_items(data_dir, spec, shots=ec.shots, subjects=wanted, limit=ec.limit,
+        items[name] = load_benchmark_items(data_dir, spec, shots=ec.shots, subjects=wanted, limit=ec.size_of(name),
                                            prompt_template=cfg.data.prompt_template)
     if ec.subjects is not None:
         choice = {name: items[name] for name in choice_names}
@@ -213,7 +213,7 @@ def _settings(cfg, data_dir: Path) -> dict:
     ec = cfg.eval
     return {
         "benchmarks": list(ec.benchmarks), "protocol": ec.protocol, "shots": ec.shots, "gsm8k_variant": ec.gsm8k_variant,
-        "limit": ec.limit, "subjects": ec.subjects, "batch_size": ec.batch_size, "max_new_tokens": ec.max_new_tokens,
+        **{name: getattr(ec, name) for name in SIZE_FIELDS}, "subjects": ec.subjects, "batch_size": ec.batch_size, "max_new_tokens": ec.max_new_tokens,
         "backend": ec.backend, "torch_dtype": cfg.model.torch_dtype, "prompt_template": cfg.data.prompt_template,
         "data_dir": str(data_dir),
     }
@@ -379,7 +379,8 @@ def _print_summary(results_dir: Path, results: dict) -> None:
     print(f"{results_dir}:")
     for name, entry in results["benchmarks"].items():
         if entry["kind"] == "perplexity":
-            print(f"  {name:<8} loss {entry['loss']:.4f} nats/token, perplexity {entry['perplexity']:.3f} "
+            bpb = f", {entry['bits_per_byte']:.4f} bits/byte" if entry.get("bits_per_byte") is not None else ""
+            print(f"  {name:<8} loss {entry['loss']:.4f} nats/token, perplexity {entry['perplexity']:.3f}{bpb} "
                   f"({entry['n_documents']} documents, {entry['n_tokens']} tokens)")
         else:
             macro = f", macro {100 * entry['accuracy_macro']:.2f}" if "accuracy_macro" in entry else ""

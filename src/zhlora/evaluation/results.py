@@ -21,6 +21,10 @@ from zhlora.io_utils import (
 
 SCHEMA_VERSION = 1
 RESULT_FILES = ("results.json", "results.md", "timings.json")
+INDEPENDENT_LABELS = {"bits_per_byte": "bits/byte", "bits_per_character": "bits/character",
+                      "word_perplexity": "word perplexity"}
+SIZE_LABELS = {"limit": "items per subject", "gsm8k_limit": "GSM8K problems", "ppl_zh_documents": "ppl_zh documents",
+               "ppl_en_documents": "ppl_en documents"}
 PREDICTIONS_DIRNAME = "predictions"
 
 
@@ -71,14 +75,16 @@ def results_markdown(results: Mapping) -> str:
         check = model.get("adapter_check") or {}
         lines.append(f"- adapter check: {'ok' if check.get('ok') else '**FAILED**'} — {check.get('message', '')}")
     settings = results["settings"]
-    lines.append(f"- protocol {settings.get('protocol')}, items per subject limited to {settings.get('limit')}"
-                 if settings.get("limit") else f"- protocol {settings.get('protocol')}, all items")
-    lines += ["", "| benchmark | kind | shots | n | accuracy (micro) | accuracy (macro) | loss (nats/token) | perplexity |",
+    sizes = [f"{label} {settings[key]}" for key, label in SIZE_LABELS.items() if settings.get(key)]
+    lines.append(f"- protocol {settings.get('protocol')}, " + (f"limited: {', '.join(sizes)}" if sizes else "all items"))
+    lines += ["", "| benchmark | kind | shots | n | accuracy (micro) | accuracy (macro) | loss (nats/token) | perplexity (per token; tokenizer-independent) |",
               "|---|---|---|---|---|---|---|---|"]
     for name, entry in results["benchmarks"].items():
         if entry["kind"] == "perplexity":
+            independent = "".join(f"; {label} {entry[key]:.4f}" for key, label in INDEPENDENT_LABELS.items()
+                                  if entry.get(key) is not None)
             lines.append(f"| {name} | perplexity | – | {entry['n_documents']} docs, {entry['n_tokens']} tokens | – | – | "
-                         f"{entry['loss']:.4f} | {entry['perplexity']:.3f} |")
+                         f"{entry['loss']:.4f} | {entry['perplexity']:.3f}{independent} |")
         else:
             macro = _pct(entry["accuracy_macro"]) if "accuracy_macro" in entry else "–"
             extra = f" (flexible {_pct(entry['exact_match_flexible'])})" if entry["kind"] == "generate" else ""

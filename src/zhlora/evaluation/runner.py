@@ -39,6 +39,7 @@ from zhlora.evaluation.scoring import (
     summarize_choice,
     summarize_generate,
     summarize_perplexity,
+    text_units,
 )
 from zhlora.evaluation.specs import ChoiceSpec, GenerateSpec
 from zhlora.evaluation.tasks import choice as choice_hooks
@@ -185,7 +186,8 @@ def _perplexity_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit) -> 
         totals[owner][0] += nll
         totals[owner][1] += count
     return [
-        {"id": doc.id, "nll": round(nll, _LL_DIGITS), "n_tokens": count, "loss": round(nll / count, _LL_DIGITS)}
+        {"id": doc.id, "nll": round(nll, _LL_DIGITS), "n_tokens": count, "loss": round(nll / count, _LL_DIGITS),
+         **text_units(doc.text)}
         for doc, (nll, count) in zip(unit.items, totals)
     ]
 
@@ -215,7 +217,7 @@ def summarize_benchmark(bench: BenchmarkItems, rows: Sequence[dict]) -> dict:
     elif isinstance(spec, GenerateSpec):
         entry.update(variant=spec.variant, shots=bench.shots, **summarize_generate(rows))
     else:
-        entry.update(summarize_perplexity(rows))
+        entry.update(summarize_perplexity(rows, spec.units))
     return entry
 
 

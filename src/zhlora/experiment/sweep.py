@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from zhlora.config import ExperimentConfig, config_to_dict
 from zhlora.errors import ConfigError, DataError
 from zhlora.experiment.execution import read_records, step_state
-from zhlora.experiment.layout import WorkLayout, check_run_name, number_tag
-from zhlora.experiment.plan import Step, plan_fingerprints, run_steps, shared_steps
-from zhlora.experiment.reports import tradeoff_numbers
+from zhlora.experiment.layout import WorkLayout, check_run_name, number_tag, seed_configs
+from zhlora.experiment.plan import Step, merge_plans, plan_fingerprints, run_steps, shared_steps
+from zhlora.experiment.reports import seed_mean_and_spread, tradeoff_numbers
 from zhlora.io_utils import provenance
 
 logger = logging.getLogger(__name__)
@@ -103,20 +103,6 @@ def trial_config(cfg: ExperimentConfig, trial: Trial) -> ExperimentConfig:
     return out
 
 
-def _merge_plans(plans: Sequence[Sequence[Step]]) -> list[Step]:
-    """Concatenate plans, keeping the first of steps that share an id (they must be identical)."""
-    steps: dict[str, Step] = {}
-    for plan in plans:
-        for step in plan:
-            known = steps.get(step.id)
-            if known is None:
-                steps[step.id] = step
-            elif known.settings != step.settings or known.inputs != step.inputs:
-                raise ConfigError(f"Two runs of this plan need step {step.id} with different settings; "
-                                  "give them different work folders.")
-    return list(steps.values())
-
-
 def plan_sweep(cfg: ExperimentConfig, trials: Sequence[Trial]) -> tuple[WorkLayout, list[Step], list[ExperimentConfig]]:
     """Every step of the given trials (shared steps once), and each trial's config."""
     check_run_name(cfg.run_name)
@@ -125,7 +111,7 @@ def plan_sweep(cfg: ExperimentConfig, trials: Sequence[Trial]) -> tuple[WorkLayo
     layout = WorkLayout.of(cfg)
     configs = [trial_config(cfg, t) for t in trials]
     shared = shared_steps(configs[0], layout, [t.replay_ratio for t in trials])
-    return layout, _merge_plans([shared, *(run_steps(c, layout) for c in configs)]), configs
+    return layout, merge_plans([shared, *(run_steps(c, layout) for c in configs)]), configs
 
 
 def trial_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
@@ -188,7 +174,12 @@ def summarize_sweep(cfg: ExperimentConfig) -> dict:
         row = {**dataclasses.asdict(trial), "status": status}
         if status.startswith("complete"):
             try:
-                row.update(tradeoff_numbers(load_forgetting(layout.eval_dir(trial.name) / FORGETTING_FILE)))
+                seeds = [load_forgetting(layout.eval_dir(c.run_name) / FORGETTING_FILE)
+                         for c in seed_configs(trial_config(cfg, trial))
+                         if (layout.eval_dir(c.run_name) / FORGETTING_FILE).is_file()]
+                row.update(seed_mean_and_spread([tradeoff_numbers(f) for f in seeds]) if len(seeds) > 1
+                           else tradeoff_numbers(seeds[0]))
+                row["seeds_compared"] = len(seeds)
             except DataError as exc:
                 logger.warning("%s", exc)
                 row["status"] = "unreadable forgetting.json (rerun the trial)"

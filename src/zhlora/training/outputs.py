@@ -35,7 +35,8 @@ RUN_ARTEFACTS = (ADAPTER_WEIGHTS_NAME, "adapter_config.json", "README.md", CONFI
                  "probe_curves.png", "probe_sets.json", "probe_snapshots")
 # Settings that change how a run reports or saves, never the adapter it produces...
 NON_IDENTITY_TRAIN_FIELDS = ("save_steps", "save_total_limit", "logging_steps", "report_to",
-                             "monitor_every", "forgetting_budget", "budget_action", "probe_limit", "probe_overhead")
+                             "monitor_every", "forgetting_budget", "budget_action", "probe_limit", "probe_overhead",
+                             "seeds")  # how many seed runs the pipeline makes; each run's own seed is `seed`
 # ...unless a forgetting budget is set: then when and on how many items the probes run can stop
 # the run early and choose the step whose adapter is exported.
 BUDGET_IDENTITY_FIELDS = ("save_steps", "monitor_every", "forgetting_budget", "budget_action", "probe_limit",
