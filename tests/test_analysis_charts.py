@@ -198,3 +198,84 @@ def test_probe_chart_marks_follow_the_run_manifest():
     assert probe_chart_marks(budgeted) == {"limits": {"en_ppl": 31.5}, "selected_step": 40}
     watched_only = {"forgetting_budget": None, "budget_limit_values": {}, "selected_step": 80}
     assert probe_chart_marks(watched_only) == {"limits": {}, "selected_step": None}
+
+
+# --- the font actually draws (issue 13: every glyph was a box on a fresh machine) -------------------
+def _last_resort_font() -> str:
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "LastResortHE-Regular.ttf"
+    if not path.is_file():
+        pytest.skip("this matplotlib ships no LastResortHE font")
+    return str(path)
+
+
+@pytest.fixture
+def fonts_without_cjk(monkeypatch):
+    """A machine without a CJK font: matplotlib's own fonts only (DejaVu and Last Resort)."""
+    from matplotlib import font_manager
+
+    kept = [e for e in font_manager.fontManager.ttflist if "mpl-data" in e.fname]
+    assert any("LastResort" in e.fname for e in kept) or _last_resort_font()
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", kept)
+    monkeypatch.setattr(font_manager, "findSystemFonts", lambda *a, **k: [])
+    monkeypatch.delenv(fonts.FONT_FILE_ENV, raising=False)
+    fonts.find_cjk_font.cache_clear()
+    yield
+    fonts.find_cjk_font.cache_clear()
+
+
+def _render_label(label: str, family: str | None, tmp_path: Path):
+    """Draw ``label`` as a chart title with the chart fonts of ``family``; return (figure, pixels)."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    with matplotlib.rc_context(fonts.font_rc(family)):
+        figure = Figure(figsize=(4, 1))
+        figure.text(0.05, 0.3, label, fontsize=20)
+        out = tmp_path / f"label-{abs(hash((label, family)))}.png"
+        figure.savefig(out, dpi=60)
+        boxed = fonts.boxed_characters(figure)
+    return boxed, np.asarray(Image.open(out).convert("L"))
+
+
+@pytest.mark.allow_boxes
+def test_last_resort_font_is_detected_as_boxes(tmp_path):
+    """Control: the detector sees the boxes of the font that caused issue 13."""
+    from matplotlib import font_manager
+
+    path = _last_resort_font()
+    assert fonts.is_box_font(path)
+    assert not fonts.is_box_font(str(Path(font_manager.findfont("DejaVu Sans"))))
+    boxed, _ = _render_label("准确率 Accuracy 12", "Last Resort High-Efficiency", tmp_path)
+    assert set("准确率Accuracy12") <= set(boxed)
+    boxed, _ = _render_label("准确率", None, tmp_path)  # DejaVu has no Chinese glyphs
+    assert set(boxed) == set("准确率")
+
+
+def test_without_cjk_font_labels_are_english_and_draw(fonts_without_cjk, tmp_path):
+    assert fonts.find_cjk_font() is None  # not "Last Resort High-Efficiency"
+    language, family = fonts.resolve_chart_language("auto")
+    assert (language, family) == ("en", None)
+    from zhlora.analysis import labels
+
+    label = labels.text("benchmark_accuracy", language)
+    boxed, pixels = _render_label(label + " 0123", family, tmp_path)
+    assert boxed == {}
+    assert (pixels < 128).any()  # ink on the canvas
+
+
+def test_with_cjk_font_chinese_labels_draw_real_glyphs(tmp_path):
+    family = fonts.find_cjk_font()
+    if family is None:
+        pytest.skip("no CJK font installed (apt-get install fonts-noto-cjk)")
+    assert "last resort" not in family.lower()
+    from zhlora.analysis import labels
+
+    label = labels.text("benchmark_accuracy", "zh") + " C-Eval 12.5"
+    boxed, drawn = _render_label(label, family, tmp_path)
+    assert boxed == {}
+    _, boxes = _render_label(label, "Last Resort High-Efficiency", tmp_path)
+    assert drawn.shape == boxes.shape and (drawn != boxes).mean() > 0.01  # not the fallback's boxes

@@ -69,12 +69,10 @@ def test_verdicts_flag_real_forgetting_and_gain_only(forgetting):
     for subject in ("abstract_algebra", "econometrics", "clinical_knowledge"):
         row = _row(forgetting, "subject", subject)
         assert row["verdict"] == "no significant change"
-        assert (row["delta_points"], row["ci_low_points"], row["ci_high_points"], row["p_value"]) == (
-            0.0,
-            0.0,
-            0.0,
-            1.0,
-        )
+        assert (row["delta_points"], row["p_value"]) == (0.0, 1.0)
+        # no flips: the score interval is ±100 z²/(n + z²), not the bootstrap's [0, 0]
+        half = 100 * 1.959963984540054**2 / (row["n"] + 1.959963984540054**2)
+        assert (row["ci_low_points"], row["ci_high_points"]) == pytest.approx((-half, half), abs=1e-6)
     # CMMLU: 6 flips each way, nothing may be flagged at any level
     assert {r["verdict"] for r in forgetting["rows"] if r["benchmark"] == "cmmlu"} == {"no significant change"}
 
@@ -263,7 +261,9 @@ def test_perplexity_interval_only_with_document_losses(forgetting):
     zh, en = ppl["ppl_zh"], ppl["ppl_en"]
     assert zh["ci_low"] < zh["relative_change"] < zh["ci_high"] < 0  # constructed clear Chinese improvement
     assert en["ci_low"] is None and en["ci_high"] is None  # no per-document losses saved
-    assert "Chinese perplexity by -39.3% (CI" in forgetting["headline"]["text"]
+    text = forgetting["headline"]["text"]
+    assert "Chinese bits per byte by -20.8% (" in text and "CI -" in text  # ppl_zh has bits per byte
+    assert "English perplexity per token by +8.3%" in text  # older ppl_en results: per-token only, no interval
 
 
 def test_perplexity_token_mismatch_is_refused(pair, tmp_path):
@@ -274,3 +274,84 @@ def test_perplexity_token_mismatch_is_refused(pair, tmp_path):
     file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     with pytest.raises(SettingsMismatchError, match="token counts"):
         compare_results(base, tuned, tmp_path / "out", **OPTIONS)
+
+
+def test_perplexity_units_with_paired_intervals(forgetting):
+    zh = next(row for row in forgetting["perplexity"] if row["benchmark"] == "ppl_zh")
+    assert zh["resolved"] is True and zh["n_documents"] == 20
+    bpb, bpc = zh["units"]["bits_per_byte"], zh["units"]["bits_per_character"]
+    # the unit cancels in a ratio: bits per byte and per character change by the same fraction,
+    # that of the summed loss (= of the per-token loss, same tokens)
+    assert bpb["relative_change"] == pytest.approx(zh["tuned_loss"] / zh["base_loss"] - 1, abs=1e-5)
+    assert bpc["relative_change"] == pytest.approx(bpb["relative_change"], abs=1e-5)
+    assert bpb["ci_low"] < bpb["relative_change"] < bpb["ci_high"] < 0
+    assert bpb["delta_ci_low"] < bpb["delta"] < bpb["delta_ci_high"] < 0
+    assert bpc["delta"] == pytest.approx(3 * bpb["delta"], rel=1e-4)  # 3 bytes per character in the fixture
+    assert "words" not in zh["units"] and "word_perplexity" not in zh["units"]
+    assert forgetting["headline"]["chinese"]["perplexity_unit"] == "bits per byte"
+    assert forgetting["headline"]["english"]["perplexity_unit"] == "perplexity per token"
+
+
+def _keep_documents(folder: Path, name: str, keep: int) -> None:
+    """Cut a perplexity probe of a results folder to its first ``keep`` documents (consistently)."""
+    from zhlora.evaluation.scoring import summarize_perplexity
+
+    file = folder / "predictions" / f"{name}.jsonl"
+    rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines()][:keep]
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    _edit_results(folder, lambda r: r["benchmarks"][name].update(summarize_perplexity(rows, ("bytes", "characters"))))
+
+
+def test_few_documents_are_not_resolved(pair, tmp_path):
+    base, tuned = pair
+    for folder in pair:
+        _keep_documents(folder, "ppl_zh", 2)
+    result = compare_results(base, tuned, tmp_path / "out", **OPTIONS)
+    zh = next(row for row in result["perplexity"] if row["benchmark"] == "ppl_zh")
+    assert zh["resolved"] is False and zh["ci_low"] is None and zh["units"]["bits_per_byte"]["ci_low"] is None
+    assert "not resolved: 2 documents, an interval needs 20" in result["headline"]["text"]
+    assert "无法给出区间：仅 2 篇文档" in result["headline"]["text_zh"]
+    markdown = (tmp_path / "out" / "forgetting.md").read_text(encoding="utf-8")
+    assert "not resolved (2 documents < 20)" in markdown
+
+
+def test_detectable_change_on_every_accuracy_row(forgetting):
+    for row in forgetting["rows"]:
+        discordant = (row["right_to_wrong"] + row["wrong_to_right"]) / row["n"]
+        assert row["detectable_points"] == pytest.approx(stats.minimum_detectable_change(row["n"], discordant))
+    gsm8k = _row(forgetting, "benchmark", "gsm8k")  # 60 problems, 5 flips
+    assert gsm8k["detectable_points"] > 5
+    assert "detectable" in forgetting["statistics"]["power"] or "80% power" in forgetting["statistics"]["power"]
+
+
+def test_ten_items_without_flips(tmp_path):
+    """An n = 10 benchmark where nothing flipped: a real interval and a "too small to detect" statement."""
+    from zhlora.analysis.compare import build_forgetting
+
+    rows = [{"id": f"q{i}", "subject": "anatomy", "gold": "A", "predicted": "A" if i < 4 else "B", "correct": i < 4}
+            for i in range(10)]
+    entry = {"kind": "multiple_choice", "n": 10, "accuracy_micro": 0.4, "subjects": {}}
+    results = {"model": {}, "settings": {}, "benchmarks": {"mmlu": entry}}
+    out = build_forgetting(results, results, {"mmlu": rows}, {"mmlu": rows}, **OPTIONS)
+    row = out["rows"][0]
+    assert (row["delta_points"], row["right_to_wrong"], row["wrong_to_right"]) == (0.0, 0, 0)
+    assert row["ci_low_points"] == pytest.approx(-27.7533, abs=1e-3) and row["ci_high_points"] == pytest.approx(27.7533, abs=1e-3)
+    assert row["detectable_points"] == pytest.approx(61.58, abs=0.01)
+    assert out["headline"]["english"]["ci_low_points"] == pytest.approx(-27.7533, abs=1e-3)
+    text = out["headline"]["text"]
+    assert "English accuracy changed by +0.0 points (95% CI -27.8 to +27.8; MMLU +0.0)" in text
+    assert "Too few items to detect a change of 5 points: MMLU (n = 10: changes smaller than ±62 points would go unseen)." in text
+    assert "MMLU（n = 10：小于 ±62 个百分点的变化检测不到）" in out["headline"]["text_zh"]
+
+
+def test_non_utf8_predictions_are_a_clear_error(pair, capsys):
+    """Issue 13 finding 7: a damaged predictions file names itself and its line, exit 2, no traceback."""
+    from zhlora.cli import main
+
+    base, tuned = pair
+    path = tuned / "predictions" / "mmlu.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2] + [b'{"id": "x\xff\xfe"}\n'] + lines[3:]))
+    assert main(["compare", str(base), str(tuned), "--no-report", "--bootstrap_samples", "100"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line 3: not UTF-8 text (byte 0xff" in err and "Traceback" not in err

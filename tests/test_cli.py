@@ -36,3 +36,57 @@ def test_help_does_not_import_torch():
 def test_unknown_verb_suggests(capsys):
     assert main(["evalute"]) == 2
     assert 'Did you mean "evaluate"' in capsys.readouterr().err
+
+
+def test_third_party_deprecations_are_hidden_and_real_warnings_pass():
+    """Issue 13 finding 6: transformers' FutureWarnings are noise for users; other warnings are not."""
+    import warnings
+
+    from zhlora.cli import quiet_third_party_deprecations
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party_deprecations()
+        for category, module in [(FutureWarning, "transformers.modeling_utils"), (DeprecationWarning, "peft.tuners"),
+                                 (UserWarning, "transformers.generation"), (FutureWarning, "zhlora.training"),
+                                 (FutureWarning, "transformersx")]:
+            warnings.warn_explicit(f"{module} says", category, "file.py", 1, module=module)
+    assert sorted(str(w.message) for w in caught) == ["transformers.generation says", "transformersx says",
+                                                      "zhlora.training says"]
+
+
+def _help(verb: str) -> str:
+    import argparse
+
+    from zhlora.cli import load_command
+
+    parser = argparse.ArgumentParser(prog=f"zhlora {verb}")
+    load_command(verb).add_arguments(parser)
+    return parser.format_help()
+
+
+def test_verb_help_shows_its_own_flags_first_and_names_the_shared_ones():
+    """Issue 13: download-data --help must not describe preprocessing flags, and vice versa."""
+    text = _help("download-data")
+    own, shared = text.split("shared config:")
+    assert "--belle_sample_size BELLE_SAMPLE_SIZE" in own and "--source SOURCE" in own
+    for flag in ("--processed_dir", "--prompt_template", "--max_seq_length", "--overlong"):
+        assert flag not in own and flag in shared
+    text = _help("preprocess")
+    own, shared = text.split("shared config:")
+    assert "--max_seq_length MAX_SEQ_LENGTH" in own and "--model_name_or_path" in own
+    for flag in ("--source", "--belle_sample_size", "--torch_dtype"):
+        assert f"{flag} " not in own and flag in shared
+    assert "shared config" not in _help("train")  # train reads all of its groups
+
+
+def test_shared_config_flags_are_still_accepted():
+    import argparse
+
+    from zhlora.cli import load_command
+    from zhlora.config import config_from_args
+
+    parser = argparse.ArgumentParser()
+    load_command("preprocess").add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--source", "sample", "--belle_sample_size", "7"]))
+    assert cfg.data.source == "sample" and cfg.data.belle_sample_size == 7

@@ -105,3 +105,13 @@ def test_yaml_round_trip():
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_parses(path):
     load_config(path)
+
+
+def test_benchmark_sizes_are_independent():
+    from zhlora.config import EvalConfig
+
+    ec = EvalConfig(limit=10, gsm8k_limit=3, ppl_en_documents=25)
+    assert [ec.size_of(name) for name in ("ceval", "cmmlu", "mmlu", "gsm8k", "ppl_zh", "ppl_en")] == [10, 10, 10, 3, None, 25]
+    assert EvalConfig().size_of("gsm8k") is None  # default: the whole set
+    with pytest.raises(ConfigError, match="--ppl_zh_documents must be a positive number"):
+        EvalConfig(ppl_zh_documents=0)

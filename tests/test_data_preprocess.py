@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from zhlora.data.preprocess import (
     IGNORE_INDEX,
     build_example,
     count_han,
+    drop_advice,
     length_summary,
     preprocess_data,
     replay_count,
@@ -122,15 +124,46 @@ def test_length_rule_drops_or_truncates_by_flag(data_dir, tokenizer, tmp_path):
     cut = preprocess_data(data_dir, tmp_path / "cut", tokenizer, template="llama2_chat", max_seq_length=limit, overlong="truncate")
     assert cut["train"]["truncated"] == dropped["train"]["dropped"]["too_long"]
     assert cut["train"]["rows_out"] == 30 and cut["train"]["lengths"]["max"] == limit
-    with pytest.raises(DataError, match="Every training row was dropped.*--max_seq_length"):
+    with pytest.raises(DataError, match=r"Every training row was dropped: 30 row.s. were longer than --max_seq_length 16: raise it, or .* --overlong truncate"):
         preprocess_data(data_dir, tmp_path / "none", tokenizer, template="llama2_chat", max_seq_length=16)
+
+
+def test_each_drop_reason_gets_its_own_advice(tmp_path, tokenizer, caplog):
+    """Issue 13 finding 8: empty outputs are not a --max_seq_length problem; download-data warns about them."""
+    release = write_release(tmp_path / "release")
+    for part in (release / "belle").iterdir():  # JSON lines, every output emptied
+        rows = [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines() if line.strip()]
+        part.write_text("".join(json.dumps({**r, "output": ""}, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    data = tmp_path / "data"
+    with caplog.at_level(logging.WARNING, logger="zhlora.data"):
+        download_data(data, source=f"local:{release}", datasets=["belle"], belle_sample_size=20, belle_heldout_size=2)
+    assert "belle: 20 of 20 training rows and 2 of 2 held-out rows have an empty output" in caplog.text
+    with pytest.raises(DataError) as info:
+        preprocess_data(data, tmp_path / "p", tokenizer)
+    message = str(info.value)
+    assert "20 row(s) had an empty output" in message and "belle/train.jsonl" in message
+    assert "--max_seq_length" not in message and "--overlong" not in message
+    assert drop_advice({"too_long": 3}, 512, Path("x")).startswith("3 row(s) were longer than --max_seq_length 512")
+    assert "--overlong truncate cannot help" in drop_advice({"prompt_too_long": 1}, 64, Path("x"))
+
+
+def test_replay_shortfall_is_a_warning_with_both_numbers_and_the_effective_ratio(data_dir, tokenizer, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="zhlora.data"):
+        stats = preprocess_data(data_dir, tmp_path / "short", tokenizer, max_seq_length=512, replay_ratio=0.9)
+    available = stats["replay"]["used"]
+    assert stats["replay"]["requested"] == 270 > available  # 0.9 / 0.1 * 30
+    effective = round(available / (30 + available), 4)
+    assert stats["replay"]["effective_ratio"] == effective
+    assert json.loads((tmp_path / "short" / "stats.json").read_text())["replay"]["effective_ratio"] == effective
+    assert f"asks for 270 English rows but only {available} exist" in caplog.text
+    assert f"effective replay ratio is {effective:.3f}, not 0.9" in caplog.text
 
 
 def test_replay_mixes_the_requested_share_of_english(data_dir, tokenizer, tmp_path):
     from datasets import load_from_disk
 
     stats = preprocess_data(data_dir, tmp_path / "replay", tokenizer, max_seq_length=512, replay_ratio=0.25, seed=3)
-    assert stats["replay"] == {"ratio": 0.25, "requested": 10, "used": 10}  # 10 / (30 + 10) = 25 %
+    assert stats["replay"] == {"ratio": 0.25, "requested": 10, "used": 10, "effective_ratio": 0.25}  # 10 / (30 + 10)
     train = load_from_disk(str(tmp_path / "replay" / "train_dataset"))
     assert len(train) == 40
     english = tokenizer("Below is an instruction", add_special_tokens=False)["input_ids"]
@@ -138,6 +171,16 @@ def test_replay_mixes_the_requested_share_of_english(data_dir, tokenizer, tmp_pa
     again = preprocess_data(data_dir, tmp_path / "replay2", tokenizer, max_seq_length=512, replay_ratio=0.25, seed=3)
     assert load_from_disk(str(tmp_path / "replay2" / "train_dataset"))["input_ids"] == train["input_ids"]
     assert again["replay"] == stats["replay"]
+
+
+def test_non_utf8_normalized_belle_is_a_clear_error(data_dir, tokenizer, tmp_path):
+    import shutil
+
+    data = Path(shutil.copytree(data_dir, tmp_path / "data"))
+    train = data / "belle" / "train.jsonl"
+    train.write_bytes(train.read_bytes().replace("。".encode(), b"\xa1\xa3", 1))  # GBK bytes in UTF-8 text
+    with pytest.raises(DataError, match=r"belle/train\.jsonl, line \d+: not UTF-8 text"):
+        preprocess_data(data, tmp_path / "p", tokenizer)
 
 
 def test_replay_without_alpaca_names_the_download_command(tokenizer, tmp_path):

@@ -151,6 +151,18 @@ def test_bad_local_folders_give_clear_errors(tmp_path, capsys):
     assert not (tmp_path / "models" / "base_model").exists()
 
 
+def test_a_mistyped_folder_is_no_such_folder_and_leaves_nothing_behind(tmp_path, capsys, monkeypatch, tiny_model_dir):
+    """Issue 13 finding 7: `./modles/base_model` is a typo of a folder, not a hub id to fetch."""
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "base_model")
+    monkeypatch.chdir(tmp_path)
+    assert run_command("download-model", ["--model_name_or_path", "./modles/base_model", "--output_dir", "out"]) == 2
+    err = capsys.readouterr().err
+    assert "--model_name_or_path ./modles/base_model: no such folder" in err and 'Did you mean "models/base_model"' in err
+    assert "Traceback" not in err and "HFValidationError" not in err
+    assert not (tmp_path / "out" / ".base_model.partial").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # the lock is gone too
+
+
 def test_modelscope_without_package_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "modelscope", None)  # behave as if not installed
     with pytest.raises(ZhloraError, match=r"pip install 'zhlora\[modelscope\]'"):

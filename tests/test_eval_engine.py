@@ -71,10 +71,11 @@ def test_prefix_sharing_and_batching_match_plain_computation(tiny):
     calls = []
     original = engine._prefix_kv
     engine._prefix_kv = lambda ids: calls.append(len(ids)) or original(ids)
-    got = engine.choice_loglikelihoods(encoded, prefix_ids)
+    scores = engine.choice_loglikelihoods(encoded, prefix_ids)
     assert calls == [len(prefix_ids)]  # the prefix is computed exactly once
     assert all(r.context_ids[: len(prefix_ids)] == prefix_ids for r in encoded)  # ... and shared by every item
-    assert _max_difference(got, plain_loglikelihoods(model, encoded, engine.max_length)) < TOLERANCE
+    assert (scores.prefix.items, scores.prefix.shared_items) == (len(encoded), len(encoded))
+    assert _max_difference(scores.loglikelihoods, plain_loglikelihoods(model, encoded, engine.max_length)) < TOLERANCE
 
 
 def test_items_whose_tokens_do_not_start_with_the_prefix_fall_back(tiny):
@@ -86,8 +87,9 @@ def test_items_whose_tokens_do_not_start_with_the_prefix_fall_back(tiny):
     engine = HFEvalModel(model, tokenizer, batch_size=4)
     prefix_ids = encoded[0].context_ids[:40]
     assert other.context_ids[:40] != prefix_ids
-    got = engine.choice_loglikelihoods(encoded, prefix_ids)
-    assert _max_difference(got, plain_loglikelihoods(model, encoded, engine.max_length)) < TOLERANCE
+    scores = engine.choice_loglikelihoods(encoded, prefix_ids)
+    assert (scores.prefix.items, scores.prefix.shared_items) == (len(encoded), len(encoded) - 1)
+    assert _max_difference(scores.loglikelihoods, plain_loglikelihoods(model, encoded, engine.max_length)) < TOLERANCE
 
 
 def test_contexts_longer_than_the_window_are_truncated_from_the_left(tiny):
@@ -96,8 +98,9 @@ def test_contexts_longer_than_the_window_are_truncated_from_the_left(tiny):
     encoded = [encode_choice(tokenizer, r) for r in requests]
     engine = HFEvalModel(model, tokenizer, batch_size=2, max_length=48)
     assert all(len(r.context_ids) > 48 for r in encoded)
-    got = engine.choice_loglikelihoods(encoded, tokenizer(requests[0].prompt.prefix)["input_ids"])
-    assert _max_difference(got, plain_loglikelihoods(model, encoded, 48)) < TOLERANCE
+    scores = engine.choice_loglikelihoods(encoded, tokenizer(requests[0].prompt.prefix)["input_ids"])
+    assert scores.prefix.shared_items == 0
+    assert _max_difference(scores.loglikelihoods, plain_loglikelihoods(model, encoded, 48)) < TOLERANCE
 
 
 @pytest.mark.shared_data
@@ -114,7 +117,7 @@ def test_real_benchmark_items_match_plain_computation(tiny, shared_eval_data, pr
         prefix_ids = tokenizer(requests[0].prompt.prefix)["input_ids"]
         shared = [r for r in encoded if r.context_ids[: len(prefix_ids)] == prefix_ids and len(r.context_ids) <= engine.max_length]
         assert shared, f"{benchmark}/{subject}: no item could use the shared prefix"
-        got = engine.choice_loglikelihoods(encoded, prefix_ids)
+        got = engine.choice_loglikelihoods(encoded, prefix_ids).loglikelihoods
         assert _max_difference(got, plain_loglikelihoods(model, encoded, engine.max_length)) < TOLERANCE
         checked += len(encoded)
     assert checked == 9
@@ -150,7 +153,7 @@ def test_batched_generation_matches_one_prompt_at_a_time(tiny):
 def test_auto_batch_size_backs_off_on_out_of_memory(tiny):
     model, tokenizer = tiny
     encoded = [encode_choice(tokenizer, r) for r in _synthetic_requests()]
-    reference = HFEvalModel(model, tokenizer, batch_size=8).choice_loglikelihoods(encoded)
+    reference = HFEvalModel(model, tokenizer, batch_size=8).choice_loglikelihoods(encoded).loglikelihoods
 
     def limited(engine):
         real = engine._score_batch
@@ -164,7 +167,7 @@ def test_auto_batch_size_backs_off_on_out_of_memory(tiny):
         return engine
 
     auto = limited(HFEvalModel(model, tokenizer, batch_size="auto"))
-    assert _max_difference(auto.choice_loglikelihoods(encoded), reference) < TOLERANCE
+    assert _max_difference(auto.choice_loglikelihoods(encoded).loglikelihoods, reference) < TOLERANCE
     assert auto.batch_size <= 2
     with pytest.raises(ZhloraError, match="smaller --batch_size"):
         limited(HFEvalModel(model, tokenizer, batch_size=4)).choice_loglikelihoods(encoded)

@@ -194,3 +194,18 @@ def test_unknown_names_get_did_you_mean():
     with pytest.raises(ZhloraError, match="Known protocols"):
         resolve_spec("mmlu", "offical")
     assert set(SPECS) == {"ceval", "cmmlu", "mmlu", "gsm8k", "ppl_zh", "ppl_en"}
+
+
+def test_tokenizer_independent_perplexity_units_by_hand():
+    """Bytes, characters and lm-eval wikitext words of a scored text, and the per-unit figures."""
+    from zhlora.evaluation.scoring import summarize_perplexity, text_units
+
+    assert text_units("中文 ok") == {"n_bytes": 9, "n_characters": 5, "n_words": 2}
+    assert text_units(" a  b\nc") == {"n_bytes": 7, "n_characters": 7, "n_words": 4}  # leading space: "" counts, as in lm-eval
+    rows = [{"id": "d0", "nll": 6.0, "n_tokens": 3, **text_units("中文")}, {"id": "d1", "nll": 2.0, "n_tokens": 1, **text_units("ab")}]
+    zh = summarize_perplexity(rows, ("bytes", "characters"))
+    assert zh["n_bytes"] == 8 and zh["bits_per_byte"] == pytest.approx(8.0 / 8 / math.log(2), abs=1e-6)
+    assert zh["n_characters"] == 4 and zh["bits_per_character"] == pytest.approx(8.0 / 4 / math.log(2), abs=1e-6)
+    assert zh["loss"] == pytest.approx(2.0) and "word_perplexity" not in zh
+    en = summarize_perplexity(rows, ("bytes", "words"))
+    assert en["n_words"] == 2 and en["word_perplexity"] == pytest.approx(math.exp(4.0), rel=1e-6)

@@ -18,8 +18,8 @@ from zhlora.cli import main
 from zhlora.experiment import runs_overview
 
 # Fewer steps, items and tokens than the demo; everything else is configs/demo.yaml.
-FAST = ["--max_steps", "4", "--save_steps", "2", "--limit", "1", "--shots", "0", "--max_new_tokens", "16",
-        "--bootstrap_samples", "200"]
+FAST = ["--max_steps", "4", "--save_steps", "2", "--limit", "1", "--gsm8k_limit", "1", "--ppl_zh_documents", "2",
+        "--ppl_en_documents", "1", "--shots", "0", "--max_new_tokens", "16", "--bootstrap_samples", "200"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_run_writes_the_seed_layout_and_prints_the_headline(first_run):
         assert (work / "evaluation_results" / name / "results.json").is_file(), name
     report = work / "evaluation_results" / "lora-demo" / "report.html"
     forgetting = json.loads((work / "evaluation_results" / "lora-demo" / "forgetting.json").read_text(encoding="utf-8"))
-    assert forgetting["headline"]["text"] in stdout
+    assert stdout.count(forgetting["headline"]["text"]) == 1  # printed once, at the end (issue 13)
     assert f"Report: {report}" in stdout
     assert "Adapter scale" in report.read_text(encoding="utf-8")
     config = (work / ".zhlora" / "configs" / "lora-demo.yaml").read_text(encoding="utf-8")
@@ -51,6 +51,12 @@ def test_run_writes_the_seed_layout_and_prints_the_headline(first_run):
     records = [json.loads(p.read_text(encoding="utf-8")) for p in (work / ".zhlora" / "steps").glob("*.json")]
     assert len(records) == 17 and all(r["status"] == "complete" for r in records)
     assert not list((work / ".zhlora" / "locks").glob("*.lock"))
+    baseline = json.loads((work / "evaluation_results" / "baseline" / "results.json").read_text(encoding="utf-8"))
+    sizes = {key: baseline["settings"][key] for key in ("limit", "gsm8k_limit", "ppl_zh_documents", "ppl_en_documents")}
+    assert sizes == {"limit": 1, "gsm8k_limit": 1, "ppl_zh_documents": 2, "ppl_en_documents": 1}  # set independently
+    benchmarks = baseline["benchmarks"]
+    assert (benchmarks["gsm8k"]["n"], benchmarks["ppl_zh"]["n_documents"], benchmarks["ppl_en"]["n_documents"]) == (1, 2, 1)
+    assert benchmarks["mmlu"]["n"] == len(benchmarks["mmlu"]["subjects"])  # one item per subject
 
 
 def test_scale_zero_is_the_base_model(first_run):
@@ -68,6 +74,35 @@ def test_rerun_skips_every_step(first_run, capsys):
     work, _ = first_run
     assert main(["run", "--work_dir", str(work), *FAST, "--adapter_scales", "0,0.5,1"]) == 0
     assert "0 ran, 0 redone, 17 skipped" in capsys.readouterr().out
+
+
+def test_a_kill_between_each_steps_outputs_and_its_record_is_finished_by_a_rerun(first_run, capsys):
+    """Issue 13 finding 0: every step killed at its commit point (outputs written, record not).
+
+    Each step's record is put back to ``running`` as the kill left it; the rerun must accept or
+    finish every step (no "already exists, pass --overwrite" dead end) and change no result.
+    """
+    work, _ = first_run
+    steps_dir = work / ".zhlora" / "steps"
+    tracked = sorted((work / "evaluation_results").glob("*/results.json")) + [
+        work / "results" / "lora-demo" / "adapter_model.safetensors", work / "processed_data" / "meta.json"]
+    before = {path: path.read_bytes() for path in tracked}
+    records = sorted(steps_dir.glob("*.json"))
+    assert len(records) == 17
+    for path in records:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        record["status"] = "running"
+        record["stamp_before"] = None
+        for key in ("output_stamp", "finished_at", "seconds"):
+            record.pop(key)
+        path.write_text(json.dumps(record), encoding="utf-8")
+    assert main(["run", "--work_dir", str(work), *FAST, "--adapter_scales", "0,0.5,1"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "17 ran, 0 redone, 0 skipped" in out
+    for path in records:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        assert record["status"] == "complete" and record["redo"] is False, path.name
+    assert {path: path.read_bytes() for path in tracked} == before
 
 
 def test_changed_setting_redoes_training_and_after_but_not_the_baseline(first_run, capsys, caplog):
@@ -134,6 +169,27 @@ def test_two_shard_sweep_reuses_the_work_folder_and_merges(first_run, capsys):
     assert "2 of 2 trials complete" in capsys.readouterr().out
     rows = {row["name"]: row for row in runs_overview(work)}
     assert rows["lora-demo-r8-a16-d0.05"]["status"] == "compared"
+
+
+def test_seeds_train_beside_the_run_and_report_the_spread(first_run, capsys):
+    """--seeds 2 adds one seed run (lora-demo-seed43) to the first run and a "Training seeds" section."""
+    work, _ = first_run
+    assert main(["run", "--work_dir", str(work), *FAST, "--adapter_scales", "0,0.5,1", "--seeds", "2"]) == 0
+    assert "Report:" in capsys.readouterr().out
+    assert not (work / "evaluation_results" / "lora-demo-seed43-scale0").exists()  # extra seeds: scale 1 only
+    seeds = json.loads((work / "evaluation_results" / "lora-demo" / "seeds.json").read_text(encoding="utf-8"))
+    assert seeds["seeds"] == [42, 43] and seeds["runs"] == {"42": "lora-demo", "43": "lora-demo-seed43"}
+    seed43 = json.loads((work / "evaluation_results" / "lora-demo-seed43" / "forgetting.json").read_text(encoding="utf-8"))
+    mmlu = next(row for row in seeds["rows"] if row["measure"] == "mmlu")
+    first = json.loads((work / "evaluation_results" / "lora-demo" / "forgetting.json").read_text(encoding="utf-8"))
+    changes = [next(r["delta_points"] for r in f["rows"] if r["level"] == "benchmark" and r["name"] == "mmlu")
+               for f in (first, seed43)]
+    assert mmlu["changes"] == {"42": changes[0], "43": changes[1]}
+    assert mmlu["mean"] == pytest.approx(sum(changes) / 2) and mmlu["sd"] == pytest.approx(abs(changes[0] - changes[1]) / 2**0.5)
+    report = (work / "evaluation_results" / "lora-demo" / "report.md").read_text(encoding="utf-8")
+    assert "## Training seeds" in report and "mean ± SD between seeds" in report
+    manifest = json.loads((work / "results" / "lora-demo-seed43" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["seed"] == 43
 
 
 @pytest.mark.slow

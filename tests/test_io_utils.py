@@ -68,3 +68,13 @@ def test_replace_folder_swaps_whole_folders(tmp_path):
     fresh.mkdir()
     replace_folder(fresh, tmp_path / "fresh")
     assert (tmp_path / "fresh").is_dir() and not fresh.exists()
+
+
+def test_read_jsonl_names_a_non_utf8_line(tmp_path):
+    from zhlora.errors import DataError
+    from zhlora.io_utils import read_jsonl
+
+    path = tmp_path / "train.jsonl"
+    path.write_bytes('{"a": "中"}\n'.encode() + b'{"a": "\xe4\xb8"}\n')
+    with pytest.raises(DataError, match=r"train.jsonl, line 2: not UTF-8 text .* Delete it and rerun"):
+        read_jsonl(path)

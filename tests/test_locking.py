@@ -74,3 +74,22 @@ def test_lock_is_reentrant_within_one_process(tmp_path):
     with folder_lock(tmp_path / "run"), folder_lock(tmp_path / "run"):
         assert (tmp_path / "run" / LOCK_FILENAME).exists()
     assert not (tmp_path / "run" / LOCK_FILENAME).exists()
+
+
+def test_a_late_write_into_a_folder_deleted_and_taken_by_another_run_is_refused(tmp_path):
+    """Issue 13: a SIGTERM checkpoint must not land in the new run started in the deleted folder."""
+    import shutil
+
+    from zhlora.locking import check_still_held
+
+    folder = tmp_path / "run"
+    with folder_lock(folder):
+        check_still_held(folder)  # still ours
+        shutil.rmtree(folder)
+        with pytest.raises(FolderLockedError, match="deleted or taken over.*lock .* is gone"):
+            check_still_held(folder)
+        folder.mkdir()
+        (folder / LOCK_FILENAME).write_text(json.dumps({"pid": 1, "host": "elsewhere"}), encoding="utf-8")
+        with pytest.raises(FolderLockedError, match="held by pid 1 on host elsewhere"):
+            check_still_held(folder)
+    check_still_held(tmp_path / "never-locked")  # library use without a lock passes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,7 +68,8 @@ def test_merge_refuses_non_empty_output_unless_overwrite(tiny_model_dir, adapter
     assert load_model(out, torch_dtype="bfloat16").dtype is torch.bfloat16
 
 
-@pytest.mark.parametrize("case", ["missing", "no_config", "bin_only", "wrong_base"])
+@pytest.mark.parametrize("case", ["missing", "no_config", "bin_only", "wrong_base", "truncated", "config_not_json",
+                                  "missing_base", "truncated_base"])
 def test_merge_bad_adapter_is_a_clear_error(tiny_model_dir, adapter_dir, tmp_path, capsys, case):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -83,10 +85,25 @@ def test_merge_bad_adapter_is_a_clear_error(tiny_model_dir, adapter_dir, tmp_pat
         config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                              num_attention_heads=2, num_key_value_heads=2)
         LlamaForCausalLM(config).save_pretrained(base)
+    if case == "truncated":
+        weights = adapter / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])
+    if case == "config_not_json":
+        (adapter / "adapter_config.json").write_bytes(b'{"peft_type": "LORA", "r": 8,')
+    if case == "missing_base":
+        base = tmp_path / "nonexistent" / "model"
+    if case == "truncated_base":
+        base = Path(shutil.copytree(tiny_model_dir, tmp_path / "base"))
+        weights = base / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     argv = ["--base_model_path", str(base), "--lora_model_path", str(adapter), "--output_dir", str(tmp_path / "out")]
     assert run_command("merge", argv) == 2
     err = capsys.readouterr().err
     expected = {"missing": "does not exist", "no_config": "no adapter_config.json", "bin_only": "pickled",
-                "wrong_base": "does not fit the base model"}[case]
+                "wrong_base": "does not fit the base model",
+                "truncated": "adapter_model.safetensors is not a complete safetensors file",
+                "config_not_json": "adapter_config.json is not valid JSON",
+                "missing_base": f"--base_model_path {base}: no such folder",
+                "truncated_base": "model.safetensors is not a complete safetensors file"}[case]
     assert expected in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()

@@ -152,5 +152,7 @@ def test_packed_batch_gives_each_token_the_loss_it_has_alone(tiny_model_dir, att
     assert count == len(alone) == len(packed)
     torch.testing.assert_close(packed, alone, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(loss_sum, alone.sum(), rtol=1e-5, atol=1e-3)
+    # logits only at the scored positions: the same loss as from the full logits
+    torch.testing.assert_close(loss_sum, packed.sum(), rtol=1e-6, atol=1e-5)
     leaky_losses = F.cross_entropy(leaky.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
     assert (leaky_losses[batch.targets.flatten() != IGNORE_INDEX] - alone).abs().max() > 1e-3

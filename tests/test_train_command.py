@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from zhlora.cli import run_command
+from zhlora.training import checkpoint as ckpt
 
 # Small enough for seconds per run on 2 CPU cores, big enough for several steps and checkpoints.
 BASE_FLAGS = [
@@ -68,12 +70,18 @@ def _env(threads: int | None = None) -> dict:
 
 @contextlib.contextmanager
 def _torch_threads(count: int):
-    previous = torch.get_num_threads()
+    """Run in-process commands with ``count`` threads (zhlora.threads reads OMP_NUM_THREADS)."""
+    previous, previous_env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(count)
+    os.environ["OMP_NUM_THREADS"] = str(count)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+        if previous_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous_env
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -152,7 +160,7 @@ def test_overwrite_replaces_another_run(tmp_path, reference_run, tiny_model_dir,
 # ---------------------------------------------------------------------------------------
 # interruption
 # ---------------------------------------------------------------------------------------
-def test_sigkill_then_rerun_ends_with_the_uninterrupted_adapter(tmp_path, reference_run, tiny_model_dir, processed):
+def test_sigkill_then_rerun_ends_with_the_uninterrupted_adapter(tmp_path, reference_run, tiny_model_dir, processed, caplog):
     out = tmp_path / "killed"
     command = _zhlora(*_paths(tiny_model_dir, processed, out), *REFERENCE_FLAGS)
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -162,15 +170,19 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_adapter(tmp_path, refere
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
 
-    resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300, check=False)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resumed from" in resumed.stderr
+    # The resume runs in this process (cheaper than a second interpreter), with the same threads
+    # as the killed one (_env()); the kill left a stale lock on the folder, which is taken over.
+    with caplog.at_level(logging.INFO, logger="zhlora.training"):
+        assert run_command("train", [*_paths(tiny_model_dir, processed, out), *REFERENCE_FLAGS]) == 0
+    assert "Resumed from" in caplog.text
     assert _max_abs_diff(out, reference_run) <= 1e-5
     steps = [json.loads(line)["step"] for line in (out / "training_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))  # no step logged twice after the resume
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tiny_model_dir, processed):
+def test_sigterm_saves_a_checkpoint_and_a_second_writer_is_refused(tmp_path, tiny_model_dir, processed, capsys):
+    """SIGTERM (like Ctrl-C) saves a checkpoint and exits 130; while the first process still
+    holds the run folder, a second `zhlora train` into it is refused, naming the holder (issue 13)."""
     out = tmp_path / "interrupted"
     flags = [*BASE_FLAGS, "--max_steps", "400", "--save_steps", "1000"]
     proc = subprocess.Popen(_zhlora(*_paths(tiny_model_dir, processed, out), *flags), env=_env(),
@@ -179,13 +191,63 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tiny_model_dir, proce
     deadline = time.monotonic() + 120
     while not (out / "training_log.jsonl").read_text().strip() and time.monotonic() < deadline:
         time.sleep(0.05)  # at least one step done
-    proc.send_signal(signal.SIGINT)
+    assert run_command("train", [*_paths(tiny_model_dir, processed, out), *flags, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"is being written by another zhlora process: pid {proc.pid}" in err, err
+    proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output[-3000:]
     assert "Interrupted at step" in output and "resume" in output
     checkpoints = sorted(out.glob("checkpoint-*"))
     assert len(checkpoints) == 1 and (checkpoints[0] / "adapter_model.safetensors").is_file()
     assert not (out / "manifest.json").exists() and not (out / "adapter_model.safetensors").exists()
+    assert not (out / ".zhlora.lock").exists()  # released on exit
+
+
+@pytest.mark.parametrize("damaged", ["optimizer.bin", "adapter_model.safetensors"])
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, reference_run, tiny_model_dir, processed, caplog, damaged):
+    """Issue 13: a truncated file in the newest checkpoint is found by its recorded sha256 before
+    loading; the run resumes from the previous intact checkpoint and ends with the same adapter."""
+    out = tmp_path / "damaged"
+    shutil.copytree(reference_run, out)
+    for name in ("adapter_model.safetensors", "manifest.json"):
+        (out / name).unlink()
+    (step_a, older), (step_b, newest) = ckpt.list_checkpoints(out)[-2:]
+    assert set(json.loads((newest / "trainer_state.json").read_text())["files"]) >= {"optimizer.bin", damaged}
+    path = newest / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert ckpt.checkpoint_damage(newest) == f"{damaged} changed since it was written (truncated or damaged)"
+    with caplog.at_level(logging.WARNING):
+        assert run_command("train", [*_paths(tiny_model_dir, processed, out), *REFERENCE_FLAGS]) == 0
+    assert f"Resuming from checkpoint-{step_a} instead" in caplog.text and damaged in caplog.text
+    assert _max_abs_diff(out, reference_run) <= 1e-5
+    steps = [json.loads(line)["step"] for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def test_killed_between_the_adapter_and_the_manifest_finishes_from_the_checkpoint(
+        tmp_path, reference_run, tiny_model_dir, processed, caplog):
+    """Issue 13 finding 0 for train: manifest.json (the completion marker) is written after the
+    adapter; a kill between them must not leave "an adapter zhlora did not record" (a dead end)."""
+    out = tmp_path / "unfinished"
+    shutil.copytree(reference_run, out)
+    (out / "manifest.json").unlink()
+    with caplog.at_level(logging.INFO, logger="zhlora.training"):
+        assert run_command("train", [*_paths(tiny_model_dir, processed, out), *REFERENCE_FLAGS]) == 0
+    assert "stopped while writing its final files" in caplog.text
+    assert (out / "manifest.json").is_file() and _max_abs_diff(out, reference_run) <= 1e-5
+
+
+def test_every_checkpoint_damaged_is_a_clear_error(tmp_path, reference_run, tiny_model_dir, processed, capsys):
+    out = tmp_path / "damaged"
+    shutil.copytree(reference_run, out)
+    for name in ("adapter_model.safetensors", "manifest.json"):
+        (out / name).unlink()
+    for _, checkpoint in ckpt.list_checkpoints(out):
+        (checkpoint / "optimizer.bin").write_bytes(b"")
+    assert run_command("train", [*_paths(tiny_model_dir, processed, out), *REFERENCE_FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert "Every checkpoint in" in err and "optimizer.bin changed" in err and "--overwrite" in err
 
 
 # ---------------------------------------------------------------------------------------

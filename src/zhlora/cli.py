@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
 
 from zhlora import __version__
 from zhlora.errors import ZhloraError, did_you_mean
@@ -29,6 +31,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep", "Run a grid of LoRA settings sharing one baseline (resumable, shardable)."),
     "ls": ("ls", "List data sources, benchmarks, shipped configs, or runs in a work folder."),
 }
+
+
+# verbs that compute with torch: they take --num_threads (see zhlora.threads)
+THREADED_VERBS = ("download-model", "evaluate", "train", "merge", "run", "sweep")
+# Libraries whose deprecation notices are for zhlora's developers, not its users.
+THIRD_PARTY_MODULES = r"(transformers|peft|accelerate|datasets|huggingface_hub|torch|safetensors)(\.|$)"
+DEPRECATION_CATEGORIES = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
+
+
+def quiet_third_party_deprecations() -> None:
+    """Hide deprecation warnings raised inside third-party libraries, so the log shows zhlora's messages.
+
+    Filtered by category and by the module that warns: every other warning (a library's
+    UserWarning about the data, anything zhlora itself warns about) still prints.
+    """
+    for category in DEPRECATION_CATEGORIES:
+        warnings.filterwarnings("ignore", category=category, module=THIRD_PARTY_MODULES)
 
 
 def load_command(verb: str):
@@ -56,11 +75,23 @@ def run_command(verb: str, argv: list[str], prog: str | None = None) -> int:
     module = load_command(verb)
     parser = argparse.ArgumentParser(prog=prog or f"zhlora {verb}", description=COMMANDS[verb][1])
     module.add_arguments(parser)
+    if verb in THREADED_VERBS:
+        parser.add_argument("--num_threads", type=int, default=None,
+                            help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores not already "
+                                 "busy by the 1-minute load average, at least 1).")
     args = parser.parse_args(argv)
+    quiet_third_party_deprecations()
+    if not sys.stderr.isatty():  # library progress bars in a log file are one endless line; zhlora logs lines
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock"):  # one line per HTTP request otherwise
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "accelerate"):  # per request / per saved file
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if verb in THREADED_VERBS:
+            from zhlora.threads import apply_threads
+
+            apply_threads(args.num_threads)
         return int(module.main(args) or 0)
     except ZhloraError as exc:
         print(f"zhlora {verb}: error: {exc}", file=sys.stderr)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ ALL_DATA_SOURCES = ["belle", "ceval", "cmmlu", "mmlu", "gsm8k", "english_text"]
 # Downloaded only when named (or when replay_ratio > 0): English instructions for replay.
 OPTIONAL_DATA_SOURCES = ["alpaca"]
 ALL_BENCHMARKS = ["ceval", "cmmlu", "mmlu", "gsm8k", "ppl_zh", "ppl_en"]
+# How many items each benchmark scores (None = all): set independently, recorded in results.json.
+SIZE_FIELDS = ("limit", "gsm8k_limit", "ppl_zh_documents", "ppl_en_documents")
 LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -164,6 +168,11 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm (0 disables)."))
     seed: int = field(default=42, metadata=_help("Seed of data order, dropout and adapter initialisation."))
+    seeds: int = field(
+        default=1,
+        metadata=_help("zhlora run/sweep: train N times with seeds seed, seed+1, ... and report each change as the "
+                       "mean and spread between seeds (runs <run>-seed<s> beside the first)."),
+    )
     save_steps: int = field(default=200, metadata=_help("Save a checkpoint every N optimizer steps."))
     save_total_limit: int = field(default=3, metadata=_help("Checkpoints kept on disk (oldest removed first)."))
     logging_steps: int = field(default=10, metadata=_help("Log loss, lr, grad norm and tokens/s every N steps."))
@@ -196,6 +205,8 @@ class TrainConfig:
             raise ConfigError(f"--max_steps must be a positive number of steps or -1, got {self.max_steps}.")
         if self.lr_scheduler_type not in ("cosine", "linear", "constant"):
             raise ConfigError(f'--lr_scheduler_type must be cosine, linear or constant, got "{self.lr_scheduler_type}".')
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds is the number of training seeds (1 = one run), got {self.seeds}.")
         if self.monitor_every < 0:
             raise ConfigError(f"--monitor_every must be >= 0 (0 turns the probes off), got {self.monitor_every}.")
         if self.probe_limit is not None and self.probe_limit <= 0:
@@ -220,7 +231,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Steps 4 and 6: which benchmarks, with which protocol."""
+    """Steps 4 and 6: which benchmarks, with which protocol, and how many items of each."""
 
     benchmarks: list[str] = field(
         default_factory=lambda: list(ALL_BENCHMARKS),
@@ -233,8 +244,18 @@ class EvalConfig:
         default=None, metadata=_help("Few-shot examples (multiple choice: 0 or 5, default 5; GSM8K keeps its spec's).")
     )
     gsm8k_variant: str = field(default="gsm8k_cot", metadata=_help("gsm8k_cot (8-shot chain of thought) or gsm8k (5-shot)."))
-    limit: int | None = field(default=None, metadata=_help("At most N scored items per subject (per benchmark for GSM8K)."))
-    subjects: list[str] | None = field(default=None, metadata=_help("Only these subjects (comma-separated)."))
+    limit: int | None = field(
+        default=None, metadata=_help("At most N scored items per subject of C-Eval, CMMLU and MMLU (default: all).")
+    )
+    gsm8k_limit: int | None = field(default=None, metadata=_help("At most N scored GSM8K problems (default: all)."))
+    ppl_zh_documents: int | None = field(
+        default=None, metadata=_help("At most N held-out BELLE rows in the Chinese perplexity probe (default: all).")
+    )
+    ppl_en_documents: int | None = field(
+        default=None, metadata=_help("At most N English documents in the English perplexity probe (default: all).")
+    )
+    subjects: list[str] | None = field(default=None, metadata=_help(
+        "Only these subjects (comma-separated); benchmark:subject (mmlu:philosophy) picks one benchmark's."))
     batch_size: str = field(default="auto", metadata=_help("Sequences per forward pass, or auto (backs off on OOM)."))
     max_new_tokens: int = field(default=256, metadata=_help("Generation budget per GSM8K answer."))
     sample_max_new_tokens: int = field(
@@ -252,8 +273,10 @@ class EvalConfig:
             raise ConfigError(f'--protocol must be "lm-eval" or "official", got "{self.protocol}".')
         if self.shots is not None and self.shots < 0:
             raise ConfigError(f"--shots must be >= 0, got {self.shots}.")
-        if self.limit is not None and self.limit <= 0:
-            raise ConfigError(f"--limit must be a positive number of items, got {self.limit}.")
+        for name in SIZE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name} must be a positive number of items, got {value} (omit it for all).")
         if self.sample_max_new_tokens < 0:
             raise ConfigError(f"--sample_max_new_tokens must be >= 0, got {self.sample_max_new_tokens}.")
         if self.backend not in ("hf", "vllm"):
@@ -262,15 +285,22 @@ class EvalConfig:
             if not 0.0 <= scale <= 1.0:
                 raise ConfigError(f"--adapter_scales values must be in [0, 1], got {scale}.")
 
+    def size_of(self, benchmark: str) -> int | None:
+        """The item limit of one benchmark: per subject for multiple choice, in total for the others."""
+        return {"gsm8k": self.gsm8k_limit, "ppl_zh": self.ppl_zh_documents,
+                "ppl_en": self.ppl_en_documents}.get(benchmark, self.limit)
+
 
 @dataclass
 class ReportConfig:
     """Step 6 (analysis): statistics and charts of the forgetting comparison."""
 
-    bootstrap_samples: int = field(default=10000, metadata=_help("Paired bootstrap resamples for confidence intervals."))
+    bootstrap_samples: int = field(
+        default=10000, metadata=_help("Bootstrap resamples for the perplexity intervals (over documents).")
+    )
     confidence: float = field(default=0.95, metadata=_help("Confidence level of the intervals."))
     significance: float = field(default=0.05, metadata=_help("Family-wise error rate (Holm-corrected McNemar tests)."))
-    stats_seed: int = field(default=0, metadata=_help("Seed of the bootstrap (results are reproducible)."))
+    stats_seed: int = field(default=0, metadata=_help("Seed of the perplexity bootstrap (results are reproducible)."))
     chart_language: str = field(default="auto", metadata=_help("Chart labels: auto, zh or en."))
 
     def __post_init__(self) -> None:
@@ -284,6 +314,9 @@ class ReportConfig:
             raise ConfigError(f'--chart_language must be auto, zh or en, got "{self.chart_language}".')
 
 
+LAUNCHERS = ("local", "ray", "slurm")
+
+
 @dataclass
 class SweepConfig:
     """A grid of LoRA settings evaluated against one shared baseline (``zhlora sweep``)."""
@@ -292,11 +325,30 @@ class SweepConfig:
     lora_alphas: list[float] = field(default_factory=lambda: [16, 32, 64], metadata=_help("Alphas to try."))
     lora_dropouts: list[float] = field(default_factory=lambda: [0.05, 0.1], metadata=_help("Dropouts to try."))
     replay_ratios: list[float] = field(default_factory=lambda: [0.0], metadata=_help("Replay ratios to try."))
+    # Where the trials run (docs/sweeps.md); none of these changes a trial's numbers.
+    launcher: str = field(default="local", metadata=_help(
+        "local (this process, trial after trial), ray (one Ray task per trial) or slurm (an sbatch array, one task per trial)."))
+    ray_address: str | None = field(default=None, metadata=_help(
+        "Ray cluster to submit to (e.g. auto, or ray://head:10001); none starts a local one on this machine."))
+    cpus_per_trial: int = field(default=1, metadata=_help("CPU cores each trial reserves (Ray task / SLURM array task)."))
+    gpus_per_trial: int | None = field(default=None, metadata=_help(
+        "GPUs each trial reserves; none: 1 where the Ray cluster has GPUs (always 1 on SLURM), else 0."))
+    slurm_partition: str | None = field(default=None, metadata=_help("SLURM partition (none: the cluster's default)."))
+    slurm_time: str = field(default="24:00:00", metadata=_help("SLURM time limit of each trial's array task (HH:MM:SS)."))
+    slurm_account: str | None = field(default=None, metadata=_help("SLURM account to charge (none: your default)."))
 
     def __post_init__(self) -> None:
         for name in ("lora_ranks", "lora_alphas", "lora_dropouts", "replay_ratios"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name} must list at least one value.")
+        if self.launcher not in LAUNCHERS:
+            raise ConfigError(f'--launcher must be one of {", ".join(LAUNCHERS)}, got "{self.launcher}".')
+        if self.cpus_per_trial < 1:
+            raise ConfigError(f"--cpus_per_trial must be at least 1, got {self.cpus_per_trial}.")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise ConfigError(f"--gpus_per_trial must be 0 or more, got {self.gpus_per_trial}.")
+        if not re.fullmatch(r"(\d+-)?\d+(:\d\d){0,2}", self.slurm_time):
+            raise ConfigError(f'--slurm_time "{self.slurm_time}" is not a SLURM time limit; write HH:MM:SS or D-HH:MM:SS.')
 
 
 @dataclass
@@ -436,18 +488,26 @@ def dump_config_yaml(cfg: ExperimentConfig) -> str:
 # ---------------------------------------------------------------------------------------
 # Command-line flags
 # ---------------------------------------------------------------------------------------
-def add_config_flags(parser: argparse.ArgumentParser, groups: list[str]) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, groups: list[str], used: Collection[str] | None = None) -> None:
     """Add ``--config`` and one flag per field of the named groups to ``parser``.
 
     Flags default to "not given" so that only explicit flags override the YAML. A field
     name shared by two of ``groups`` is offered only in the dotted form ``--group.field``.
+    ``used`` (field names) are the fields the verb reads: their flags come first in ``--help``;
+    the other fields of the groups stay accepted (one YAML or command line serves every verb)
+    but are only named, in one line under "shared config".
     """
     parser.add_argument("--config", default=None, help="YAML config file (defaults < YAML < flags).")
     counts: dict[str, int] = {}
     for group in groups:
         for f in dataclasses.fields(GROUPS[group]):
             counts[f.name] = counts.get(f.name, 0) + 1
-    section = parser.add_argument_group("configuration (also settable in the YAML)")
+    section = parser.add_argument_group("settings (flags or YAML keys)")
+    unused = [f"--{f.name}" for group in groups for f in dataclasses.fields(GROUPS[group])
+              if used is not None and f.name not in used]
+    shared = parser.add_argument_group(
+        "shared config", f"Accepted so that one config serves every verb, but not used by this one: {', '.join(unused)}."
+    ) if unused else None
     for group in groups:
         types_ = _field_types(GROUPS[group])
         for f in dataclasses.fields(GROUPS[group]):
@@ -458,10 +518,13 @@ def add_config_flags(parser: argparse.ArgumentParser, groups: list[str]) -> None
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help with %
             dest = f"cfg__{group}__{f.name}"
+            target = section
+            if used is not None and f.name not in used:
+                target, help_text = shared, argparse.SUPPRESS
             if inner is bool:
-                section.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+                target.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             else:
-                section.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+                target.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
 
 
 def add_top_level_flags(parser: argparse.ArgumentParser) -> None:

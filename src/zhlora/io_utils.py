@@ -108,12 +108,23 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file written by zhlora (blank lines ignored)."""
+    """Read a JSON-lines file written by zhlora (UTF-8, blank lines ignored).
+
+    A line that is not UTF-8 or not JSON raises a DataError naming the file and line.
+    """
     from zhlora.errors import DataError
 
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}, line {line_number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    "the file is damaged or was saved in another encoding. Delete it and rerun the step that writes it "
+                    "(or re-save it as UTF-8)."
+                ) from None
             if not line.strip():
                 continue
             try:

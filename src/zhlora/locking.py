@@ -188,5 +188,31 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool = False, poll_seconds: 
         yield folder
     finally:
         del _held[folder]
-        with contextlib.suppress(FileNotFoundError):
-            lock_file.unlink()
+        if _is_own(_read_holder(lock_file)):  # never remove the lock of a run that took the folder over
+            with contextlib.suppress(FileNotFoundError):
+                lock_file.unlink()
+
+
+def _is_own(record: dict | None) -> bool:
+    return bool(record) and record.get("pid") == os.getpid() and record.get("start_ticks") == _process_start_ticks(os.getpid())
+
+
+def check_still_held(folder: str | os.PathLike) -> None:
+    """Raise :class:`FolderLockedError` when this process held ``folder`` but its lock is gone or another's.
+
+    A late write (the checkpoint a SIGTERM asks for, say) calls this first: when the folder was
+    deleted and another run started in it, the write is refused instead of landing in that run.
+    A folder this process never locked (library use without the CLI) passes.
+    """
+    folder = Path(folder).resolve()
+    if folder not in _held:
+        return
+    lock_file = folder / LOCK_FILENAME
+    record = _read_holder(lock_file)
+    if _is_own(record):
+        return
+    now = "gone" if record is None else f"held by {describe_holder(record)}"
+    raise FolderLockedError(
+        f"{folder} was deleted or taken over while this process was writing it (its lock {lock_file} is {now}), "
+        "so nothing more is written there. Rerun the command if this run should continue."
+    )

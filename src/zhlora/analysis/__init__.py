@@ -1,6 +1,8 @@
 """Forgetting analysis: statistics, charts and reports built from results files only.
 
-- :mod:`~zhlora.analysis.stats`: paired bootstrap, McNemar exact test, Holm correction.
+- :mod:`~zhlora.analysis.stats`: paired score intervals, detectable change, McNemar exact test,
+  Holm correction, document bootstrap.
+- :mod:`~zhlora.analysis.seeds`: the spread between training seeds of one configuration.
 - :mod:`~zhlora.analysis.compare`: ``compare_results`` -> forgetting.json / forgetting.md
   (with :mod:`~zhlora.analysis.pairing`, :mod:`~zhlora.analysis.headline`,
   :mod:`~zhlora.analysis.results_io`).

@@ -9,6 +9,7 @@ Accuracies arrive as fractions in [0, 1] and are drawn in percent.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zhlora.analysis import labels
-from zhlora.analysis.fonts import font_rc, resolve_chart_language
+from zhlora.analysis.fonts import boxed_characters, font_rc, resolve_chart_language
 from zhlora.errors import DataError
 from zhlora.io_utils import atomic_path, read_jsonl
 
@@ -30,6 +31,8 @@ BASE_COLOR = "#7f8c9d"
 TUNED_COLOR = "#d9534f"
 VERDICT_COLORS = {"improved": "#2e8b57", "forgot": "#c0392b", "no significant change": "#7f8c9d"}
 DPI = 110
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +55,11 @@ def _canvas(out_png: str | os.PathLike, language: str, figsize: tuple[float, flo
         # Text is laid out while saving, so the fonts above must still be active here.
         with atomic_path(out_png) as tmp:
             figure.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+        boxed = boxed_characters(figure)
+        if boxed:
+            logger.warning("%s: these characters have no glyph in the chart's fonts and show as boxes: %s. Install a "
+                           "CJK font (apt-get install fonts-noto-cjk) or pass --chart_language en.", out_png,
+                           ", ".join(f"{char!r} ({font})" for char, font in sorted(boxed.items())))
 
 
 def _pct(value: float | None) -> float:
@@ -436,8 +444,10 @@ def plot_adapter_scale_curve(rows: Sequence[dict], out_png: str | os.PathLike, *
 
     ``rows`` (one per scale, ascending) hold ``scale``, ``zh_delta_points``/``en_delta_points``
     with ``*_ci_low_points``/``*_ci_high_points`` (accuracy change vs the base model, points)
-    and ``ppl_zh``/``ppl_en`` (relative perplexity change, 0.1 = +10%); None values are skipped.
-    Left panel: accuracy changes with CI bars; right panel: perplexity changes in percent.
+    and ``ppl_zh``/``ppl_en`` (relative change, 0.1 = +10%, of bits per byte when every row's
+    ``ppl_unit`` is "bits per byte", else of per-token perplexity); None values are skipped.
+    Left panel: accuracy changes with CI bars; right panel: the perplexity changes in percent,
+    titled with their unit (bits per byte compares Chinese with English; per-token perplexity does not).
     """
     colors = {"zh": TUNED_COLOR, "en": "#2c7fb8"}
     dodge = {"zh": -0.006, "en": 0.006}  # fraction of the scale range: keeps overlapping CI bars apart
@@ -469,7 +479,9 @@ def plot_adapter_scale_curve(rows: Sequence[dict], out_png: str | os.PathLike, *
                     color=colors[side],
                     label=label,
                 )
-        for ax, title in ((acc_ax, "scale_accuracy_title"), (ppl_ax, "scale_perplexity_title")):
+        per_byte = all(r.get("ppl_unit") == "bits per byte" for r in rows)
+        ppl_title = "scale_bits_title" if per_byte else "scale_perplexity_title"
+        for ax, title in ((acc_ax, "scale_accuracy_title"), (ppl_ax, ppl_title)):
             ax.axhline(0.0, color=BASE_COLOR, linewidth=0.8)
             ax.set_xlabel(labels.text("scale_axis", lang), fontsize=8)
             ax.set_title(labels.text(title, lang), fontsize=10)

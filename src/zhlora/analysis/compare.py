@@ -37,6 +37,7 @@ from zhlora.analysis.results_io import (
     results_dir_of,
 )
 from zhlora.errors import ConfigError, DataError, ZhloraError
+from zhlora.evaluation.scoring import PERPLEXITY_UNITS
 from zhlora.io_utils import atomic_write_json, atomic_write_text, provenance
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 FORGETTING_SCHEMA_VERSION = 1
 FORGETTING_FILE = "forgetting.json"
 FORGETTING_MD = "forgetting.md"
+POWER, POWER_SIGNIFICANCE = 0.80, 0.05  # the detectable change: 80% power, two-sided alpha 0.05
 # Also the reading order of benchmarks in tables and charts.
 LANGUAGE_OF = {"ceval": "zh", "cmmlu": "zh", "ppl_zh": "zh", "mmlu": "en", "gsm8k": "en", "ppl_en": "en"}
 
@@ -62,18 +64,19 @@ def accuracy_row(
     family: str,
     base_correct: np.ndarray,
     tuned_correct: np.ndarray,
-    bootstrap_samples: int,
     confidence: float,
-    seed: int,
+    **_: object,
 ) -> dict:
-    """One comparison row (scores in percent, change in points) before the Holm correction."""
+    """One comparison row (scores in percent, change in points) before the Holm correction.
+
+    The interval is Tango's score interval for paired proportions; ``detectable_points`` is the
+    smallest change a McNemar test on these items detects with 80% power at α = 0.05
+    (two-sided), assuming the share of flipped items observed here (docs/analysis.md §3-4).
+    """
     counts = stats.paired_counts(base_correct, tuned_correct)
     base_pct = 100.0 * (counts.a + counts.b) / counts.n
     tuned_pct = 100.0 * (counts.a + counts.c) / counts.n
-    samples = stats.bootstrap_delta_samples(
-        counts, bootstrap_samples, stats.stable_rng(seed, f"{benchmark}/{level}/{name}")
-    )
-    ci_low, ci_high = stats.percentile_interval(samples, confidence)
+    ci_low, ci_high = stats.paired_difference_interval(counts, confidence)
     return {
         "benchmark": benchmark,
         "level": level,
@@ -88,6 +91,9 @@ def accuracy_row(
         "retention": tuned_pct / base_pct if base_pct else None,
         "ci_low_points": ci_low,
         "ci_high_points": ci_high,
+        "detectable_points": stats.minimum_detectable_change(
+            counts.n, (counts.b + counts.c) / counts.n, POWER_SIGNIFICANCE, POWER
+        ),
         "right_to_wrong": counts.b,
         "wrong_to_right": counts.c,
         "p_value": stats.mcnemar_exact(counts.b, counts.c),
@@ -177,10 +183,12 @@ def perplexity_row(
     confidence: float,
     seed: int,
 ) -> dict:
-    """Perplexity before and after; relative change = tuned / base − 1.
+    """Perplexity before and after (relative change = tuned / base − 1), per token and per
+    tokenizer-independent unit (bits per byte, bits per character, word perplexity).
 
-    With per-document losses of both models (``{id, nll, n_tokens}`` rows), the relative
-    change also gets a bootstrap CI over documents; otherwise the CI fields are null.
+    With per-document losses of both models (``{id, nll, n_tokens, n_bytes, ...}`` rows) and
+    at least :data:`~zhlora.analysis.stats.MIN_DOCUMENTS` documents, every change gets a bootstrap CI over documents;
+    with fewer documents ``resolved`` is false and the CIs are null; without losses they are null.
     """
     row = {
         "benchmark": name,
@@ -195,7 +203,17 @@ def perplexity_row(
         "relative_change": tuned_entry["perplexity"] / base_entry["perplexity"] - 1.0,
         "ci_low": None,
         "ci_high": None,
+        "resolved": base_entry["n_documents"] >= stats.MIN_DOCUMENTS,
+        "units": {},
     }
+    for count_field, field, form in PERPLEXITY_UNITS.values():
+        if base_entry.get(field) is not None and tuned_entry.get(field) is not None:
+            row["units"][field] = {
+                "count": base_entry[count_field], "base": base_entry[field], "tuned": tuned_entry[field],
+                "delta": tuned_entry[field] - base_entry[field],
+                "relative_change": tuned_entry[field] / base_entry[field] - 1.0,
+                "ci_low": None, "ci_high": None, **({"delta_ci_low": None, "delta_ci_high": None} if form == "bits" else {}),
+            }
     if base_documents is None or tuned_documents is None:
         return row
     paired = pair_predictions(name, base_documents, tuned_documents)
@@ -204,14 +222,28 @@ def perplexity_row(
             f'The two evaluations of "{name}" scored different token counts for the same documents '
             "(a different tokenizer or window). Re-evaluate both with the same base model and settings."
         )
-    samples = stats.bootstrap_perplexity_change(
-        [r["nll"] for r in paired.base_rows],
-        [r["nll"] for r in paired.tuned_rows],
-        [r["n_tokens"] for r in paired.base_rows],
-        bootstrap_samples,
-        stats.stable_rng(seed, f"{name}/perplexity"),
-    )
-    row["ci_low"], row["ci_high"] = stats.percentile_interval(samples, confidence)
+    if not row["resolved"]:
+        return row
+    columns = {"base": [r["nll"] for r in paired.base_rows], "tuned": [r["nll"] for r in paired.tuned_rows],
+               "n_tokens": [r["n_tokens"] for r in paired.base_rows]}
+    for count_field, _, _ in PERPLEXITY_UNITS.values():
+        if all(count_field in r for r in paired.base_rows):
+            columns[count_field] = [r[count_field] for r in paired.base_rows]
+    totals = stats.bootstrap_document_totals(columns, bootstrap_samples, stats.stable_rng(seed, f"{name}/perplexity"))
+    difference = totals["tuned"] - totals["base"]
+    row["ci_low"], row["ci_high"] = stats.percentile_interval(np.expm1(difference / totals["n_tokens"]), confidence)
+    for count_field, field, form in PERPLEXITY_UNITS.values():
+        entry = row["units"].get(field)
+        if entry is None or count_field not in totals:
+            continue
+        if form == "bits":  # the unit cancels in the ratio: the relative change is that of the summed loss
+            relative = totals["tuned"] / totals["base"] - 1.0
+            entry["delta_ci_low"], entry["delta_ci_high"] = stats.percentile_interval(
+                difference / totals[count_field] / np.log(2), confidence
+            )
+        else:
+            relative = np.expm1(difference / totals[count_field])
+        entry["ci_low"], entry["ci_high"] = stats.percentile_interval(relative, confidence)
     return row
 
 
@@ -263,7 +295,6 @@ def build_forgetting(
     check_comparable(base, tuned, "the base results", "the tuned results")
     options = {"bootstrap_samples": bootstrap_samples, "confidence": confidence, "seed": seed}
     rows: list[dict] = []
-    paired_by_benchmark: dict[str, PairedItems] = {}
     perplexity: dict[str, dict] = {}
     flipped: dict[str, dict] = {}
     for name in ordered_benchmarks(base["benchmarks"]):
@@ -274,7 +305,6 @@ def build_forgetting(
             )
             continue
         paired = pair_predictions(name, base_predictions[name], tuned_predictions[name])
-        paired_by_benchmark[name] = paired
         rows += benchmark_rows(name, base_entry, tuned_entry, paired, **options)
         flipped[name] = flipped_items(paired, (questions or {}).get(name, {}))
     apply_holm(rows, significance)
@@ -295,11 +325,17 @@ def build_forgetting(
             "confidence": confidence,
             "significance": significance,
             "seed": seed,
-            "interval": "paired percentile bootstrap over items",
+            "interval": "Tango score interval for paired proportions (accuracy); percentile bootstrap over "
+            f"documents (perplexity, at least {stats.MIN_DOCUMENTS} documents)",
+            "side_interval": "MOVER (Zou & Donner 2008) over the side's benchmark intervals",
+            "power": f"smallest change detected with {POWER:.0%} power by a two-sided McNemar test at alpha "
+            f"{POWER_SIGNIFICANCE}, assuming the observed share of flipped items (at least the change itself)",
             "test": "McNemar exact, two-sided",
             "correction": "Holm within each family (benchmarks; <benchmark>:categories; <benchmark>:subjects)",
         },
-        "headline": headline(paired_by_benchmark, perplexity, **options),
+        "headline": headline(
+            {row["benchmark"]: row for row in rows if row["level"] == "benchmark"}, perplexity, confidence=confidence
+        ),
         "rows": rows,
         "perplexity": list(perplexity.values()),
         "flipped": flipped,

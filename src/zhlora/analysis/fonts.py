@@ -6,6 +6,13 @@ out as empty boxes, with "Glyph ... missing from font" warnings. Charts therefor
 really covers Chinese (Noto Sans CJK, Source Han Sans, WenQuanYi, SimHei, ... or any other);
 when there is none, every label is drawn in English instead of as boxes.
 
+A character map is not proof that a font draws: matplotlib (3.11+) ships "Last Resort
+High-Efficiency", whose map claims every code point and whose every glyph is a box naming the
+Unicode block. So a candidate must also *render* the probe text, and :func:`is_box_font` rejects
+any font that draws two different characters of one script as the same bitmap (a box font does;
+a real font never does). :func:`boxed_characters` applies the same test to every text of a
+finished figure: charts log a warning for it, and the tests fail on it.
+
 ``ZHLORA_CJK_FONT=/path/to/font.ttf`` adds a font file that is not installed system-wide
 (useful without root rights).
 """
@@ -42,15 +49,90 @@ CHART_LANGUAGES = ("auto", "zh", "en")
 FONT_FILE_ENV = "ZHLORA_CJK_FONT"
 
 
-def _covers(font_path: str, text: str) -> bool:
-    """Whether the font file's character map has a glyph for every character of ``text``."""
+# Pairs of different characters of one script: a real font draws each pair as two different
+# bitmaps; a last-resort font draws both as its one box for the Unicode block.
+_DISTINCT_PAIRS = ("Aa", "01", "中文", "准率")
+
+
+@functools.lru_cache(maxsize=None)
+def _open_font(font_path: str, face_index: int = 0):
+    """An FT2Font of one face of a font file (``.ttc`` collections hold several), or None."""
     from matplotlib import ft2font
 
     try:
-        charmap = ft2font.FT2Font(font_path).get_charmap()
+        return ft2font.FT2Font(font_path, face_index=face_index)
     except (OSError, RuntimeError, ValueError):
-        return False
-    return all(ord(char) in charmap for char in text)
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _charmap(font_path: str, face_index: int = 0) -> frozenset[int]:
+    font = _open_font(font_path, face_index)
+    return frozenset(font.get_charmap()) if font is not None else frozenset()
+
+
+def _bitmap(font, char: str) -> tuple[tuple[int, ...], bytes]:
+    """The 24 px black-and-white rendering of ``char`` (shape and bytes), for comparisons."""
+    import numpy as np
+
+    font.set_size(24, 72)
+    font.set_text(char)
+    font.draw_glyphs_to_bitmap(antialiased=False)
+    image = np.asarray(font.get_image())
+    return image.shape, image.tobytes()
+
+
+@functools.lru_cache(maxsize=None)
+def is_box_font(font_path: str, face_index: int = 0) -> bool:
+    """Whether the font draws boxes instead of letters (a last-resort / fallback font).
+
+    True when the font claims two different characters of one script (see ``_DISTINCT_PAIRS``)
+    but renders them as identical bitmaps, or when it cannot be opened.
+    """
+    font = _open_font(font_path, face_index)
+    if font is None:
+        return True
+    charmap = _charmap(font_path, face_index)
+    for first, second in _DISTINCT_PAIRS:
+        if ord(first) in charmap and ord(second) in charmap and _bitmap(font, first) == _bitmap(font, second):
+            return True
+    return False
+
+
+def _covers(font_path: str, text: str, face_index: int = 0) -> bool:
+    """Whether the font really draws every character of ``text``: mapped, and not a box font."""
+    charmap = _charmap(font_path, face_index)
+    return all(ord(char) in charmap for char in text) and not is_box_font(font_path, face_index)
+
+
+def boxed_characters(figure) -> dict[str, str]:
+    """Characters of a figure's texts that render as boxes, each with the font that would draw it.
+
+    Follows matplotlib's own font fallback (the first font of the text's family list whose map
+    has the character); a character no font maps, or one mapped only by a box font, is a box.
+    Call it after the figure was drawn (``savefig``), with the same rcParams active.
+    """
+    from matplotlib import font_manager
+    from matplotlib.text import Text
+
+    boxed: dict[str, str] = {}
+    for text in figure.findobj(Text):
+        content = text.get_text()
+        if not content or not text.get_visible() or text.get_usetex():
+            continue
+        paths = font_manager.fontManager._find_fonts_by_props(text.get_fontproperties())
+        for char in set(content):
+            if char.isspace() or char in boxed:
+                continue
+            for path in paths:
+                fname, index = str(getattr(path, "path", path)), int(getattr(path, "face_index", 0))
+                if ord(char) in _charmap(fname, index):
+                    if is_box_font(fname, index):
+                        boxed[char] = Path(fname).name
+                    break
+            else:
+                boxed[char] = "no font"
+    return boxed
 
 
 def _register_font_files(paths: list[str]) -> None:
@@ -67,15 +149,16 @@ def _register_font_files(paths: list[str]) -> None:
 def _search_known_fonts() -> str | None:
     from matplotlib import font_manager
 
-    entries = font_manager.fontManager.ttflist
-    by_name: dict[str, str] = {}
-    for entry in entries:
-        by_name.setdefault(entry.name, entry.fname)
+    by_name: dict[str, tuple[str, int]] = {}
+    for entry in font_manager.fontManager.ttflist:
+        by_name.setdefault(entry.name, (entry.fname, int(getattr(entry, "index", 0) or 0)))
     for family in PREFERRED_CJK_FAMILIES:
-        if family in by_name and _covers(by_name[family], PROBE_TEXT):
-            return family
-    for name, path in sorted(by_name.items()):
-        if name not in PREFERRED_CJK_FAMILIES and _covers(path, PROBE_TEXT):
+        if family in by_name:
+            path, index = by_name[family]
+            if _covers(path, PROBE_TEXT, index):
+                return family
+    for name, (path, index) in sorted(by_name.items()):
+        if name not in PREFERRED_CJK_FAMILIES and _covers(path, PROBE_TEXT, index):
             return name
     return None
 

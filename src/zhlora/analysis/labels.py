@@ -54,7 +54,8 @@ _TEXT = {
         "适配器缩放（0 = 基座模型，1 = 训练所得适配器）",
     ),
     "scale_accuracy_title": ("Accuracy change vs base (points, CI)", "相对基座的准确率变化（百分点，置信区间）"),
-    "scale_perplexity_title": ("Perplexity change vs base (%)", "相对基座的困惑度变化（%）"),
+    "scale_perplexity_title": ("Perplexity per token, change vs base (%)", "相对基座的每词元困惑度变化（%）"),
+    "scale_bits_title": ("Bits per byte, change vs base (%)", "相对基座的每字节比特数变化（%）"),
     "chinese": ("Chinese", "中文"),
     "english": ("English", "英文"),
 }

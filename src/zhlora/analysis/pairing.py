@@ -14,8 +14,10 @@ import numpy as np
 from zhlora.errors import ZhloraError
 
 # Settings that change prompts, items or scoring: they must be equal for a paired comparison.
-SETTINGS_THAT_MUST_MATCH = ("protocol", "shots", "limit", "subjects", "gsm8k_variant", "max_new_tokens",
-                            "prompt_template", "chat_template_sha256")
+SETTINGS_THAT_MUST_MATCH = (
+    "protocol", "shots", "limit", "gsm8k_limit", "ppl_zh_documents", "ppl_en_documents", "subjects", "gsm8k_variant",
+    "max_new_tokens", "prompt_template", "chat_template_sha256",
+)
 BENCHMARK_FIELDS_THAT_MUST_MATCH = (
     "data_sha256",
     "kind",
@@ -73,7 +75,8 @@ def check_comparable(base: dict, tuned: dict, base_name: str, tuned_name: str) -
         raise SettingsMismatchError(
             f"Refusing to compare {base_name} with {tuned_name}: they were evaluated with different settings, "
             f"so their items cannot be paired. Differences: {'; '.join(differences)}. Re-evaluate both with the "
-            "same --benchmarks, --protocol, --shots, --limit, --subjects and --gsm8k_variant."
+            "same --benchmarks, --protocol, --shots, --limit, --gsm8k_limit, --ppl_zh_documents, --ppl_en_documents, "
+            "--subjects and --gsm8k_variant."
         )
 
 

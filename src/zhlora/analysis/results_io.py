@@ -46,6 +46,8 @@ def load_results(path: str | os.PathLike) -> dict:
         results = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{file}: not valid JSON ({exc.msg}, line {exc.lineno}). Rerun `zhlora evaluate`.") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{file}: not UTF-8 text (damaged?). Rerun `zhlora evaluate --overwrite` for that folder.") from None
     if not isinstance(results, dict) or results.get("schema_version") != SCHEMA_VERSION:
         found = results.get("schema_version") if isinstance(results, dict) else None
         raise DataError(

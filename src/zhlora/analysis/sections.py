@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhlora.analysis.labels import benchmark_label
+from zhlora.analysis.stats import MIN_DOCUMENTS
 
 FLIPPED_SHOWN = 10  # per benchmark and direction; forgetting.json has them all
 VERDICT_MARK = {"improved": "▲ improved", "forgot": "▼ forgot", "no significant change": "– no significant change"}
@@ -85,6 +86,7 @@ def accuracy_table(rows: Sequence[dict], confidence: float) -> Table:
         "tuned %",
         "change (points)",
         f"{confidence:.0%} CI",
+        "detectable (80% power)",
         "retention",
         "right→wrong / wrong→right",
         "McNemar p",
@@ -101,6 +103,7 @@ def accuracy_table(rows: Sequence[dict], confidence: float) -> Table:
                 _pct(row["tuned_pct"]),
                 _signed(row["delta_points"]),
                 f"[{row['ci_low_points']:+.1f}, {row['ci_high_points']:+.1f}]",
+                "—" if row.get("detectable_points") is None else f"±{row['detectable_points']:.1f}",
                 "—" if row["retention"] is None else f"{row['retention']:.2f}",
                 f"{row['right_to_wrong']} / {row['wrong_to_right']}",
                 _p(row["p_value"]),
@@ -112,7 +115,7 @@ def accuracy_table(rows: Sequence[dict], confidence: float) -> Table:
     return Table(headers, cells, classes)
 
 
-def _both(title: str, intro: str, tables: Sequence[tuple[str, Table]], anchor: str) -> Section:
+def table_section(title: str, intro: str, tables: Sequence[tuple[str, Table]], anchor: str) -> Section:
     md = [f"## {title}\n", f"{intro}\n"] if intro else [f"## {title}\n"]
     htm = [f'<h2 id="{anchor}">{html.escape(title)}</h2>']
     if intro:
@@ -168,7 +171,7 @@ def settings_section(forgetting: dict) -> Section:
         ],
         ["test", f"{statistics['test']}; {statistics['correction']}; significance {statistics['significance']}"],
     ]
-    return _both("Settings", "", [("", Table(["", "value"], rows))], "settings")
+    return table_section("Settings", "", [("", Table(["", "value"], rows))], "settings")
 
 
 def benchmarks_section(forgetting: dict) -> Section:
@@ -176,41 +179,76 @@ def benchmarks_section(forgetting: dict) -> Section:
     rows = [row for row in forgetting["rows"] if row["level"] == "benchmark"]
     confidence = forgetting["statistics"]["confidence"]
     intro = (
-        "Accuracy in percent (GSM8K: strict match). Change = tuned − base in points; retention = tuned / base. "
-        "Verdicts use McNemar's exact test, Holm-corrected across these rows."
+        "Accuracy in percent (GSM8K: strict match). Change = tuned − base in points, with Tango's score interval "
+        "for paired proportions; retention = tuned / base. Detectable: the smallest change a two-sided McNemar test "
+        "at α = 0.05 finds with 80% power on these n items, assuming the share of flipped items seen here (at least "
+        "the change itself); a smaller true change would usually go unseen. Verdicts use McNemar's exact test, "
+        "Holm-corrected across these rows."
     )
-    return _both("Benchmarks", intro, [("", accuracy_table(rows, confidence))], "benchmarks")
+    undetectable = forgetting["headline"].get("undetectable") or []
+    if undetectable:
+        intro += " Too small to detect a change of a few points: " + "; ".join(
+            f"{benchmark_label(u['benchmark'])}: n = {u['n']} — changes smaller than ±{u['detectable_points']:.0f} "
+            "points would go unseen" for u in undetectable
+        ) + "."
+    return table_section("Benchmarks", intro, [("", accuracy_table(rows, confidence))], "benchmarks")
 
 
-def _ppl_interval(row: dict) -> str:
-    if row.get("ci_low") is None:
+def _ppl_interval(row: dict, entry: dict, low: str = "ci_low", high: str = "ci_high", percent: bool = True) -> str:
+    """A perplexity change's interval, "not resolved" below the document minimum, "—" without document losses."""
+    if row.get("resolved") is False:
+        return f"not resolved ({row['n_documents']} documents < {MIN_DOCUMENTS})"
+    if entry.get(low) is None:
         return "—"
-    return f"[{100 * row['ci_low']:+.1f}%, {100 * row['ci_high']:+.1f}%]"
+    if percent:
+        return f"[{100 * entry[low]:+.1f}%, {100 * entry[high]:+.1f}%]"
+    return f"[{entry[low]:+.4f}, {entry[high]:+.4f}]"
+
+
+# Perplexity figures per unit: (label, what is counted)
+_PPL_UNITS = {
+    "bits_per_byte": ("bits per byte", "bytes"),
+    "bits_per_character": ("bits per character", "characters"),
+    "word_perplexity": ("word perplexity", "words"),
+}
+
+
+def _figure(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.5g}"
 
 
 def perplexity_section(forgetting: dict) -> Section:
-    """Perplexity of the Chinese and English probes before and after."""
+    """Perplexity of the Chinese and English probes before and after, per token and per
+    tokenizer-independent unit (bits per byte, bits per character, word perplexity)."""
     confidence = forgetting["statistics"]["confidence"]
-    rows = [
-        [
-            benchmark_label(r["benchmark"]),
-            str(r["n_documents"]),
-            str(r["n_tokens"]),
-            f"{r['base_perplexity']:.3f}",
-            f"{r['tuned_perplexity']:.3f}",
-            _signed(100 * r["relative_change"], "%"),
-            _ppl_interval(r),
-            f"{r['base_loss']:.4f} → {r['tuned_loss']:.4f}",
-        ]
-        for r in forgetting["perplexity"]
-    ]
-    headers = ["probe", "documents", "tokens", "base ppl", "tuned ppl", "relative change", f"{confidence:.0%} CI"]
-    table = Table([*headers, "loss (nats/token)"], rows)
+    rows = []
+    for r in forgetting["perplexity"]:
+        label = benchmark_label(r["benchmark"])
+        rows.append([
+            label, "perplexity per token", f"{r['n_documents']} documents, {r['n_tokens']} tokens",
+            f"{r['base_perplexity']:.3f}", f"{r['tuned_perplexity']:.3f}", _signed(100 * r["relative_change"], "%"),
+            _ppl_interval(r, r), f"loss {r['base_loss']:.4f} → {r['tuned_loss']:.4f} nats/token",
+        ])
+        for field, (name, counted) in _PPL_UNITS.items():
+            unit = (r.get("units") or {}).get(field)
+            if unit is None:
+                continue
+            difference = "—"
+            if "delta" in unit and field != "word_perplexity":
+                difference = f"{unit['delta']:+.4f} {_ppl_interval(r, unit, 'delta_ci_low', 'delta_ci_high', False)}"
+            rows.append([
+                label, name, f"{unit['count']} {counted}", _figure(unit["base"]), _figure(unit["tuned"]),
+                _signed(100 * unit["relative_change"], "%"), _ppl_interval(r, unit), difference,
+            ])
+    headers = ["probe", "measure", "scored", "base", "tuned", "relative change", f"{confidence:.0%} CI", "difference"]
     intro = (
-        "Lower is better. The interval resamples documents (shown only when both evaluations saved "
-        "per-document losses); perplexity has no significance verdict."
+        "Lower is better. Per-token perplexity depends on the tokenizer (a byte-level BPE makes the continuation "
+        "bytes of a Chinese character nearly free), so compare languages or models with bits per byte (both probes), "
+        "bits per character (Chinese) or word perplexity (English, lm-eval's wikitext convention). Intervals "
+        f"resample documents (at least {MIN_DOCUMENTS}, and only when both evaluations saved per-document losses); "
+        "perplexity has no significance verdict."
     )
-    return _both("Perplexity", intro, [("", table)] if rows else [], "perplexity")
+    return table_section("Perplexity", intro, [("", Table(headers, rows))] if rows else [], "perplexity")
 
 
 def breakdown_section(forgetting: dict, level: str) -> Section:
@@ -223,7 +261,7 @@ def breakdown_section(forgetting: dict, level: str) -> Section:
     tables = [(benchmark_label(name), accuracy_table(rows, confidence)) for name, rows in by_benchmark.items()]
     title = "Categories" if level == "category" else "Subjects"
     intro = f"Holm correction within each benchmark's {title.lower()}."
-    return _both(title, intro, tables, title.lower())
+    return table_section(title, intro, tables, title.lower())
 
 
 def _short(text: str | None, limit: int) -> str:

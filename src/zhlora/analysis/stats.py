@@ -7,14 +7,19 @@ verdict rule are written out in docs/analysis.md.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from statistics import NormalDist
 
 import numpy as np
 
 VERDICTS = ("improved", "forgot", "no significant change")
+# A bootstrap over fewer documents than this says more about the documents drawn than about the
+# model: the perplexity change is then reported as "not resolved" instead of with an interval.
+MIN_DOCUMENTS = 20
 
 
 @dataclass(frozen=True)
@@ -87,31 +92,107 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+def _normal_quantile(confidence: float) -> float:
+    """z with P(|Z| <= z) = confidence for a standard normal Z (1.96 at 0.95)."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def tango_score(b: int, c: int, n: int, delta: float) -> float:
+    """Tango's score statistic for H0: (tuned − base accuracy) = ``delta`` (a fraction in (−1, 1)).
+
+    ``b`` = right→wrong, ``c`` = wrong→right items out of ``n`` pairs. With q the maximum
+    likelihood estimate of P(right→wrong) under H0 (the positive root of
+    2n q² + [(2n − c + b) δ − (b + c)] q − b δ (1 − δ) = 0), the statistic is
+    (c − b − n δ) / sqrt(n (2q + δ (1 − δ))). Tango (1998), Statistics in Medicine 17:891-908.
+    """
+    w = (2 * n - c + b) * delta - (b + c)
+    q = (-w + math.sqrt(max(w * w + 8.0 * n * b * delta * (1.0 - delta), 0.0))) / (4.0 * n)
+    variance = n * (2.0 * q + delta * (1.0 - delta))
+    if variance <= 0.0:  # only at delta = 0 with no discordant pairs: the observed value itself
+        return 0.0
+    return (c - b - n * delta) / math.sqrt(variance)
+
+
+def _bisect(function, low: float, high: float, iterations: int = 200) -> float:
+    """The root of a function that changes sign once between ``low`` and ``high``."""
+    f_low = function(low)
+    for _ in range(iterations):
+        middle = (low + high) / 2.0
+        if (function(middle) > 0) == (f_low > 0):
+            low, f_low = middle, function(middle)
+        else:
+            high = middle
+    return (low + high) / 2.0
+
+
+def paired_difference_interval(counts: PairedCounts, confidence: float) -> tuple[float, float]:
+    """Tango's score interval for tuned − base accuracy, in points (never zero-width when n > 0).
+
+    The interval is every δ whose score test (:func:`tango_score`) is not rejected at level
+    1 − ``confidence``: the two roots of |T(δ)| = z on either side of the observed change,
+    found by bisection (T decreases in δ). With no discordant pairs it is
+    ±100 z² / (n + z²) — e.g. ±27.8 points at n = 10, 95% — where the percentile bootstrap
+    collapses to [0, 0]. Why this interval (and not Newcombe's hybrid score): docs/analysis.md.
+    """
+    n, b, c = counts.n, counts.b, counts.c
+    if n == 0:
+        raise ValueError("cannot compute an interval over no items")
+    z = _normal_quantile(confidence)
+    observed = (c - b) / n
+    edge = 1.0 - 1e-12
+    low = -edge if tango_score(b, c, n, -edge) <= z else _bisect(lambda d: tango_score(b, c, n, d) - z, -edge, observed)
+    high = edge if tango_score(b, c, n, edge) >= -z else _bisect(lambda d: tango_score(b, c, n, d) + z, observed, edge)
+    # An observed change of ±100% sits on the edge of the search range: keep it inside its interval.
+    return 100.0 * min(low, observed), 100.0 * max(high, observed)
+
+
+def combined_mean_interval(estimates: Sequence[float], intervals: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Interval of the unweighted mean of independent estimates from their own intervals (MOVER).
+
+    Zou & Donner (2008), Statistics in Medicine 27:1693-1702: for θ = mean(θ_k),
+    L = θ − sqrt(Σ (θ_k − l_k)²) / K and U = θ + sqrt(Σ (u_k − θ_k)²) / K. Each side keeps the
+    asymmetry of its parts, and the result is never narrower than zero unless every part is.
+    """
+    k = len(estimates)
+    if k == 0 or len(intervals) != k:
+        raise ValueError("need one interval per estimate, and at least one estimate")
+    mean = sum(estimates) / k
+    below = math.sqrt(sum((e - low) ** 2 for e, (low, _) in zip(estimates, intervals))) / k
+    above = math.sqrt(sum((high - e) ** 2 for e, (_, high) in zip(estimates, intervals))) / k
+    return mean - below, mean + above
+
+
+def mcnemar_power(n: int, discordant: float, delta: float, significance: float) -> float:
+    """Approximate power of the two-sided McNemar test to detect a change ``delta`` (a fraction).
+
+    Connor (1987), Biometrics 43:207-211: with ψ the share of discordant pairs,
+    power = Φ((|δ| sqrt(n) − z_{α/2} sqrt(ψ)) / sqrt(ψ − δ²)). ψ can be no smaller than |δ|
+    (a change of δ needs at least n|δ| flipped items), so ψ is raised to |δ| when below it.
+    """
+    psi = max(discordant, abs(delta))
+    z_alpha = _normal_quantile(1.0 - significance)
+    spread = math.sqrt(max(psi - delta * delta, 1e-12))
+    return NormalDist().cdf((abs(delta) * math.sqrt(n) - z_alpha * math.sqrt(psi)) / spread)
+
+
+def minimum_detectable_change(n: int, discordant: float, significance: float = 0.05, power: float = 0.8) -> float:
+    """Smallest change in points that a two-sided McNemar test on ``n`` items finds with ``power``.
+
+    Assumes the share of items that flip (either way) is ``discordant`` (the one observed in
+    the row), but at least the change itself; see :func:`mcnemar_power` and docs/analysis.md.
+    Returns 100 when even a change of 100 points would be missed.
+    """
+    if n <= 0:
+        raise ValueError("need at least one item")
+    if mcnemar_power(n, discordant, 1.0, significance) < power:
+        return 100.0
+    return 100.0 * _bisect(lambda d: mcnemar_power(n, discordant, d, significance) - power, 1e-9, 1.0)
+
+
 def stable_rng(seed: int, key: str) -> np.random.Generator:
     """A generator seeded by ``seed`` and a row name, so a row's bootstrap does not depend on
     which other rows are computed or in what order."""
     return np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))])
-
-
-def bootstrap_delta_samples(counts: PairedCounts, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Paired-bootstrap replicates of the accuracy change, in points (array of n_resamples).
-
-    Resampling n items with replacement and recomputing mean(tuned) - mean(base) only depends
-    on how many drawn items are discordant (D) and how many of those went wrong->right (C):
-    the change is 100 (2C - D) / n. Under index resampling the 2x2 cell counts are
-    Multinomial(n; a/n, b/n, c/n, d/n), so D ~ Binomial(n, (b + c)/n) and, given D,
-    C ~ Binomial(D, c/(b + c)). Drawing those two counts gives exactly the distribution of
-    index resampling at O(n_resamples) cost instead of O(n_resamples * n).
-    """
-    n = counts.n
-    if n == 0:
-        raise ValueError("cannot bootstrap an empty set of items")
-    discordant = counts.b + counts.c
-    if discordant == 0:
-        return np.zeros(n_resamples)
-    drawn_discordant = rng.binomial(n, discordant / n, size=n_resamples)
-    drawn_improved = rng.binomial(drawn_discordant, counts.c / discordant)
-    return 100.0 * (2 * drawn_improved - drawn_discordant) / n
 
 
 def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -130,27 +211,25 @@ def verdict(delta: float, p_adjusted: float, significance: float) -> str:
     return "no significant change"
 
 
-def bootstrap_perplexity_change(
-    base_nll: Sequence[float],
-    tuned_nll: Sequence[float],
-    n_tokens: Sequence[int],
-    n_resamples: int,
-    rng: np.random.Generator,
-    chunk: int = 1000,
-) -> np.ndarray:
-    """Replicates of tuned/base perplexity − 1, resampling documents with replacement.
+def bootstrap_document_totals(
+    columns: dict[str, Sequence[float]], n_resamples: int, rng: np.random.Generator, chunk: int = 1000
+) -> dict[str, np.ndarray]:
+    """Bootstrap replicates of per-document totals, resampling documents with replacement.
 
-    Per document: summed negative log-likelihood (nats) of each model over the same
-    ``n_tokens`` tokens. A replicate's perplexity ratio is exp((Σ tuned − Σ base) / Σ tokens)
-    over the drawn documents (token-weighted, as the probes' perplexity is).
+    ``columns`` maps a name to one number per document (e.g. base and tuned summed negative
+    log-likelihood in nats, token, byte, character or word counts); every column is resampled
+    with the same document indices, so ratios of the returned totals are paired replicates
+    (e.g. tuned/base perplexity − 1 = exp((Σ tuned − Σ base) / Σ tokens) − 1 over the drawn
+    documents). Returns name -> array of ``n_resamples`` totals.
     """
-    difference = np.asarray(tuned_nll, dtype=float) - np.asarray(base_nll, dtype=float)
-    tokens = np.asarray(n_tokens, dtype=float)
-    n = len(tokens)
-    if n == 0 or difference.shape != tokens.shape:
-        raise ValueError("need one base and one tuned loss per document, and at least one document")
-    replicates = []
+    arrays = {name: np.asarray(values, dtype=float) for name, values in columns.items()}
+    lengths = {len(values) for values in arrays.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError("need the same number (at least one) of values per document in every column")
+    n = lengths.pop()
+    totals: dict[str, list[np.ndarray]] = {name: [] for name in arrays}
     for start in range(0, n_resamples, chunk):
         index = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
-        replicates.append(np.expm1(difference[index].sum(axis=1) / tokens[index].sum(axis=1)))
-    return np.concatenate(replicates)
+        for name, values in arrays.items():
+            totals[name].append(values[index].sum(axis=1))
+    return {name: np.concatenate(parts) for name, parts in totals.items()}

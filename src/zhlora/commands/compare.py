@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Also write report.html and report.md (default: yes).",
     )
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing forgetting.json.")
+    parser.add_argument("--quiet", action="store_true",
+                        help="Leave the headline out of the output (zhlora run prints it once, at its end).")
     add_config_flags(parser, ["report"])
 
 
@@ -53,36 +55,38 @@ def main(args: argparse.Namespace) -> int:
     from zhlora.analysis.results_io import results_dir_of
     from zhlora.commands.report import default_training_log
     from zhlora.config import config_from_args
+    from zhlora.locking import folder_lock
 
     report = config_from_args(args).report
     out_dir = args.output_dir or results_dir_of(args.tuned)
-    forgetting = compare_results(
-        args.base,
-        args.tuned,
-        out_dir,
-        bootstrap_samples=report.bootstrap_samples,
-        confidence=report.confidence,
-        significance=report.significance,
-        seed=report.stats_seed,
-        data_dir=args.data_dir,
-        overwrite=args.overwrite,
-    )
-    print(f"{out_dir}/{FORGETTING_FILE}: {forgetting['headline']['text']}")
-    for row in forgetting["rows"]:
-        if row["level"] == "benchmark":
-            interval = f"[{row['ci_low_points']:+.1f}, {row['ci_high_points']:+.1f}]"
-            print(
-                f"  {row['name']:<8} {row['base_pct']:5.1f} -> {row['tuned_pct']:5.1f}  {row['delta_points']:+5.1f} "
-                f"{interval}  p_holm={row['p_holm']:.2g}  {row['verdict']}"
-            )
-    if args.report:
-        html = write_report(
+    with folder_lock(out_dir):  # one writer per results folder
+        forgetting = compare_results(
+            args.base,
+            args.tuned,
             out_dir,
-            forgetting,
-            base_dir=args.base,
-            tuned_dir=args.tuned,
-            training_log=args.training_log or default_training_log(results_dir_of(args.tuned)),
-            language=report.chart_language,
+            bootstrap_samples=report.bootstrap_samples,
+            confidence=report.confidence,
+            significance=report.significance,
+            seed=report.stats_seed,
+            data_dir=args.data_dir,
+            overwrite=args.overwrite,
         )
-        print(f"{html}: report")
+        print(f"{out_dir}/{FORGETTING_FILE}" + ("" if args.quiet else f": {forgetting['headline']['text']}"))
+        for row in forgetting["rows"]:
+            if row["level"] == "benchmark":
+                interval = f"[{row['ci_low_points']:+.1f}, {row['ci_high_points']:+.1f}]"
+                print(
+                    f"  {row['name']:<8} {row['base_pct']:5.1f} -> {row['tuned_pct']:5.1f}  {row['delta_points']:+5.1f} "
+                    f"{interval}  p_holm={row['p_holm']:.2g}  {row['verdict']}"
+                )
+        if args.report:
+            html = write_report(
+                out_dir,
+                forgetting,
+                base_dir=args.base,
+                tuned_dir=args.tuned,
+                training_log=args.training_log or default_training_log(results_dir_of(args.tuned)),
+                language=report.chart_language,
+            )
+            print(f"{html}: report")
     return 0

@@ -20,23 +20,25 @@ from zhlora.config import add_config_flags, config_from_args
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags: the model group (``--model_name_or_path``, ``--model_source``, ``--revision``, ...)."""
-    add_config_flags(parser, ["model"])
+    add_config_flags(parser, ["model"], used=("model_name_or_path", "model_source", "revision"))
     parser.add_argument("--output_dir", default="models", help="Parent folder; the model lands in OUTPUT_DIR/base_model (default: models).")
     parser.add_argument("--force", action="store_true", help="Download again and replace an existing base_model.")
 
 
 def main(args: argparse.Namespace) -> int:
     """Download (or build) the model; the hub token comes from HF_TOKEN or the saved login."""
+    from zhlora.locking import folder_lock
     from zhlora.modeling import download_model, read_manifest
 
     model = config_from_args(args).model
-    folder = download_model(
-        model.model_name_or_path,
-        args.output_dir,
-        source=model.model_source,
-        revision=model.revision,
-        force=args.force,
-    )
+    with folder_lock(args.output_dir):  # base_model is swapped in whole, so its parent holds the lock
+        folder = download_model(
+            model.model_name_or_path,
+            args.output_dir,
+            source=model.model_source,
+            revision=model.revision,
+            force=args.force,
+        )
     manifest = read_manifest(folder) or {}
     print(f"{folder}: {manifest.get('model_name_or_path')} from {manifest.get('source')}"
           f" (revision {manifest.get('revision')}, weights sha256 {manifest.get('weights_sha256')})")

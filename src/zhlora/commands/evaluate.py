@@ -11,6 +11,9 @@ Examples::
 Writes ``results.json``, ``predictions/<benchmark>.jsonl``, ``results.md``, ``timings.json`` and
 charts to the results folder. A killed evaluation continues from its finished subjects when
 the same command is run again; ``--overwrite`` discards earlier results of the folder.
+Under ``accelerate launch -m zhlora evaluate ...`` or ``torchrun --nproc_per_node N -m zhlora evaluate ...``
+the processes split every benchmark's units and the main process writes results byte-identical
+to a single-process run (:mod:`zhlora.evaluation.distributed`).
 With an adapter and a baseline beside it (``evaluation_results/baseline``, or
 ``--baseline_results``), the forgetting comparison is written too.
 """
@@ -18,13 +21,14 @@ With an adapter and a baseline beside it (``evaluation_results/baseline``, or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
 import time
 from pathlib import Path
 
-from zhlora.config import add_config_flags, config_from_args
+from zhlora.config import SIZE_FIELDS, add_config_flags, config_from_args
 from zhlora.errors import ConfigError, ZhloraError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -56,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--trust_remote_code", dest="cfg__model__trust_remote_code", action=argparse.BooleanOptionalAction,
                        default=argparse.SUPPRESS, help="Run modelling code shipped inside the model folder (default: off).")
     model.add_argument("--prompt_template", dest="cfg__data__prompt_template", default=argparse.SUPPRESS, metavar="TEMPLATE",
-                       help="Training template used to render the ppl_zh prompts: alpaca, llama2_chat or chat (default: alpaca).")
+                       help="Training template used to render the ppl_zh prompts: alpaca or llama2_chat (default: alpaca).")
     model.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                        help="Where to run: auto (the GPU when there is one), cpu or cuda (default: auto).")
     parser.add_argument("--overwrite", action="store_true",
@@ -73,25 +77,62 @@ def _resolve_specs(benchmarks: list[str], protocol: str, gsm8k_variant: str) -> 
     return {name: resolve_spec(name, protocol, gsm8k_variant) for name in benchmarks}
 
 
+def split_subjects(subjects: list[str] | None, benchmarks: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """``--subjects`` as ``({benchmark: [subject]}, [bare subject])``: ``mmlu:philosophy`` names one benchmark's subject."""
+    qualified: dict[str, list[str]] = {}
+    bare: list[str] = []
+    for entry in subjects or []:
+        bench, sep, subject = entry.partition(":")
+        if not sep:
+            bare.append(entry)
+            continue
+        if bench not in benchmarks:
+            raise ConfigError(f'--subjects {entry}: "{bench}" is not one of the evaluated benchmarks '
+                              f"({', '.join(benchmarks)}).{did_you_mean(bench, benchmarks)}")
+        qualified.setdefault(bench, []).append(subject)
+    return qualified, bare
+
+
 def _load_items(specs: dict, data_dir: Path, cfg, tokenizer) -> dict:
-    """Every benchmark's items; ``--subjects`` must name subjects of the multiple-choice benchmarks."""
+    """Every benchmark's items; ``--subjects`` must name subjects of the multiple-choice benchmarks.
+
+    A subject may be written ``benchmark:subject`` (``mmlu:philosophy``); a bare name applies to
+    every benchmark that has it, and the log says which ones matched.
+    """
     from zhlora.evaluation.items import load_benchmark_items
 
     ec = cfg.eval
-    items = {name: load_benchmark_items(data_dir, spec, shots=ec.shots, subjects=ec.subjects, limit=ec.limit,
-                                        prompt_template=cfg.data.prompt_template, tokenizer=tokenizer)
-             for name, spec in specs.items()}
-    choice = {name: bench for name, bench in items.items() if bench.spec.kind == "multiple_choice"}
+    choice_names = [name for name, spec in specs.items() if spec.kind == "multiple_choice"]
+    if ec.subjects is not None and not choice_names:
+        raise ConfigError("--subjects applies to multiple-choice benchmarks (ceval, cmmlu, mmlu); none is selected.")
+    qualified, bare = split_subjects(ec.subjects, list(specs))
+    for bench in qualified:
+        if bench not in choice_names:
+            raise ConfigError(f"--subjects {bench}:...: {bench} has no subjects (only ceval, cmmlu and mmlu do).")
+    items = {}
+    for name, spec in specs.items():
+        wanted = None if ec.subjects is None or name not in choice_names else qualified.get(name, []) + bare
+        items[name] = load_benchmark_items(data_dir, spec, shots=ec.shots, subjects=wanted, limit=ec.size_of(name),
+                                           prompt_template=cfg.data.prompt_template, tokenizer=tokenizer)
     if ec.subjects is not None:
-        if not choice:
-            raise ConfigError("--subjects applies to multiple-choice benchmarks (ceval, cmmlu, mmlu); none is selected.")
-        known = {s for bench in choice.values() for s in bench.available_subjects}
-        for subject in ec.subjects:
-            if subject not in known:
+        choice = {name: items[name] for name in choice_names}
+        for bench, names in qualified.items():
+            for subject in names:
+                if subject not in choice[bench].available_subjects:
+                    raise ConfigError(f'--subjects: no subject "{subject}" in {bench}.'
+                                      f"{did_you_mean(subject, choice[bench].available_subjects)}")
+        for subject in bare:
+            matched = [name for name, bench in choice.items() if subject in bench.available_subjects]
+            if not matched:
+                known = {s for bench in choice.values() for s in bench.available_subjects}
                 raise ConfigError(f'--subjects: no subject "{subject}" in {", ".join(choice)}.{did_you_mean(subject, known)}')
+            logger.info("--subjects %s: found in %s%s", subject, " and ".join(matched),
+                        f" (write {matched[0]}:{subject} to evaluate one of them)" if len(matched) > 1 else "")
         for name in [n for n, bench in choice.items() if not bench.groups]:
             logger.info("%s: none of --subjects belongs to it; skipping it", name)
             del items[name]
+        if not items:
+            raise ConfigError(f"--subjects {','.join(ec.subjects)}: none of these subjects has items in {data_dir}.")
     for name, bench in items.items():
         if bench.n_items == 0:
             raise ZhloraError(f"Benchmark {name} has no items in {data_dir}. Re-download it with "
@@ -111,37 +152,68 @@ def _results_dirs(args: argparse.Namespace, scales: list[float]) -> list[Path]:
     return [base.parent / scale_results_name(base.name, scale) for scale in scales]
 
 
-def _prepare_results_dir(results_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace finished results unless ``--overwrite``, which deletes what evaluate wrote."""
+def _prepare_results_dir(results_dir: Path, overwrite: bool, main_process: bool = True) -> None:
+    """With ``--overwrite``, delete what evaluate wrote (the resume cache first, results.json last; main process only)."""
     from zhlora.evaluation.results import PREDICTIONS_DIRNAME, RESULT_FILES
     from zhlora.evaluation.runner import CACHE_DIRNAME
 
-    if not overwrite:
-        if (results_dir / "results.json").exists():
-            raise ZhloraError(f"{results_dir / 'results.json'} already exists. Pass --overwrite to evaluate again "
-                              "and replace it, or choose another --results_dir.")
+    if not overwrite or not main_process:
         return
-    for name in RESULT_FILES:
-        (results_dir / name).unlink(missing_ok=True)
-    for name in (PREDICTIONS_DIRNAME, CACHE_DIRNAME):
+    for name in (CACHE_DIRNAME, PREDICTIONS_DIRNAME):
         shutil.rmtree(results_dir / name, ignore_errors=True)
+    for name in reversed(RESULT_FILES):
+        (results_dir / name).unlink(missing_ok=True)
 
 
-def _device_map(device: str):
+def _identity_of_results(results: dict) -> dict:
+    """What :func:`_fingerprint_input` covers, read back from a finished ``results.json``."""
+    specs = {name: {"version": entry.get("spec_version"), "reference": entry.get("spec_reference"),
+                    "shots": entry.get("shots"), "data_sha256": entry.get("data_sha256")}
+             for name, entry in results.get("benchmarks", {}).items()}
+    return _fingerprint_input(results.get("settings", {}), results.get("model", {}), specs)
+
+
+def _finished_results(results_dir: Path, expected: dict) -> dict | None:
+    """The folder's ``results.json`` when it was made with exactly ``expected``; None when there is none.
+
+    A finished evaluation with the same settings, model and data is this command's result (a kill
+    between writing it and anything after must not leave a folder that refuses to be finished);
+    one made differently is refused, naming what differs, unless ``--overwrite``.
+    """
+    path = results_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        found = _identity_of_results(results)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
+        raise ZhloraError(f"{path} is not a readable results file. Pass --overwrite to evaluate again and "
+                          "replace it, or choose another --results_dir.") from None
+    if found != expected:
+        from zhlora.experiment import changed_settings
+
+        changes = changed_settings(found, expected)
+        raise ZhloraError(f"{path} already holds results made with other settings ({'; '.join(changes[:5])}). "
+                          "Pass --overwrite to evaluate again and replace it, or choose another --results_dir.")
+    return results
+
+
+def _device_map(device: str, local_rank: int = 0):
+    """None (CPU) or the GPU of this process (its local rank under a launcher)."""
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA GPU is visible. Use --device cpu (or auto).")
-    return None if device == "cpu" else {"": 0}
+    return None if device == "cpu" else {"": local_rank}
 
 
 def _settings(cfg, data_dir: Path, template: dict) -> dict:
     ec = cfg.eval
     return {
         "benchmarks": list(ec.benchmarks), "protocol": ec.protocol, "shots": ec.shots, "gsm8k_variant": ec.gsm8k_variant,
-        "limit": ec.limit, "subjects": ec.subjects, "batch_size": ec.batch_size, "max_new_tokens": ec.max_new_tokens,
+        **{name: getattr(ec, name) for name in SIZE_FIELDS}, "subjects": ec.subjects, "batch_size": ec.batch_size, "max_new_tokens": ec.max_new_tokens,
         "backend": ec.backend, "torch_dtype": cfg.model.torch_dtype, "prompt_template": cfg.data.prompt_template,
         **({"chat_template_sha256": template["chat_template_sha256"]} if template["chat_template_sha256"] else {}),
         "data_dir": str(data_dir),
@@ -171,14 +243,20 @@ def _check_adapter_template(adapter_dir: Path, template: dict, items: dict) -> N
         )
 
 
-def _fingerprint_input(settings: dict, model: dict, items: dict) -> dict:
-    """What must match for cached predictions to be reused: settings, model identity, specs, data."""
+def _spec_identity(items: dict) -> dict:
+    """Each benchmark's spec version, reference, shots (None for perplexity) and data hashes."""
+    return {name: {"version": bench.spec.version, "reference": bench.spec.reference,
+                   "shots": None if bench.spec.kind == "perplexity" else bench.shots,
+                   "data_sha256": dict(sorted(bench.files_sha256.items()))} for name, bench in items.items()}
+
+
+def _fingerprint_input(settings: dict, model: dict, specs: dict) -> dict:
+    """What must match for cached predictions or a finished results.json to be reused."""
     return {
         "settings": {k: v for k, v in settings.items() if k not in _NOT_FINGERPRINTED},
-        "model": {k: model[k] for k in ("base_sha256", "adapter_sha256", "adapter_scale")}
-        | ({"base_path": model["base_path"]} if model["base_sha256"] is None else {}),
-        "specs": {name: {"version": bench.spec.version, "reference": bench.spec.reference, "shots": bench.shots,
-                         "data_sha256": bench.files_sha256} for name, bench in items.items()},
+        "model": {k: model.get(k) for k in ("base_sha256", "adapter_sha256", "adapter_scale")}
+        | ({"base_path": model.get("base_path")} if model.get("base_sha256") is None else {}),
+        "specs": specs,
     }
 
 
@@ -192,28 +270,17 @@ def _batch_size(value: str):
 
 
 def main(args: argparse.Namespace) -> int:
-    """Validate inputs, load the model (and adapter), evaluate per scale, write results, compare."""
-    from zhlora.evaluation.adapters import (
-        check_adapter_applied,
-        check_adapter_folder,
-        load_adapter,
-        set_adapter_scale,
-    )
-    from zhlora.evaluation.hf_model import HFEvalModel
-    from zhlora.evaluation.results import build_results, build_timings, write_results
-    from zhlora.evaluation.samples import SAMPLES_NAME, sample_generations
-    from zhlora.io_utils import atomic_write_json
-    from zhlora.evaluation.runner import (
-        CACHE_DIRNAME,
-        evaluate_benchmarks,
-        open_prediction_cache,
-    )
-    from zhlora.io_utils import sha256_file
+    """Validate inputs, lock the results folders, then evaluate (see :func:`_evaluate`)."""
+    from zhlora.evaluation.adapters import check_adapter_folder
+    from zhlora.evaluation.distributed import init_eval_processes
+    from zhlora.locking import folder_lock
+    from zhlora.models.loading import check_model_argument
     from zhlora.data.templates import template_identity
-    from zhlora.modeling import load_model, load_tokenizer, model_fingerprint
+    from zhlora.modeling import load_tokenizer
 
     cfg = config_from_args(args)
     ec = cfg.eval
+    check_model_argument(args.model_path, "--model_path")
     batch_size = _batch_size(ec.batch_size)
     scales = [args.adapter_scale] if args.adapter_scale is not None else list(ec.adapter_scales)
     for scale in scales:
@@ -224,18 +291,45 @@ def main(args: argparse.Namespace) -> int:
     adapter_dir = check_adapter_folder(args.lora_model_path) if args.lora_model_path else None
     if ec.backend == "vllm" and adapter_dir and scales != [1.0]:
         raise ConfigError(f"--backend vllm applies a LoRA adapter at scale 1 only, not {scales}; use --backend hf.")
+    processes = init_eval_processes(cpu=args.device == "cpu")
+    if ec.backend == "vllm" and processes.world_size > 1:
+        raise ConfigError(f"--backend vllm runs in one process (vLLM spreads a model over GPUs itself), but this "
+                          f"evaluation was launched as {processes.world_size} processes; launch it once, or use --backend hf.")
     data_dir = Path(args.data_dir)
     specs = _resolve_specs(ec.benchmarks, ec.protocol, ec.gsm8k_variant)
-    base_path = str(args.model_path)
-    tokenizer = load_tokenizer(base_path, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(str(args.model_path), trust_remote_code=cfg.model.trust_remote_code)
     template = template_identity(cfg.data.prompt_template, tokenizer if cfg.data.prompt_template == "chat" else None)
     items = _load_items(specs, data_dir, cfg, tokenizer)
     if adapter_dir:
         _check_adapter_template(adapter_dir, template, items)
     results_dirs = _results_dirs(args, scales)
-    for results_dir in results_dirs:
-        _prepare_results_dir(results_dir, args.overwrite)
+    with contextlib.ExitStack() as locks:
+        for results_dir in results_dirs if processes.is_main else ():  # one writer per results folder: the main process
+            locks.enter_context(folder_lock(results_dir))
+        return _evaluate(args, cfg, items, results_dirs, scales, adapter_dir, batch_size, processes, template)
 
+
+def _evaluate(args: argparse.Namespace, cfg, items: dict, results_dirs: list[Path], scales: list[float],
+              adapter_dir: Path | None, batch_size, processes, template: dict) -> int:
+    """Evaluate into ``results_dirs`` (locked by the caller), one per adapter scale.
+
+    ``processes``: this process's place in a data-parallel evaluation; only the main one writes.
+    """
+    from zhlora.evaluation.adapters import check_adapter_applied, load_adapter, set_adapter_scale
+    from zhlora.evaluation.hf_model import HFEvalModel
+    from zhlora.evaluation.results import build_results, build_timings, write_results
+    from zhlora.evaluation.runner import evaluate_benchmarks, open_prediction_cache
+    from zhlora.evaluation.samples import SAMPLES_NAME, sample_generations
+    from zhlora.io_utils import atomic_write_json, sha256_file
+    from zhlora.modeling import load_model, load_tokenizer, model_fingerprint
+
+    ec = cfg.eval
+    data_dir = Path(args.data_dir)
+    for results_dir in results_dirs:
+        _prepare_results_dir(results_dir, args.overwrite, processes.is_main)
+    processes.wait_for_everyone()  # the main process has cleared the folders before anyone opens a cache
+
+    base_path = str(args.model_path)
     identity = {
         "base_path": base_path,
         "base_sha256": model_fingerprint(base_path) if Path(base_path).is_dir() else None,
@@ -243,12 +337,22 @@ def main(args: argparse.Namespace) -> int:
         "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors") if adapter_dir else None,
     }
     settings = _settings(cfg, data_dir, template)
-    caches = [open_prediction_cache(d, _fingerprint_input(settings, {**identity, "adapter_scale": s if adapter_dir else None}, items))
-              for d, s in zip(results_dirs, scales)]
+    specs = _spec_identity(items)
+    expected = [_fingerprint_input(settings, {**identity, "adapter_scale": s if adapter_dir else None}, specs) for s in scales]
+    todo = []
+    for results_dir, scale, fingerprint in zip(results_dirs, scales, expected):
+        finished = None if args.overwrite else _finished_results(results_dir, fingerprint)
+        if finished is None:
+            todo.append((results_dir, scale, open_prediction_cache(results_dir, fingerprint)))
+        elif processes.is_main:
+            _finish(args, cfg, results_dir, finished, adapter_dir)
+    if not todo:
+        return 0
 
     logger.info("Evaluating %s%s on %s", base_path, f" + {adapter_dir}" if adapter_dir else "", ", ".join(items))
-    model = load_model(base_path, torch_dtype=cfg.model.torch_dtype, device_map=_device_map(args.device),
+    model = load_model(base_path, torch_dtype=cfg.model.torch_dtype, device_map=_device_map(args.device, processes.local_rank),
                        trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(base_path, trust_remote_code=cfg.model.trust_remote_code)
     adapter_check = None
     if adapter_dir:
         model = load_adapter(model, adapter_dir)
@@ -260,25 +364,44 @@ def main(args: argparse.Namespace) -> int:
 
         generator = VllmGenerator(base_path, adapter_dir, 1.0, cfg.model.torch_dtype, cfg.model.trust_remote_code)
 
-    for results_dir, scale, cache in zip(results_dirs, scales, caches):
+    for results_dir, scale, cache in todo:
         started = time.perf_counter()
         if adapter_dir:
             set_adapter_scale(model, scale)
         model_entry = {**identity, "adapter_scale": scale if adapter_dir else None, "adapter_check": adapter_check}
         outcome = evaluate_benchmarks(model, tokenizer, items, batch_size=batch_size, max_new_tokens=ec.max_new_tokens,
-                                      generator=generator, cache=cache, progress=True)
+                                      generator=generator, cache=cache, progress=processes.is_main, processes=processes)
+        if not processes.is_main:
+            continue  # the main process gathered this process's rows and writes the results
         results = build_results(model_entry, settings, outcome)
         if ec.sample_max_new_tokens > 0:
             samples = sample_generations(generator or HFEvalModel(model, tokenizer, batch_size=batch_size), tokenizer,
                                          cfg.data.prompt_template, ec.sample_max_new_tokens)
             atomic_write_json(results_dir / SAMPLES_NAME, samples)
         write_results(results_dir, results, outcome, build_timings(outcome, time.perf_counter() - started))
-        shutil.rmtree(results_dir / CACHE_DIRNAME, ignore_errors=True)
-        _write_charts(results, results_dir)
-        _print_summary(results_dir, results)
-        if adapter_dir and not args.no_compare:
-            _compare_with_baseline(args, cfg, results_dir)
+        _finish(args, cfg, results_dir, results, adapter_dir, fresh=True)
     return 0
+
+
+def _finish(args: argparse.Namespace, cfg, results_dir: Path, results: dict, adapter_dir: Path | None,
+            fresh: bool = False) -> None:
+    """Everything after ``results.json``: results.md, cache removal, charts, summary, comparison.
+
+    Idempotent, so a finished results.json whose later files a kill cut short is completed here.
+    """
+    from zhlora.evaluation.results import results_markdown
+    from zhlora.evaluation.runner import CACHE_DIRNAME
+    from zhlora.io_utils import atomic_write_text
+
+    if not fresh:
+        logger.info("%s already holds these results (same settings, model and data); finishing its files. "
+                    "Pass --overwrite to evaluate again.", results_dir / "results.json")
+        atomic_write_text(results_dir / "results.md", results_markdown(results))
+    shutil.rmtree(results_dir / CACHE_DIRNAME, ignore_errors=True)
+    _write_charts(results, results_dir)
+    _print_summary(results_dir, results)
+    if adapter_dir and not args.no_compare:
+        _compare_with_baseline(args, cfg, results_dir)
 
 
 def _write_charts(results: dict, results_dir: Path) -> None:
@@ -292,7 +415,8 @@ def _print_summary(results_dir: Path, results: dict) -> None:
     print(f"{results_dir}:")
     for name, entry in results["benchmarks"].items():
         if entry["kind"] == "perplexity":
-            print(f"  {name:<8} loss {entry['loss']:.4f} nats/token, perplexity {entry['perplexity']:.3f} "
+            bpb = f", {entry['bits_per_byte']:.4f} bits/byte" if entry.get("bits_per_byte") is not None else ""
+            print(f"  {name:<8} loss {entry['loss']:.4f} nats/token, perplexity {entry['perplexity']:.3f}{bpb} "
                   f"({entry['n_documents']} documents, {entry['n_tokens']} tokens)")
         else:
             macro = f", macro {100 * entry['accuracy_macro']:.2f}" if "accuracy_macro" in entry else ""

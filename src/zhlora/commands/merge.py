@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Merge and report where the merged model went."""
     from zhlora.modeling import merge_adapter, model_fingerprint
+    from zhlora.models.loading import check_model_argument
+
+    check_model_argument(args.base_model_path, "--base_model_path")
 
     folder = merge_adapter(args.base_model_path, args.lora_model_path, args.output_dir,
                            overwrite=args.overwrite, save_dtype=args.save_dtype)

@@ -16,7 +16,9 @@ from zhlora.config import add_config_flags, config_from_args
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags: the data group (``--prompt_template``, ``--max_seq_length``, ...), the model group, ``--force``."""
-    add_config_flags(parser, ["data", "model"])
+    add_config_flags(parser, ["data", "model"], used=("data_dir", "processed_dir", "prompt_template", "max_seq_length",
+                                                      "overlong", "replay_ratio", "data_seed", "model_name_or_path",
+                                                      "trust_remote_code"))
     parser.add_argument(
         "--output_dir", dest="cfg__data__processed_dir", default=argparse.SUPPRESS, metavar="PROCESSED_DIR",
         help="Same as --processed_dir (the seed script's name).",
@@ -27,26 +29,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Load the model's tokenizer, preprocess, and print the row counts and tokens per Chinese character."""
     from zhlora.data.preprocess import preprocess_data
+    from zhlora.locking import folder_lock
     from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import check_model_argument
 
     cfg = config_from_args(args)
     data = cfg.data
+    check_model_argument(cfg.model.model_name_or_path, "--model_name_or_path")
     tokenizer = load_tokenizer(cfg.model.model_name_or_path, trust_remote_code=cfg.model.trust_remote_code)
-    stats = preprocess_data(
-        data.data_dir,
-        data.processed_dir,
-        tokenizer,
-        template=data.prompt_template,
-        max_seq_length=data.max_seq_length,
-        overlong=data.overlong,
-        replay_ratio=data.replay_ratio,
-        seed=data.data_seed,
-        force=args.force,
-    )
+    with folder_lock(data.processed_dir):  # one writer per output folder
+        stats = preprocess_data(
+            data.data_dir,
+            data.processed_dir,
+            tokenizer,
+            template=data.prompt_template,
+            max_seq_length=data.max_seq_length,
+            overlong=data.overlong,
+            replay_ratio=data.replay_ratio,
+            seed=data.data_seed,
+            force=args.force,
+        )
     train, held_out = stats["train"], stats["eval"]
+    replay = stats["replay"]
+    replay_text = f"replay rows {replay['used']:,}"
+    if replay.get("requested"):
+        replay_text += (f" of {replay['requested']:,} asked for (effective replay ratio "
+                        f"{replay.get('effective_ratio', 0):.3f}, asked {replay['ratio']:g})")
     print(
         f"{data.processed_dir}: train {train['rows_out']:,} rows ({train['lengths'].get('total', 0):,} tokens), "
         f"eval {held_out['rows_out']:,} rows; dropped {train['dropped'] or 'none'}; "
-        f"replay rows {stats['replay']['used']:,}; tokens per Chinese character {stats['tokens_per_chinese_char']}"
+        f"{replay_text}; tokens per Chinese character {stats['tokens_per_chinese_char']}"
     )
     return 0

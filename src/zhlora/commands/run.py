@@ -68,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
 
     from zhlora.cli import run_command
     from zhlora.experiment import StepFailed, execute, plan_fingerprints, plan_run, write_run_config
+    from zhlora.locking import folder_lock
 
     started = time.perf_counter()
     cfg = resolve_config(args)
@@ -79,7 +80,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"zhlora run {cfg.run_name} in {layout.root}: model {cfg.model.model_name_or_path}, data {cfg.data.source}, "
           f"LoRA r={cfg.lora.lora_rank} alpha={cfg.lora.lora_alpha:g}; resolved config {config_file}")
     try:
-        execution = execute(steps, layout, run_command)
+        with folder_lock(layout.run_dir(cfg.run_name)):  # one `zhlora run` per run; shared steps wait for each other
+            execution = execute(steps, layout, run_command)
     except StepFailed as exc:
         print(f"zhlora run: {exc}", file=sys.stderr)
         return exc.exit_code

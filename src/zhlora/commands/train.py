@@ -18,6 +18,7 @@ Writes ``adapter_model.safetensors``, ``adapter_config.json``, ``train_config.ya
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 import os
@@ -29,6 +30,8 @@ from pathlib import Path
 
 from zhlora.config import ExperimentConfig, add_config_flags, config_from_args, config_to_dict, dump_config_yaml
 from zhlora.errors import ConfigError
+from zhlora.locking import folder_lock
+from zhlora.models.loading import check_model_argument
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +66,12 @@ def main(args: argparse.Namespace) -> int:
     """Train; exit 0 when the adapter is written (or already was), 130 after Ctrl-C."""
     cfg = config_from_args(args)
     output_dir = Path(args.output_dir or Path("results") / cfg.run_name)
-    outcome = run(cfg, Path(args.model_path), Path(args.dataset_path), output_dir, resume=args.resume, overwrite=args.overwrite,
-                  probe_data_dir=Path(args.probe_data_dir) if args.probe_data_dir else None)
+    check_model_argument(args.model_path, "--model_path")
+    # One writer per run folder; under `accelerate launch` the main process (rank 0) holds it for all.
+    lock = folder_lock(output_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    with lock:
+        outcome = run(cfg, Path(args.model_path), Path(args.dataset_path), output_dir, resume=args.resume,
+                      overwrite=args.overwrite, probe_data_dir=Path(args.probe_data_dir) if args.probe_data_dir else None)
     if not outcome.is_main_process:
         return 130 if outcome.status == "interrupted" else 0
     if outcome.status == "complete":
@@ -74,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
               "Run the same command again to resume.", file=sys.stderr)
         return 130
     else:
-        print(f"{output_dir}: adapter after {outcome.step} steps (last logged loss {outcome.last_loss}).")
+        loss = "none logged" if outcome.last_loss is None else f"{outcome.last_loss:.4f}"
+        print(f"{output_dir}: adapter after {outcome.step} steps (last logged loss {loss}).")
         if outcome.monitoring:
             print(_monitoring_lines(outcome.monitoring, outcome.step))
     return 0

@@ -257,12 +257,20 @@ def build_belle(raw: RawFiles, options: BelleOptions) -> BuiltSource:
             "belle: only %d rows available; using %d for training and %d held out (asked for %d + %d)",
             seen, len(train), len(heldout), options.sample_size, options.heldout_size,
         )
+    empty = {split: sum(not row["output"].strip() for row in rows) for split, rows in (("train", train), ("heldout", heldout))}
+    if any(empty.values()):
+        logger.warning(
+            "belle: %d of %d training rows and %d of %d held-out rows have an empty output; preprocess drops them "
+            "(nothing to learn). Check the source files (%s).", empty["train"], len(train), empty["heldout"],
+            len(heldout), ", ".join(str(p) for p in files_read),
+        )
     details = {
         "rows_available": seen,
         "train_requested": options.sample_size,
         "heldout_requested": options.heldout_size,
         "seed": options.seed,
         "rows_with_literal_newlines_fixed": fixed["rows"],
+        "rows_with_empty_output": empty,
     }
     return BuiltSource(splits={"train": train, "heldout": heldout}, files_read=files_read, details=details)
 

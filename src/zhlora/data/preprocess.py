@@ -39,6 +39,16 @@ TRAIN_DIRNAME = "train_dataset"
 EVAL_DIRNAME = "eval_dataset"
 TOKENIZE_BATCH_ROWS = 1000
 CHAR_RATIO_ROWS = 2000  # rows measured for tokens per Chinese character
+# What to do about each drop reason of tokenize_rows (formatted with the input file and the settings).
+DROP_ADVICE = {
+    "too_long": "{n} row(s) were longer than --max_seq_length {max_seq_length}: raise it, or keep them cut to "
+                "length with --overlong truncate",
+    "prompt_too_long": "{n} row(s) had a prompt (instruction + input) that alone fills --max_seq_length "
+                       "{max_seq_length}: raise --max_seq_length (--overlong truncate cannot help: it cuts responses only)",
+    "empty_response": "{n} row(s) had an empty output, so there is nothing to learn from them: check {source} (its "
+                      "\"output\" fields are empty) and download it again with `zhlora download-data --force`, or use "
+                      "another source",
+}
 # Han characters: CJK Unified Ideographs, Extension A, Compatibility Ideographs, Extensions B-F.
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
 
@@ -214,22 +224,34 @@ def _input_files(data_dir: Path, replay_ratio: float) -> dict[str, Path]:
     return inputs
 
 
+def drop_advice(dropped: dict[str, int], max_seq_length: int, source: Path) -> str:
+    """One clause per drop reason, each with its own advice (``""`` when nothing was dropped)."""
+    return "; ".join(DROP_ADVICE[reason].format(n=count, max_seq_length=max_seq_length, source=source)
+                     if reason in DROP_ADVICE else f"{count} row(s) dropped ({reason})"
+                     for reason, count in sorted(dropped.items()) if count)
+
+
 def mix_replay(
     chinese: list[dict[str, str]], english: list[dict[str, str]], replay_ratio: float, seed: int
 ) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """Mix ``replay_count`` English rows (drawn with ``seed``) into ``chinese`` and shuffle the mix.
 
-    Returns the mixed rows and ``{ratio, requested, used}`` (``used`` < ``requested`` when
-    there are not enough English rows).
+    Returns the mixed rows and ``{ratio, requested, used, effective_ratio}``: ``used`` <
+    ``requested`` when there are not enough English rows, and ``effective_ratio`` is the share
+    of English rows actually in the mix, ``used / (chinese + used)``.
     """
     requested = replay_count(replay_ratio, len(chinese))
-    if requested > len(english):
-        logger.warning("replay: %d English rows wanted, only %d available; using all", requested, len(english))
     rng = random.Random(seed)
     chosen = rng.sample(english, min(requested, len(english)))
+    effective = round(len(chosen) / (len(chinese) + len(chosen)), 4) if chosen else 0.0
+    if requested > len(english):
+        logger.warning(
+            "Replay shortfall: --replay_ratio %g asks for %d English rows but only %d exist, so all %d are used and "
+            "the effective replay ratio is %.3f, not %g. Download more English instructions (a larger alpaca set) "
+            "or lower --replay_ratio.", replay_ratio, requested, len(english), len(english), effective, replay_ratio)
     mixed = chinese + chosen
     rng.shuffle(mixed)
-    return mixed, {"ratio": replay_ratio, "requested": requested, "used": len(chosen)}
+    return mixed, {"ratio": replay_ratio, "requested": requested, "used": len(chosen), "effective_ratio": effective}
 
 
 def _save_dataset(columns: dict[str, list], path: Path) -> None:
@@ -300,7 +322,7 @@ def preprocess_data(
         )
 
     belle_train = _read_rows(inputs["belle_train"])
-    train_rows, replay = belle_train, {"ratio": replay_ratio, "requested": 0, "used": 0}
+    train_rows, replay = belle_train, {"ratio": replay_ratio, "requested": 0, "used": 0, "effective_ratio": 0.0}
     if replay_ratio > 0:
         train_rows, replay = mix_replay(belle_train, _read_rows(inputs["alpaca_train"]), replay_ratio, seed)
     train_columns, train_counts = tokenize_rows(tokenizer, train_rows, template, max_seq_length, overlong)
@@ -313,11 +335,11 @@ def preprocess_data(
             name, counts["rows_in"], counts["rows_out"], counts["dropped"] or "none", counts["truncated"],
             counts["rows_per_second"],
         )
+    advice = drop_advice(train_counts["dropped"], max_seq_length, inputs["belle_train"])
     if not train_columns["length"]:
-        raise DataError(
-            f"Every training row was dropped ({train_counts['dropped']}); raise --max_seq_length "
-            f"(now {max_seq_length}) or use --overlong truncate."
-        )
+        raise DataError(f"Every training row was dropped: {advice}.")
+    if advice:
+        logger.info("Training rows dropped: %s.", advice)
     texts = [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in belle_train[:CHAR_RATIO_ROWS]]
     stats = {
         "train": {**train_counts, "lengths": length_summary(train_columns["length"])},

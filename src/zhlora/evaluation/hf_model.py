@@ -3,10 +3,12 @@
 Three ideas make multiple-choice scoring fast without changing its numbers:
 
 1. **Shared few-shot prefix.** Every question of a subject starts with the same description
-   and shots. Their key/value cache is computed once and each batch continues from it, so a
-   5-shot question costs its own ~50-100 tokens instead of ~600-1000. The prefix is used only
-   where its tokens are a token-prefix of the item's tokens (checked per item; an item whose
-   tokenization differs at the boundary is scored in full instead).
+   and shots. The token ids the items really share with that text (see
+   :mod:`zhlora.evaluation.prefix`: byte-level BPE tokenizers encode the text's trailing
+   ``"\n\n"`` differently once a question follows) get their key/value cache computed once,
+   and each batch continues from it, so a 5-shot question costs its own ~50-100 tokens instead
+   of ~600-1000. An item whose ids leave the shared ones earlier (a truncated context) is scored
+   in full instead.
 2. **Logits only where needed.** The decoder's hidden states are gathered at the positions
    that predict answer tokens before the vocabulary projection; the four one-token options
    " A".." D" share one position, so one forward pass scores all four.
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from zhlora.errors import ZhloraError
+from zhlora.evaluation.prefix import PrefixUse, shared_prefix_length
 from zhlora.evaluation.requests import EncodedChoice, ScoredSequence
 
 logger = logging.getLogger(__name__)
@@ -52,6 +55,19 @@ class _Row:
     tokens: list[int]
     scores: list[_Score]
     truncated: bool = False
+
+    @property
+    def first_position(self) -> int:
+        """The first position whose hidden state is read (a shared prefix must end at or before it)."""
+        return min(p for score in self.scores for p in score.positions)
+
+
+@dataclass
+class ChoiceScores:
+    """Per-request option log-likelihoods (nats) and how the shared prefix was used."""
+
+    loglikelihoods: list[list[float]]
+    prefix: PrefixUse
 
 
 def model_max_length(config, tokenizer) -> int:
@@ -124,30 +140,29 @@ class HFEvalModel:
 
     # ------------------------------------------------------------------ log-likelihoods
     @torch.no_grad()
-    def choice_loglikelihoods(self, requests: Sequence[EncodedChoice], prefix_ids: list[int] | None = None) -> list[list[float]]:
-        """Summed log-probability (nats) of every option of every request.
+    def choice_loglikelihoods(self, requests: Sequence[EncodedChoice], prefix_ids: list[int] | None = None) -> ChoiceScores:
+        """Summed log-probability (nats) of every option of every request, and the prefix's use.
 
-        ``prefix_ids`` are the tokens of the prompt part shared by all ``requests`` (a
-        subject's description and shots); its key/value cache is computed once and reused by
-        every request whose context tokens start with exactly these tokens (when at least two
-        rows can use it).
+        ``prefix_ids`` are the token ids of the prompt text shared by all ``requests`` (a
+        subject's description and shots, encoded alone); the leading ids that the requests
+        really share with it (:func:`~zhlora.evaluation.prefix.shared_prefix_length`) get their
+        key/value cache computed once, reused by every row that starts with them.
         """
         rows = choice_rows(requests, self.max_length)
-        shared: list[_Row] = []
+        n = 0
         if prefix_ids:
-            n = len(prefix_ids)
-            shared = [r for r in rows if not r.truncated and len(r.tokens) > n and r.tokens[:n] == prefix_ids]
-            if len(shared) < 2:  # a prefix pass plus a suffix pass cost more than one full pass
-                shared = []
+            n = shared_prefix_length(prefix_ids, [(r.tokens, r.first_position) for r in rows if not r.truncated])
+        shared = [r for r in rows if n and not r.truncated and r.first_position >= n and r.tokens[:n] == prefix_ids[:n]]
         shared_ids = {id(r) for r in shared}
         plain = [r for r in rows if id(r) not in shared_ids]
         results = [[0.0] * len(request.continuation_ids) for request in requests]
         if shared:
-            prefix_kv = self._prefix_kv(prefix_ids)
-            self._score_rows(shared, results, offset=len(prefix_ids), prefix_kv=prefix_kv)
+            self._score_rows(shared, results, offset=n, prefix_kv=self._prefix_kv(prefix_ids[:n]))
         if plain:
             self._score_rows(plain, results, offset=0, prefix_kv=None)
-        return results
+        unshared_items = {score.owner[0] for r in plain for score in r.scores}
+        shared_items = len(requests) - len(unshared_items)
+        return ChoiceScores(results, PrefixUse(len(requests), shared_items, shared_items * n))
 
     @torch.no_grad()
     def sequence_nll(self, sequences: Sequence[ScoredSequence]) -> list[tuple[float, int]]:

@@ -21,6 +21,10 @@ from zhlora.io_utils import (
 
 SCHEMA_VERSION = 1
 RESULT_FILES = ("results.json", "results.md", "timings.json", "samples.json")
+INDEPENDENT_LABELS = {"bits_per_byte": "bits/byte", "bits_per_character": "bits/character",
+                      "word_perplexity": "word perplexity"}
+SIZE_LABELS = {"limit": "items per subject", "gsm8k_limit": "GSM8K problems", "ppl_zh_documents": "ppl_zh documents",
+               "ppl_en_documents": "ppl_en documents"}
 PREDICTIONS_DIRNAME = "predictions"
 
 
@@ -41,16 +45,19 @@ def build_results(model: Mapping, settings: Mapping, benchmarks: Mapping[str, Be
 
 
 def build_timings(benchmarks: Mapping[str, BenchmarkResult], total_seconds: float) -> dict:
-    """Wall-clock seconds of this process (units restored from the resume cache cost ~0 s)."""
-    return {
-        "created_at": utc_now(),
-        "total_seconds": round(total_seconds, 3),
-        "benchmarks": {
-            name: {"seconds": round(result.seconds, 3), "items": len(result.predictions),
-                   "items_per_second": round(len(result.predictions) / result.seconds, 3) if result.seconds > 0 else None}
-            for name, result in benchmarks.items()
-        },
-    }
+    """Wall-clock seconds of this process (units restored from the resume cache cost ~0 s).
+
+    Multiple-choice benchmarks also say how many of the items computed here were scored from
+    their subject's shared few-shot prefix (``shared_prefix``: items, shared_items, rate,
+    mean_shared_tokens).
+    """
+    entries = {}
+    for name, result in benchmarks.items():
+        entries[name] = {"seconds": round(result.seconds, 3), "items": len(result.predictions),
+                         "items_per_second": round(len(result.predictions) / result.seconds, 3) if result.seconds > 0 else None}
+        if result.prefix is not None and result.prefix.items:
+            entries[name]["shared_prefix"] = result.prefix.as_dict()
+    return {"created_at": utc_now(), "total_seconds": round(total_seconds, 3), "benchmarks": entries}
 
 
 def _pct(value: float) -> str:
@@ -68,14 +75,16 @@ def results_markdown(results: Mapping) -> str:
         check = model.get("adapter_check") or {}
         lines.append(f"- adapter check: {'ok' if check.get('ok') else '**FAILED**'} — {check.get('message', '')}")
     settings = results["settings"]
-    lines.append(f"- protocol {settings.get('protocol')}, items per subject limited to {settings.get('limit')}"
-                 if settings.get("limit") else f"- protocol {settings.get('protocol')}, all items")
-    lines += ["", "| benchmark | kind | shots | n | accuracy (micro) | accuracy (macro) | loss (nats/token) | perplexity |",
+    sizes = [f"{label} {settings[key]}" for key, label in SIZE_LABELS.items() if settings.get(key)]
+    lines.append(f"- protocol {settings.get('protocol')}, " + (f"limited: {', '.join(sizes)}" if sizes else "all items"))
+    lines += ["", "| benchmark | kind | shots | n | accuracy (micro) | accuracy (macro) | loss (nats/token) | perplexity (per token; tokenizer-independent) |",
               "|---|---|---|---|---|---|---|---|"]
     for name, entry in results["benchmarks"].items():
         if entry["kind"] == "perplexity":
+            independent = "".join(f"; {label} {entry[key]:.4f}" for key, label in INDEPENDENT_LABELS.items()
+                                  if entry.get(key) is not None)
             lines.append(f"| {name} | perplexity | – | {entry['n_documents']} docs, {entry['n_tokens']} tokens | – | – | "
-                         f"{entry['loss']:.4f} | {entry['perplexity']:.3f} |")
+                         f"{entry['loss']:.4f} | {entry['perplexity']:.3f}{independent} |")
         else:
             macro = _pct(entry["accuracy_macro"]) if "accuracy_macro" in entry else "–"
             extra = f" (flexible {_pct(entry['exact_match_flexible'])})" if entry["kind"] == "generate" else ""

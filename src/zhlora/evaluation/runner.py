@@ -4,6 +4,8 @@ A *unit* is the smallest piece of work that is cached: one subject of a multiple
 benchmark, or 64 consecutive items of the others. With a :class:`PredictionCache`, each
 finished unit is written atomically, stamped with the fingerprint of the settings, so a
 killed evaluation resumes from the units already done and ends with the same numbers.
+Units are also how a data-parallel evaluation shares work (:mod:`zhlora.evaluation.distributed`):
+:func:`score_share` scores one process's units, :func:`merge_shares` puts all shares back in order.
 
 :func:`evaluate_benchmarks` is also the library entry point for callers that already hold a
 model (e.g. probes evaluated during training): it never loads or saves a model.
@@ -19,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from zhlora.errors import ZhloraError
+from zhlora.evaluation.distributed import EvalProcesses, assign_units
 from zhlora.evaluation.hf_model import HFEvalModel
 from zhlora.evaluation.items import ALL, BenchmarkItems
+from zhlora.evaluation.prefix import PrefixUse
 from zhlora.evaluation.prompts import fewshot_prompt
 from zhlora.evaluation.requests import (
     ChoiceRequest,
@@ -37,11 +39,13 @@ from zhlora.evaluation.scoring import (
     summarize_choice,
     summarize_generate,
     summarize_perplexity,
+    text_units,
 )
 from zhlora.evaluation.specs import ChoiceSpec, GenerateSpec
 from zhlora.evaluation.tasks import choice as choice_hooks
 from zhlora.evaluation.tasks import gsm8k as gsm8k_hooks
 from zhlora.io_utils import atomic_write_json, atomic_write_text, dumps_json
+from zhlora.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +66,16 @@ class Unit:
 
 @dataclass
 class BenchmarkResult:
-    """One benchmark's ``results.json`` entry (``summary``), prediction rows and compute time (s)."""
+    """One benchmark's ``results.json`` entry (``summary``), prediction rows and compute time (s).
+
+    ``prefix`` counts the multiple-choice items computed in this call that were scored from
+    their subject's shared few-shot prefix (None for other kinds of benchmark).
+    """
 
     summary: dict
     predictions: list[dict]
     seconds: float
+    prefix: PrefixUse | None = None
 
 
 def benchmark_units(bench: BenchmarkItems) -> list[Unit]:
@@ -109,14 +118,15 @@ def choice_requests(tokenizer, bench: BenchmarkItems, subject: str, questions: S
     ]
 
 
-def _choice_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit) -> list[dict]:
+def _choice_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit, prefix_use: PrefixUse) -> list[dict]:
     requests = choice_requests(engine.tokenizer, bench, unit.key, unit.items)
     encoded = [encode_choice(engine.tokenizer, request) for request in requests]
     prefix_ids = engine.tokenizer(requests[0].prompt.prefix, verbose=False)["input_ids"] if requests else None
-    loglikelihoods = engine.choice_loglikelihoods(encoded, prefix_ids)
+    scores = engine.choice_loglikelihoods(encoded, prefix_ids)
+    prefix_use.add(scores.prefix)
     letters = bench.spec.choices
     rows = []
-    for question, lls in zip(unit.items, loglikelihoods):
+    for question, lls in zip(unit.items, scores.loglikelihoods):
         predicted = predicted_letter(lls, letters)
         rows.append({
             "id": question.id, "subject": unit.key, "gold": question.answer, "predicted": predicted,
@@ -176,15 +186,20 @@ def _perplexity_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit) -> 
         totals[owner][0] += nll
         totals[owner][1] += count
     return [
-        {"id": doc.id, "nll": round(nll, _LL_DIGITS), "n_tokens": count, "loss": round(nll / count, _LL_DIGITS)}
+        {"id": doc.id, "nll": round(nll, _LL_DIGITS), "n_tokens": count, "loss": round(nll / count, _LL_DIGITS),
+         **text_units(doc.text)}
         for doc, (nll, count) in zip(unit.items, totals)
     ]
 
 
-def run_unit(engine: HFEvalModel, generator, bench: BenchmarkItems, unit: Unit, max_new_tokens: int) -> list[dict]:
-    """Prediction rows of one unit (``generator`` answers generation requests; often ``engine``)."""
+def run_unit(engine: HFEvalModel, generator, bench: BenchmarkItems, unit: Unit, max_new_tokens: int,
+             prefix_use: PrefixUse | None = None) -> list[dict]:
+    """Prediction rows of one unit (``generator`` answers generation requests; often ``engine``).
+
+    Multiple-choice units add their shared-prefix counts to ``prefix_use``.
+    """
     if isinstance(bench.spec, ChoiceSpec):
-        return _choice_rows(engine, bench, unit)
+        return _choice_rows(engine, bench, unit, prefix_use if prefix_use is not None else PrefixUse())
     if isinstance(bench.spec, GenerateSpec):
         return _generate_rows(generator, bench, unit, max_new_tokens)
     return _perplexity_rows(engine, bench, unit)
@@ -202,8 +217,26 @@ def summarize_benchmark(bench: BenchmarkItems, rows: Sequence[dict]) -> dict:
     elif isinstance(spec, GenerateSpec):
         entry.update(variant=spec.variant, shots=bench.shots, **summarize_generate(rows))
     else:
-        entry.update(summarize_perplexity(rows))
+        entry.update(summarize_perplexity(rows, spec.units))
     return entry
+
+
+SHARING_WARN_BELOW = 0.9  # fraction of items; below it, most of the few-shot prompts are recomputed per item
+
+
+def log_prefix_use(benchmark: str, use: PrefixUse) -> None:
+    """Say how many items were scored from the shared few-shot prefix; warn when few were.
+
+    Few items sharing means the evaluation runs several times slower than it could (every
+    prompt computed in full), not that its numbers are wrong.
+    """
+    message = (f"{benchmark}: {use.shared_items}/{use.items} items ({use.rate:.0%}) scored from the shared few-shot "
+               f"prefix, {use.mean_shared_tokens:.0f} tokens on average")
+    if use.rate < SHARING_WARN_BELOW:
+        logger.warning("%s; the others were computed in full (slower, same numbers): contexts truncated to the model's "
+                       "window, subjects with one item, or a tokenizer that splits the prompts unusually.", message)
+    else:
+        logger.info(message)
 
 
 # ---------------------------------------------------------------------------------------
@@ -284,6 +317,72 @@ def open_prediction_cache(results_dir: Path, settings: Mapping) -> PredictionCac
 # ---------------------------------------------------------------------------------------
 # Library entry point
 # ---------------------------------------------------------------------------------------
+def score_share(
+    engine: HFEvalModel,
+    generator,
+    items_by_benchmark: Mapping[str, BenchmarkItems],
+    *,
+    max_new_tokens: int,
+    cache: PredictionCache | None = None,
+    progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict:
+    """Score this process's units of every benchmark (:func:`~zhlora.evaluation.distributed.assign_units`).
+
+    Returns ``{"rows": {benchmark: {unit index: rows}}, "seconds": {benchmark: seconds},
+    "prefix": {benchmark: PrefixUse | None}}`` (shared-prefix counts of the units computed here);
+    :func:`merge_shares` puts the shares of all processes together. Finished units go to
+    ``cache`` as they complete, so every process resumes its own work.
+    """
+    share: dict = {"rows": {}, "seconds": {}, "prefix": {}}
+    for name, bench in items_by_benchmark.items():
+        started = time.perf_counter()
+        units = benchmark_units(bench)
+        owners = assign_units([len(unit.items) for unit in units], world_size)
+        mine = [index for index, owner in enumerate(owners) if owner == rank]
+        share["rows"][name] = {}
+        prefix_use = PrefixUse() if isinstance(bench.spec, ChoiceSpec) else None
+        with progress_bar(sum(len(units[i].items) for i in mine), name, "item", disable=not progress) as bar:
+            for index in mine:
+                unit = units[index]
+                ids_sha256 = item_ids_sha256([item.id for item in unit.items])
+                unit_rows = cache.load(name, unit.key, ids_sha256) if cache else None
+                if unit_rows is None:
+                    unit_rows = run_unit(engine, generator, bench, unit, max_new_tokens, prefix_use)
+                    if cache:
+                        cache.save(name, unit.key, ids_sha256, unit_rows)
+                share["rows"][name][index] = unit_rows
+                bar.update(len(unit.items))
+        share["seconds"][name] = time.perf_counter() - started
+        share["prefix"][name] = prefix_use
+    return share
+
+
+def merge_shares(items_by_benchmark: Mapping[str, BenchmarkItems], shares: Sequence[dict]) -> dict[str, BenchmarkResult]:
+    """One result per benchmark from the shares of all processes, rows in unit (= item) order.
+
+    A benchmark's seconds are those of its slowest process.
+    """
+    results: dict[str, BenchmarkResult] = {}
+    for name, bench in items_by_benchmark.items():
+        by_unit = {index: rows for share in shares for index, rows in share["rows"][name].items()}
+        n_units = len(benchmark_units(bench))
+        if sorted(by_unit) != list(range(n_units)):
+            raise ZhloraError(f"{name}: the processes returned units {sorted(by_unit)} of {n_units}. "
+                              "This is a bug in zhlora: please report it with the log above.")
+        rows = [row for index in range(n_units) for row in by_unit[index]]
+        seconds = max(share["seconds"][name] for share in shares)
+        prefix_use = None
+        for use in (share["prefix"][name] for share in shares if share["prefix"][name] is not None):
+            prefix_use = prefix_use or PrefixUse()
+            prefix_use.add(use)
+        results[name] = BenchmarkResult(summarize_benchmark(bench, rows), rows, seconds, prefix_use)
+        if prefix_use is not None and prefix_use.items:
+            log_prefix_use(name, prefix_use)
+    return results
+
+
 def evaluate_benchmarks(
     model,
     tokenizer,
@@ -294,6 +393,7 @@ def evaluate_benchmarks(
     generator=None,
     cache: PredictionCache | None = None,
     progress: bool = False,
+    processes: EvalProcesses | None = None,
 ) -> dict[str, BenchmarkResult]:
     """Evaluate an in-memory model on loaded benchmarks; return one result per benchmark.
 
@@ -308,32 +408,23 @@ def evaluate_benchmarks(
             default: the HF engine on ``model`` (see :mod:`zhlora.evaluation.vllm_backend`).
         cache: resume cache (see :func:`open_prediction_cache`); None computes everything.
         progress: show a progress bar per benchmark.
+        processes: a data-parallel evaluation (:mod:`zhlora.evaluation.distributed`): this
+            process scores its share of the units and the main process gathers them. Every
+            process must call this; processes other than the main one get ``{}``.
 
     Example (cheap probes every N training steps)::
 
         items = {"mmlu": load_benchmark_items("data", resolve_spec("mmlu"), limit=5)}
         scores = {n: r.summary["accuracy_micro"] for n, r in evaluate_benchmarks(model, tok, items).items()}
     """
+    processes = processes or EvalProcesses()
     engine = HFEvalModel(model, tokenizer, batch_size=batch_size)
-    generator = generator or engine
     was_training = model.training
     model.eval()
-    results: dict[str, BenchmarkResult] = {}
     try:
-        for name, bench in items_by_benchmark.items():
-            started = time.perf_counter()
-            rows: list[dict] = []
-            with tqdm(total=bench.n_items, desc=name, unit="item", disable=not progress) as bar:
-                for unit in benchmark_units(bench):
-                    ids_sha256 = item_ids_sha256([item.id for item in unit.items])
-                    unit_rows = cache.load(name, unit.key, ids_sha256) if cache else None
-                    if unit_rows is None:
-                        unit_rows = run_unit(engine, generator, bench, unit, max_new_tokens)
-                        if cache:
-                            cache.save(name, unit.key, ids_sha256, unit_rows)
-                    rows.extend(unit_rows)
-                    bar.update(len(unit.items))
-            results[name] = BenchmarkResult(summarize_benchmark(bench, rows), rows, time.perf_counter() - started)
+        share = score_share(engine, generator or engine, items_by_benchmark, max_new_tokens=max_new_tokens,
+                            cache=cache, progress=progress, rank=processes.rank, world_size=processes.world_size)
     finally:
         model.train(was_training)
-    return results
+    shares = processes.gather(share)
+    return {} if shares is None else merge_shares(items_by_benchmark, shares)

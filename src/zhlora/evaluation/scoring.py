@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 from zhlora.data.categories import SubjectInfo
@@ -89,18 +90,51 @@ def summarize_generate(rows: Sequence[Mapping]) -> dict:
     }
 
 
-def summarize_perplexity(rows: Sequence[Mapping]) -> dict:
-    """Token-weighted loss (nats/token) and perplexity ``exp(loss)`` over all documents.
+def text_units(text: str) -> dict:
+    """Tokenizer-independent sizes of a scored text: UTF-8 bytes, characters, whitespace-separated words.
 
-    ``rows`` are ``{id, nll, n_tokens}`` with ``nll`` the summed negative log-likelihood in
-    nats; at least one token must be scored.
+    Words are counted as lm-evaluation-harness counts them for ``wikitext`` (``count_words``:
+    ``len(re.split(r"\\s+", text))``), bytes as its ``count_bytes`` (``len(text.encode("utf-8"))``).
+    """
+    return {"n_bytes": len(text.encode("utf-8")), "n_characters": len(text), "n_words": len(re.split(r"\s+", text))}
+
+
+# unit -> (count field of a prediction row, summary field, how the summary is formed from nats per unit)
+PERPLEXITY_UNITS = {
+    "bytes": ("n_bytes", "bits_per_byte", "bits"),
+    "characters": ("n_characters", "bits_per_character", "bits"),
+    "words": ("n_words", "word_perplexity", "perplexity"),
+}
+
+
+def per_unit(nats_per_unit: float, form: str) -> float:
+    """Nats per unit as bits per unit (``form`` "bits") or as a perplexity ``exp(nats)`` ("perplexity")."""
+    return nats_per_unit / math.log(2) if form == "bits" else math.exp(nats_per_unit)
+
+
+def summarize_perplexity(rows: Sequence[Mapping], units: Sequence[str] = ()) -> dict:
+    """Token-weighted loss (nats/token) and perplexity ``exp(loss)`` over all documents, and the
+    same negative log-likelihood per tokenizer-independent unit.
+
+    ``rows`` are ``{id, nll, n_tokens, n_bytes, n_characters, n_words}`` with ``nll`` the
+    summed negative log-likelihood in nats; at least one token must be scored. ``units`` adds,
+    per unit, the count and ``bits_per_byte`` / ``bits_per_character`` (Σ nll / Σ units / ln 2)
+    or ``word_perplexity`` (exp(Σ nll / Σ words), lm-eval's wikitext convention). Unlike
+    per-token figures these compare across tokenizers and languages.
     """
     n_tokens = sum(int(row["n_tokens"]) for row in rows)
-    loss = sum(float(row["nll"]) for row in rows) / n_tokens
-    return {
+    nll = sum(float(row["nll"]) for row in rows)
+    loss = nll / n_tokens
+    summary = {
         "n_documents": len(rows),
         "n_tokens": n_tokens,
         "loss": _round(loss),
         "perplexity": _round(math.exp(loss)),
-        "item_ids_sha256": item_ids_sha256([row["id"] for row in rows]),
     }
+    for unit in units:
+        count_field, summary_field, form = PERPLEXITY_UNITS[unit]
+        count = sum(int(row[count_field]) for row in rows)
+        summary[count_field] = count
+        summary[summary_field] = _round(per_unit(nll / count, form)) if count else None
+    summary["item_ids_sha256"] = item_ids_sha256([row["id"] for row in rows])
+    return summary

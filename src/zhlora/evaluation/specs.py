@@ -116,6 +116,7 @@ class PerplexitySpec:
     target: str
     window_tokens: int = 1024
     protocol: str = "lm-eval"
+    units: tuple[str, ...] = ("bytes",)  # tokenizer-independent units reported beside tokens (bytes, characters, words)
     kind: str = field(default="perplexity", init=False)
 
 
@@ -241,14 +242,14 @@ SPECS: dict[str, dict[str, Spec]] = {
     },
     "ppl_zh": {
         "default": PerplexitySpec(
-            name="ppl_zh", version="1", reference="zhlora: held-out BELLE response loss",
-            source="belle", eval_split="heldout", target="response",
+            name="ppl_zh", version="2", reference="zhlora: held-out BELLE response loss",
+            source="belle", eval_split="heldout", target="response", units=("bytes", "characters"),
         ),
     },
     "ppl_en": {
         "default": PerplexitySpec(
-            name="ppl_en", version="1", reference="zhlora: English text loss, disjoint windows",
-            source="english_text", eval_split="test", target="document",
+            name="ppl_en", version="2", reference="zhlora: English text loss, disjoint windows",
+            source="english_text", eval_split="test", target="document", units=("bytes", "words"),
         ),
     },
 }

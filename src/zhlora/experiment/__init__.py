@@ -38,7 +38,6 @@ and then find it complete.
 from zhlora.experiment.execution import (
     Execution,
     StepFailed,
-    StepLock,
     StepOutcome,
     StepState,
     changed_settings,
@@ -84,19 +83,23 @@ from zhlora.experiment.sweep import (
     Trial,
     parse_shard,
     plan_sweep,
+    shard_from_environment,
     shard_trials,
+    shared_sweep_steps,
     summarize_sweep,
     sweep_trials,
     trial_config,
+    trial_is_done,
     trial_status,
+    trial_steps,
 )
 
 __all__ = [
-    "BASELINE_NAME", "STATE_DIRNAME", "Execution", "Step", "StepFailed", "StepLock", "StepOutcome", "StepState",
+    "BASELINE_NAME", "STATE_DIRNAME", "Execution", "Step", "StepFailed", "StepOutcome", "StepState",
     "Trial", "WorkLayout", "benchmark_sources", "changed_settings", "check_run_name", "decide_redo",
     "default_config_path", "execute", "needed_sources", "number_tag", "parse_shard", "plan_fingerprints", "plan_run",
     "plan_sweep", "processed_dirname", "read_record", "read_records", "redo_reason", "resolve_config_path",
-    "resolved_run_config", "run_steps", "runs_overview", "scale_curve", "scale_results_name", "shard_trials",
-    "shared_steps", "shipped_configs_dir", "step_fingerprint", "step_state", "summarize_sweep", "sweep_trials",
-    "tradeoff_numbers", "trial_config", "trial_status", "write_run_config", "write_run_report", "write_sweep_summary",
+    "resolved_run_config", "run_steps", "runs_overview", "scale_curve", "scale_results_name", "shard_from_environment",
+    "shard_trials", "shared_steps", "shared_sweep_steps", "shipped_configs_dir", "step_fingerprint", "step_state", "summarize_sweep", "sweep_trials",
+    "tradeoff_numbers", "trial_config", "trial_is_done", "trial_status", "trial_steps", "write_run_config", "write_run_report", "write_sweep_summary",
 ]

@@ -111,8 +111,9 @@ class WorkLayout:
     def record_file(self, step_id: str) -> Path:
         return self.state_dir / "steps" / f"{step_id}.json"
 
-    def lock_file(self, step_id: str) -> Path:
-        return self.state_dir / "locks" / f"{step_id}.lock"
+    def lock_dir(self, step_id: str) -> Path:
+        """The folder whose lock (:func:`zhlora.locking.folder_lock`) a process holds while it runs the step."""
+        return self.state_dir / "locks" / step_id
 
 
 def _inside(root: Path, path: str) -> Path:
@@ -136,9 +137,28 @@ def resolved_run_config(cfg: ExperimentConfig, layout: WorkLayout) -> Experiment
     return resolved
 
 
+def seed_run_name(run_name: str, seed: int) -> str:
+    """The run of one extra training seed: ``<run>-seed<s>``."""
+    return f"{run_name}-seed{seed}"
+
+
+def seed_configs(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+    """One config per training seed of ``cfg`` (``train.seeds``): the run itself with ``train.seed``,
+    then ``<run>-seed<s>`` for s = seed + 1, ..., each evaluated at adapter scale 1 only."""
+    configs = [cfg]
+    for offset in range(1, cfg.train.seeds):
+        other = copy.deepcopy(cfg)
+        other.train.seed = cfg.train.seed + offset
+        other.run_name = seed_run_name(cfg.run_name, other.train.seed)
+        other.eval.adapter_scales = [1.0]
+        configs.append(other)
+    return configs
+
+
 def write_run_config(cfg: ExperimentConfig, layout: WorkLayout) -> Path:
-    """Write the resolved config of ``cfg.run_name`` to ``.zhlora/configs/<run>.yaml``; return its path."""
-    path = layout.config_file(cfg.run_name)
+    """Write the resolved config of ``cfg.run_name`` (and of its extra seed runs) to
+    ``.zhlora/configs/<run>.yaml``; return the run's path."""
     text = "# Resolved by zhlora: the config every step of this run reads (defaults < YAML < flags).\n"
-    atomic_write_text(path, text + dump_config_yaml(resolved_run_config(cfg, layout)))
-    return path
+    paths = [atomic_write_text(layout.config_file(c.run_name), text + dump_config_yaml(resolved_run_config(c, layout)))
+             for c in seed_configs(cfg)]
+    return paths[0]

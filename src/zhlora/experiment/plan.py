@@ -9,8 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zhlora.config import ExperimentConfig, config_to_dict
-from zhlora.experiment.layout import BASELINE_NAME, WorkLayout, check_run_name, number_tag, scale_results_name
+from zhlora.config import SIZE_FIELDS, ExperimentConfig, config_to_dict
+from zhlora.errors import ConfigError
+from zhlora.experiment.layout import (
+    BASELINE_NAME,
+    WorkLayout,
+    check_run_name,
+    number_tag,
+    scale_results_name,
+    seed_configs,
+)
 from zhlora.experiment.reports import write_run_report
 from zhlora.io_utils import dumps_json, sha256_file
 
@@ -29,6 +37,8 @@ class Step:
         redo_flags: added to ``argv`` to replace outputs made with other settings.
         resumes: the verb continues its own partial work (training, evaluation), so an
             interrupted attempt is continued rather than redone from scratch.
+        writes: the folders the step writes; :func:`~zhlora.experiment.execution.execute` holds
+            their one-writer locks (waiting for another shard's step) while the step runs.
     """
 
     id: str
@@ -41,6 +51,7 @@ class Step:
     description: str = ""
     redo_flags: tuple[str, ...] = ()
     resumes: bool = False
+    writes: tuple[Path, ...] = ()
 
     def command(self, redo: bool = False) -> str:
         """The step as a shell command (what a user would type to do it by hand)."""
@@ -148,7 +159,7 @@ BELLE_FIELDS = ("source", "belle_dataset", "belle_sample_size", "belle_heldout_s
 MODEL_SOURCE_FIELDS = ("model_name_or_path", "model_source", "revision")
 PREPROCESS_FIELDS = ("prompt_template", "max_seq_length", "overlong", "replay_ratio", "data_seed")
 MODEL_LOAD_FIELDS = ("torch_dtype", "load_in_4bit", "trust_remote_code")
-EVAL_FIELDS = ("benchmarks", "protocol", "shots", "gsm8k_variant", "limit", "subjects", "max_new_tokens", "backend")
+EVAL_FIELDS = ("benchmarks", "protocol", "shots", "gsm8k_variant", *SIZE_FIELDS, "subjects", "max_new_tokens", "backend")
 COMPARE_FIELDS = ("bootstrap_samples", "confidence", "significance", "stats_seed")
 
 
@@ -169,7 +180,7 @@ def shared_steps(cfg: ExperimentConfig, layout: WorkLayout, replay_ratios: Seque
                      "--belle_heldout_size", str(cfg.data.belle_heldout_size), "--data_seed", str(cfg.data.data_seed)]
         steps.append(Step(
             id=f"download-data.{name}", settings=settings, inputs=(), stamp=_data_source_stamp(layout.data_dir, name),
-            verb="download-data", argv=tuple(argv), redo_flags=("--force",),
+            verb="download-data", argv=tuple(argv), redo_flags=("--force",), writes=(layout.data_dir,),
         ))
     model = cfg.model
     argv = ["--model_name_or_path", model.model_name_or_path, "--model_source", model.model_source,
@@ -179,6 +190,7 @@ def shared_steps(cfg: ExperimentConfig, layout: WorkLayout, replay_ratios: Seque
     steps.append(Step(
         id="download-model", settings=_pick(raw["model"], MODEL_SOURCE_FIELDS), inputs=(),
         stamp=_model_stamp(layout.base_model), verb="download-model", argv=tuple(argv), redo_flags=("--force",),
+        writes=(layout.models_dir,),
     ))
     steps.append(_evaluate_step(cfg, layout, BASELINE_NAME, run_name=None, scale=None))
     return steps
@@ -210,12 +222,12 @@ def _evaluate_step(
     return Step(
         id=f"evaluate.{name}", settings=settings, inputs=tuple(inputs),
         stamp=_file_stamp(layout.eval_dir(name) / "results.json"), verb="evaluate", argv=tuple(argv),
-        redo_flags=("--overwrite",), resumes=True,
+        redo_flags=("--overwrite",), resumes=True, writes=(layout.eval_dir(name),),
     )
 
 
-def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
-    """The steps of one run (``cfg.run_name``) after the shared ones: preprocess, train, evaluate, compare, report."""
+def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[float]) -> list[Step]:
+    """Preprocess, train, and per adapter scale evaluate + compare, of one training seed's run."""
     from zhlora.training.outputs import identity_train_settings
 
     raw = config_to_dict(cfg)
@@ -230,7 +242,7 @@ def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
         inputs=tuple(preprocess_inputs), stamp=_file_stamp(processed / "meta.json"), verb="preprocess",
         argv=("--config", config_file, "--data_dir", str(layout.data_dir), "--processed_dir", str(processed),
               "--model_name_or_path", str(layout.base_model)),
-        redo_flags=("--force",),
+        redo_flags=("--force",), writes=(processed,),
     )]
     train_inputs = [preprocess_id, "download-model"]
     train_argv = ["--config", config_file, "--model_path", str(layout.base_model),
@@ -246,10 +258,8 @@ def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
             "model": _pick(raw["model"], MODEL_LOAD_FIELDS),
         },
         inputs=tuple(dict.fromkeys(train_inputs)), stamp=_adapter_stamp(layout.run_dir(run)), verb="train",
-        argv=tuple(train_argv), redo_flags=("--overwrite",), resumes=True,
+        argv=tuple(train_argv), redo_flags=("--overwrite",), resumes=True, writes=(layout.run_dir(run),),
     ))
-    scales = sorted(set(cfg.eval.adapter_scales) | {1.0})
-    compare_ids = []
     for scale in scales:
         name = scale_results_name(run, scale)
         steps.append(_evaluate_step(cfg, layout, name, run_name=run, scale=scale))
@@ -260,16 +270,49 @@ def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
             inputs=(f"evaluate.{BASELINE_NAME}", f"evaluate.{name}"),
             stamp=_file_stamp(layout.eval_dir(name) / "forgetting.json"), verb="compare",
             argv=(str(layout.eval_dir(BASELINE_NAME)), str(layout.eval_dir(name)), "--config", config_file,
-                  "--data_dir", str(layout.data_dir), "--no-report", "--overwrite"),
+                  "--data_dir", str(layout.data_dir), "--no-report", "--overwrite", "--quiet"),
+            writes=(layout.eval_dir(name),),
         ))
-        compare_ids.append(f"compare.{name}")
-    report_dir = layout.eval_dir(run)
+    return steps
+
+
+def merge_plans(plans: Sequence[Sequence[Step]]) -> list[Step]:
+    """Concatenate plans, keeping the first of steps that share an id (they must be identical)."""
+    steps: dict[str, Step] = {}
+    for plan in plans:
+        for step in plan:
+            known = steps.get(step.id)
+            if known is None:
+                steps[step.id] = step
+            elif known.settings != step.settings or known.inputs != step.inputs:
+                raise ConfigError(f"Two runs of this plan need step {step.id} with different settings; "
+                                  "give them different work folders.")
+    return list(steps.values())
+
+
+def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
+    """The steps of one run (``cfg.run_name``) after the shared ones: preprocess, train, evaluate, compare,
+    report. With ``train.seeds`` > 1 the extra seeds' runs (``<run>-seed<s>``) are trained, evaluated
+    and compared too, and the report shows the spread between seeds."""
+    run = cfg.run_name
+    runs = seed_configs(cfg)
+    scales = sorted(set(cfg.eval.adapter_scales) | {1.0})
+    steps = merge_plans([_seed_run_steps(c, layout, scales if c is cfg else [1.0]) for c in runs])
+    compare_ids = [f"compare.{scale_results_name(run, scale)}" for scale in scales]
+    compare_ids += [f"compare.{c.run_name}" for c in runs[1:]]
+    seed_runs = [(c.train.seed, c.run_name) for c in runs] if len(runs) > 1 else []
+    settings: dict[str, Any] = {"chart_language": cfg.report.chart_language, "scales": scales}
+    if seed_runs:
+        settings["seed_runs"] = seed_runs
+    report_dir, processed = layout.eval_dir(run), layout.processed_dir(cfg.data.replay_ratio)
     steps.append(Step(
-        id=f"report.{run}", settings={"chart_language": cfg.report.chart_language, "scales": scales},
-        inputs=(*compare_ids, f"train.{run}"), stamp=_file_stamp(report_dir / "report.html"),
-        action=lambda: write_run_report(layout, run, scales, cfg.report.chart_language, cfg.report.confidence),
+        id=f"report.{run}", settings=settings,
+        inputs=(*compare_ids, *(f"train.{c.run_name}" for c in runs)), stamp=_file_stamp(report_dir / "report.html"),
+        action=lambda: write_run_report(layout, run, scales, cfg.report.chart_language, cfg.report.confidence,
+                                        processed_dir=processed, seed_runs=seed_runs),
         description=f"built in: like `zhlora report {report_dir}`"
-        + (", plus the adapter-scale curve" if len(scales) > 1 else ""),
+        + (", plus the adapter-scale curve" if len(scales) > 1 else "")
+        + (f", plus the spread over {len(runs)} training seeds" if seed_runs else ""), writes=(report_dir,),
     ))
     return steps
 

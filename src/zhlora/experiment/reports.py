@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,20 +18,42 @@ from zhlora.experiment.layout import BASELINE_NAME, WorkLayout, number_tag, scal
 from zhlora.io_utils import atomic_write_json, atomic_write_text, provenance
 
 
-def tradeoff_numbers(forgetting: dict) -> dict[str, float | None]:
+def tradeoff_numbers(forgetting: dict) -> dict:
     """Learning and forgetting of one comparison (points and ratios from ``forgetting.json``).
 
     ``zh_*``/``en_*``: mean accuracy change of the Chinese / English benchmarks in points, with
-    the CI bounds; ``ppl_zh``/``ppl_en``: relative perplexity change (0.1 = +10%).
+    the CI bounds; ``ppl_zh``/``ppl_en``: relative change (0.1 = +10%) of bits per byte, which
+    compares across languages and tokenizers, or of per-token perplexity for results without
+    byte counts; ``ppl_unit`` says which.
     """
-    out: dict[str, float | None] = {}
+    out: dict = {}
     for side, key in (("chinese", "zh"), ("english", "en")):
         entry = forgetting["headline"].get(side, {})
         for name in ("delta_points", "ci_low_points", "ci_high_points"):
             out[f"{key}_{name}"] = entry.get(name)
     by_name = {row["benchmark"]: row for row in forgetting.get("perplexity", [])}
+    bpb = {name: (row.get("units") or {}).get("bits_per_byte") for name, row in by_name.items()}
+    per_byte = bool(by_name) and all(bpb.values())
     for name in ("ppl_zh", "ppl_en"):
-        out[name] = by_name[name]["relative_change"] if name in by_name else None
+        if name not in by_name:
+            out[name] = None
+        else:
+            out[name] = bpb[name]["relative_change"] if per_byte else by_name[name]["relative_change"]
+    out["ppl_unit"] = PER_BYTE if per_byte else PER_TOKEN
+    return out
+
+
+PER_BYTE, PER_TOKEN = "bits per byte", "perplexity per token"
+
+
+def seed_mean_and_spread(rows: Sequence[dict]) -> dict:
+    """:func:`tradeoff_numbers` of several seeds of one trial: means, and the SD between seeds (``*_sd``)."""
+    out = dict(rows[0])
+    for key in ("zh_delta_points", "en_delta_points", "ppl_zh", "ppl_en"):
+        values = [row[key] for row in rows if row.get(key) is not None]
+        if len(values) == len(rows):
+            out[key] = statistics.fmean(values)
+            out[f"{key}_sd"] = statistics.stdev(values)
     return out
 
 
@@ -59,14 +82,22 @@ def _percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:+.1f}%"
 
 
+def _with_spread(text: str, row: dict, key: str, scale: float = 1.0) -> str:
+    spread = row.get(f"{key}_sd")
+    return text if spread is None or text == "—" else f"{text} ± {scale * spread:.1f}"
+
+
 def _tradeoff_cells(row: dict) -> list[str]:
-    return [_points(row["zh_delta_points"]), _ci(row, "zh"), _points(row["en_delta_points"]), _ci(row, "en"),
-            _percent(row["ppl_zh"]), _percent(row["ppl_en"])]
+    return [_with_spread(_points(row["zh_delta_points"]), row, "zh_delta_points"), _ci(row, "zh"),
+            _with_spread(_points(row["en_delta_points"]), row, "en_delta_points"), _ci(row, "en"),
+            _with_spread(_percent(row["ppl_zh"]), row, "ppl_zh", 100.0),
+            _with_spread(_percent(row["ppl_en"]), row, "ppl_en", 100.0)]
 
 
-def _tradeoff_headers(confidence: float) -> list[str]:
+def _tradeoff_headers(confidence: float, rows: Sequence[dict] = ()) -> list[str]:
     ci = f"{confidence:.0%} CI"
-    return ["Chinese Δ (points)", ci, "English Δ (points)", ci, "PPL zh change", "PPL en change"]
+    unit = "bits/byte" if rows and all(r.get("ppl_unit") == PER_BYTE for r in rows) else "PPL"
+    return ["Chinese Δ (points)", ci, "English Δ (points)", ci, f"{unit} zh change", f"{unit} en change"]
 
 
 def scale_curve_section(rows: Sequence[dict], out_dir: Path, confidence: float, language: str):
@@ -75,7 +106,7 @@ def scale_curve_section(rows: Sequence[dict], out_dir: Path, confidence: float, 
     from zhlora.analysis.sections import Section, Table, charts_section
 
     chart = plot_adapter_scale_curve(rows, out_dir / "report_adapter_scales.png", language=language)
-    table = Table(["adapter scale", *_tradeoff_headers(confidence)],
+    table = Table(["adapter scale", *_tradeoff_headers(confidence, rows)],
                   [[number_tag(row["scale"]), *_tradeoff_cells(row)] for row in rows])
     intro = ("The same adapter evaluated with its update scaled by s (s = 0 is the base model, 1 the trained adapter): "
              "how learning and forgetting grow with the size of the update, without retraining.")
@@ -85,19 +116,59 @@ def scale_curve_section(rows: Sequence[dict], out_dir: Path, confidence: float, 
     return Section("Adapter scale", md, htm, "scales")
 
 
-def write_run_report(layout: WorkLayout, run_name: str, scales: Sequence[float], language: str, confidence: float) -> Path:
-    """Write the run's ``report.html``/``report.md`` (with the adapter-scale curve when there are several scales)."""
+def replay_section(stats_file: Path):
+    """The report section on English replay (asked vs effective ratio), or None without replay."""
+    import html
+
+    from zhlora.analysis.sections import Section
+
+    try:
+        replay = json.loads(stats_file.read_text(encoding="utf-8")).get("replay") or {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    if not replay.get("requested"):
+        return None
+    text = (f"Training mixed in {replay['used']:,} English instruction rows (alpaca) for --replay_ratio "
+            f"{replay['ratio']:g}, which asked for {replay['requested']:,}: the effective replay ratio is "
+            f"{replay.get('effective_ratio', 0):.3f}.")
+    if replay["used"] < replay["requested"]:
+        text += " Fewer English rows existed than the ratio needs, so the run replayed less English than asked."
+    return Section("Replay", f"## Replay\n\n{text}", f'<h2 id="replay">Replay</h2>\n<p>{html.escape(text)}</p>', "replay")
+
+
+def write_run_report(
+    layout: WorkLayout,
+    run_name: str,
+    scales: Sequence[float],
+    language: str,
+    confidence: float,
+    processed_dir: Path | None = None,
+    seed_runs: Sequence[tuple[int, str]] = (),
+) -> Path:
+    """Write the run's ``report.html``/``report.md`` (with the adapter-scale curve when there are several
+    scales, the effective replay ratio when ``processed_dir``'s stats.json records replay, and the
+    spread between training seeds, ``seeds.json``, when ``seed_runs`` lists several ``(seed, run name)``)."""
     from zhlora.analysis.compare import FORGETTING_FILE
     from zhlora.analysis.report import write_report
     from zhlora.analysis.results_io import load_forgetting
+    from zhlora.analysis.seeds import seed_summary, seeds_section
 
     out_dir = layout.eval_dir(run_name)
     forgetting = load_forgetting(out_dir / FORGETTING_FILE)
     extra = []
+    if len(seed_runs) > 1:
+        summary = seed_summary([(seed, load_forgetting(layout.eval_dir(name) / FORGETTING_FILE))
+                                for seed, name in seed_runs])
+        atomic_write_json(out_dir / "seeds.json", {"provenance": provenance(), "runs": dict(
+            (str(seed), name) for seed, name in seed_runs), **summary})
+        extra.append(seeds_section(summary, confidence))
     if len(scales) > 1:
         rows = scale_curve(layout, run_name, scales)
         atomic_write_json(out_dir / "adapter_scales.json", {"provenance": provenance(), "rows": rows})
         extra.append(scale_curve_section(rows, out_dir, confidence, language))
+    replay = replay_section(processed_dir / "stats.json") if processed_dir is not None else None
+    if replay is not None:
+        extra.append(replay)
     training_log = layout.run_dir(run_name) / "training_log.jsonl"
     return write_report(out_dir, forgetting, base_dir=layout.eval_dir(BASELINE_NAME), tuned_dir=out_dir,
                         training_log=training_log if training_log.is_file() else None, extra_sections=extra,
@@ -153,7 +224,7 @@ def write_sweep_summary(summary: dict, out_dir: Path, language: str = "auto") ->
                                              out_dir / "tradeoff.png", language=language)))
     charts += _heatmaps(summary, done, out_dir, language)
     table = Table(
-        ["trial", "rank", "alpha", "dropout", "replay", *_tradeoff_headers(summary["confidence"]), "Pareto", "status"],
+        ["trial", "rank", "alpha", "dropout", "replay", *_tradeoff_headers(summary["confidence"], done), "Pareto", "status"],
         [[row["name"], str(row["lora_rank"]), number_tag(row["lora_alpha"]), number_tag(row["lora_dropout"]),
           number_tag(row["replay_ratio"]),
           *(_tradeoff_cells(row) if row["status"].startswith("complete") else ["—"] * 6),
@@ -161,7 +232,9 @@ def write_sweep_summary(summary: dict, out_dir: Path, language: str = "auto") ->
     )
     intro = (f"{len(done)} of {len(summary['trials'])} trials complete in {summary['work_dir']}, each compared with the "
              "same baseline. Chinese Δ / English Δ: mean accuracy change of C-Eval+CMMLU / MMLU+GSM8K in points with "
-             "paired-bootstrap intervals; PPL: relative perplexity change. ★ = on the Pareto front (no other trial "
+             "paired score intervals (Tango; MOVER for the mean); bits/byte (or PPL for results without byte counts): "
+             "relative change of the probe's bits per byte, which compares across tokenizers; ± = SD between training "
+             "seeds (intervals of the first seed) when the trials were trained with --seeds. ★ = on the Pareto front (no other trial "
              "learns more Chinese while losing less English).")
     trials_section = Section("Trials", f"## Trials\n\n{intro}\n\n{table.markdown()}",
                              f'<h2 id="trials">Trials</h2>\n<p>{intro}</p>\n{table.html()}', "trials")

@@ -6,19 +6,24 @@ import copy
 import dataclasses
 import itertools
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from zhlora.config import ExperimentConfig, config_to_dict
 from zhlora.errors import ConfigError, DataError
-from zhlora.experiment.execution import read_records
-from zhlora.experiment.layout import WorkLayout, check_run_name, number_tag
-from zhlora.experiment.plan import Step, plan_fingerprints, run_steps, shared_steps
-from zhlora.experiment.reports import tradeoff_numbers
+from zhlora.experiment.execution import read_records, step_state
+from zhlora.experiment.layout import WorkLayout, check_run_name, number_tag, seed_configs
+from zhlora.experiment.plan import Step, merge_plans, plan_fingerprints, run_steps, shared_steps
+from zhlora.experiment.reports import seed_mean_and_spread, tradeoff_numbers
 from zhlora.io_utils import provenance
 
 logger = logging.getLogger(__name__)
+
+# Sweep settings that say where trials run, not what they compute (left out of the summary's grid).
+LAUNCH_FIELDS = ("launcher", "ray_address", "cpus_per_trial", "gpus_per_trial", "slurm_partition", "slurm_time",
+                 "slurm_account")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,26 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def shard_from_environment(environ: dict | None = None) -> tuple[int, int] | None:
+    """The shard of a SLURM array task (``SLURM_ARRAY_TASK_ID`` - ``SLURM_ARRAY_TASK_MIN`` of
+    ``SLURM_ARRAY_TASK_COUNT``), or None outside an array job. Lets a hand-written array script
+    run ``zhlora sweep`` without ``--shard`` arithmetic."""
+    env = os.environ if environ is None else environ
+    if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
+        return None
+    try:
+        task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    except ValueError:
+        raise ConfigError("SLURM_ARRAY_TASK_ID/_MIN/_COUNT are set but not integers; pass --shard i/n explicitly.") from None
+    text = f"{task - first}/{count}"
+    try:
+        return parse_shard(text)
+    except ConfigError:
+        raise ConfigError(f"The SLURM array (task {task}, first {first}, {count} tasks) is not a contiguous range "
+                          "starting at its first index; pass --shard i/n explicitly.") from None
+
+
 def shard_trials(trials: Sequence[Trial], shard: tuple[int, int]) -> list[Trial]:
     """The trials of shard ``(i, n)``: every n-th trial starting at i (spreads ranks across machines)."""
     i, n = shard
@@ -78,20 +103,6 @@ def trial_config(cfg: ExperimentConfig, trial: Trial) -> ExperimentConfig:
     return out
 
 
-def _merge_plans(plans: Sequence[Sequence[Step]]) -> list[Step]:
-    """Concatenate plans, keeping the first of steps that share an id (they must be identical)."""
-    steps: dict[str, Step] = {}
-    for plan in plans:
-        for step in plan:
-            known = steps.get(step.id)
-            if known is None:
-                steps[step.id] = step
-            elif known.settings != step.settings or known.inputs != step.inputs:
-                raise ConfigError(f"Two runs of this plan need step {step.id} with different settings; "
-                                  "give them different work folders.")
-    return list(steps.values())
-
-
 def plan_sweep(cfg: ExperimentConfig, trials: Sequence[Trial]) -> tuple[WorkLayout, list[Step], list[ExperimentConfig]]:
     """Every step of the given trials (shared steps once), and each trial's config."""
     check_run_name(cfg.run_name)
@@ -100,7 +111,27 @@ def plan_sweep(cfg: ExperimentConfig, trials: Sequence[Trial]) -> tuple[WorkLayo
     layout = WorkLayout.of(cfg)
     configs = [trial_config(cfg, t) for t in trials]
     shared = shared_steps(configs[0], layout, [t.replay_ratio for t in trials])
-    return layout, _merge_plans([shared, *(run_steps(c, layout) for c in configs)]), configs
+    return layout, merge_plans([shared, *(run_steps(c, layout) for c in configs)]), configs
+
+
+def trial_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
+    """A trial's own steps (train, evaluate, compare, report): its run's steps without the shared preprocessing.
+
+    Only these run on a trial's machine, Ray task or array task; the shared ones run first, once.
+    """
+    return [step for step in run_steps(cfg, layout) if step.verb != "preprocess"]
+
+
+def shared_sweep_steps(steps: Sequence[Step], configs: Sequence[ExperimentConfig], layout: WorkLayout) -> list[Step]:
+    """The steps of a sweep plan that no single trial owns (data, base model, baseline, preprocessing)."""
+    own = {step.id for cfg in configs for step in trial_steps(cfg, layout)}
+    return [step for step in steps if step.id not in own]
+
+
+def trial_is_done(cfg: ExperimentConfig, layout: WorkLayout, fingerprints: dict[str, str]) -> bool:
+    """Whether every step of a trial is complete with the planned settings (it would be skipped)."""
+    return all(step_state(step, layout, fingerprints[step.id], {i: fingerprints[i] for i in step.inputs}).skip
+               for step in trial_steps(cfg, layout))
 
 
 def trial_status(layout: WorkLayout, trial_name: str, planned: str | None, records: dict[str, dict]) -> str:
@@ -143,10 +174,15 @@ def summarize_sweep(cfg: ExperimentConfig) -> dict:
         row = {**dataclasses.asdict(trial), "status": status}
         if status.startswith("complete"):
             try:
-                row.update(tradeoff_numbers(load_forgetting(layout.eval_dir(trial.name) / FORGETTING_FILE)))
+                seeds = [load_forgetting(layout.eval_dir(c.run_name) / FORGETTING_FILE)
+                         for c in seed_configs(trial_config(cfg, trial))
+                         if (layout.eval_dir(c.run_name) / FORGETTING_FILE).is_file()]
+                row.update(seed_mean_and_spread([tradeoff_numbers(f) for f in seeds]) if len(seeds) > 1
+                           else tradeoff_numbers(seeds[0]))
+                row["seeds_compared"] = len(seeds)
             except DataError as exc:
                 logger.warning("%s", exc)
                 row["status"] = "unreadable forgetting.json (rerun the trial)"
         rows.append(row)
     return {"schema_version": 1, "provenance": provenance(), "work_dir": str(layout.root), "run_name": cfg.run_name,
-            "grid": config_to_dict(cfg)["sweep"], "confidence": cfg.report.confidence, "trials": rows}
+            "grid": {k: v for k, v in config_to_dict(cfg)["sweep"].items() if k not in LAUNCH_FIELDS}, "confidence": cfg.report.confidence, "trials": rows}

@@ -23,6 +23,7 @@ from zhlora.errors import ZhloraError
 from zhlora.io_utils import replace_folder
 from zhlora.models.builtin import BUILTIN_GGUF_MODELS, builtin_gguf_file
 from zhlora.models.gguf import import_gguf, is_gguf_path
+from zhlora.models.loading import looks_like_path, missing_path_hint
 from zhlora.models.manifest import manifest_files_present, read_manifest, write_manifest
 from zhlora.models.tiny import TINY_MODEL_NAME, build_tiny_model
 
@@ -219,9 +220,11 @@ def resolve_source(model_name_or_path: str, source: str) -> str:
         if not Path(model_name_or_path).is_file():
             raise ZhloraError(f"--model_name_or_path {model_name_or_path}: no such .gguf file.")
         return "gguf"
-    if source == "local" or Path(model_name_or_path).is_dir():
-        if not Path(model_name_or_path).is_dir():
-            raise ZhloraError(f"--model_name_or_path {model_name_or_path}: no such folder (with --model_source local).")
+    if source == "local" or Path(model_name_or_path).is_dir() or looks_like_path(model_name_or_path):
+        if not Path(model_name_or_path).expanduser().is_dir():
+            hint = missing_path_hint(Path(model_name_or_path))
+            raise ZhloraError(f"--model_name_or_path {model_name_or_path}: no such folder.{hint} Pass an existing model "
+                              "folder, a .gguf file, a hub id (owner/name), tiny or smollm2-135m.")
         return "local"
     return source
 
@@ -292,13 +295,18 @@ def download_model(
         shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True, exist_ok=True)
     expected: dict[str, str] = {}
-    if kind == "hf":
-        resolved, expected = _fill_from_hub(model_name_or_path, staging, revision, token)
-    elif kind == "modelscope":
-        resolved = _fill_from_modelscope(model_name_or_path, staging, revision)
-    else:
-        _fill_from_folder(Path(model_name_or_path), staging, f"Folder {model_name_or_path}")
-        resolved = None
+    try:
+        if kind == "hf":
+            resolved, expected = _fill_from_hub(model_name_or_path, staging, revision, token)
+        elif kind == "modelscope":
+            resolved = _fill_from_modelscope(model_name_or_path, staging, revision)
+        else:
+            _fill_from_folder(Path(model_name_or_path), staging, f"Folder {model_name_or_path}")
+            resolved = None
+    except BaseException:
+        if kind != "hf" or not any(staging.rglob("*.safetensors")):  # keep only a resumable hub download
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     manifest = write_manifest(staging, source=kind, model_name_or_path=request["model_name_or_path"],
                               revision=resolved, revision_requested=revision)
     corrupt = [n for n, sha in expected.items() if manifest["files"].get(n) != sha]

@@ -15,7 +15,8 @@ import logging
 import re
 from pathlib import Path
 
-from zhlora.errors import ZhloraError
+from zhlora.errors import ZhloraError, did_you_mean
+from zhlora.models.adapter_files import check_safetensors_file
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,10 @@ def resolve_dtype(name: str):
     """The ``torch.dtype`` for a ``--torch_dtype`` value.
 
     ``auto`` resolves to bfloat16 when a CUDA GPU supports it (Ampere or newer) and to
-    float32 everywhere else, so CPU runs compute in full precision.
+    float32 everywhere else. On CPUs float32 was chosen by measurement
+    (``benchmarks/cpu_dtype.py``, benchmarks/README.md "CPU dtype"): on the AVX2 machine zhlora is
+    built on, a bfloat16 matmul ran ~70x slower than float32 (no native bf16 instructions), and
+    bfloat16 training and evaluation of the tiny model 2.5-11x slower, with no prediction changed.
     """
     import torch
 
@@ -42,6 +46,42 @@ def resolve_dtype(name: str):
 
 def _looks_like_hub_id(name: str) -> bool:
     return bool(_HUB_ID.match(name)) and not Path(name.split("/")[0]).exists()
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether a model argument is meant as a folder, not a hub id (``./x``, ``/x``, ``~/x``, ``a/b/c``)."""
+    return (text.startswith(("/", ".", "~")) or "\\" in text or text.endswith("/") or text.count("/") > 1
+            or (text.count("/") == 1 and Path(text.split("/")[0]).exists()))
+
+
+def missing_path_hint(path: Path) -> str:
+    """`` Did you mean "models/base_model"?`` for the nearest existing spelling of a missing path, or ''."""
+    path = Path(path).expanduser()
+    parts = path.parts
+    for depth in range(len(parts) - 1, -1, -1):
+        parent = Path(*parts[:depth]) if depth else Path(".")
+        if parent.is_dir():
+            try:
+                names = [child.name for child in parent.iterdir()]
+            except OSError:
+                return ""
+            hint = did_you_mean(parts[depth], names)
+            if not hint:
+                return ""
+            guess = parent / hint.split('"')[1]
+            return f' Did you mean "{Path(guess, *parts[depth + 1:])}"?'
+    return ""
+
+
+def check_model_argument(value: str | Path, flag: str) -> None:
+    """Refuse a path-looking model argument that names no folder, in the command's own words.
+
+    Hub ids (``owner/name``) pass: the hub (or its cache) decides about them when loading.
+    """
+    text = str(value)
+    if looks_like_path(text) and not Path(text).expanduser().is_dir():
+        what = "is a file, not a model folder" if Path(text).expanduser().is_file() else "no such folder"
+        raise ZhloraError(f"{flag} {text}: {what}.{missing_path_hint(Path(text))} {_DOWNLOAD_HINT}")
 
 
 def _check_local_model_folder(folder: Path) -> None:
@@ -60,6 +100,9 @@ def _check_local_model_folder(folder: Path) -> None:
                 "in an environment you trust, or download a safetensors copy of the model."
             )
         raise ZhloraError(f"{folder} has a config.json but no *.safetensors weights. {_DOWNLOAD_HINT}")
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors_file(weights, "Download the model again: `zhlora download-model --model_name_or_path "
+                               "<hub id, folder or tiny> --output_dir models --force`.")
 
 
 def _resolve_source(name_or_path: str | Path, what: str) -> str:

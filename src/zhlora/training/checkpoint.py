@@ -7,7 +7,12 @@
 - ``optimizer.bin``, ``custom_checkpoint_0.pkl`` (the LR scheduler) and one
   ``random_states_<process>.pkl`` per process (python, numpy, torch and CUDA RNG states), written
   by ``accelerate``'s ``save_state``, which also knows how DeepSpeed and FSDP shard optimizers;
-- ``trainer_state.json``: the step, the data position and the run's fingerprint, written last.
+- ``trainer_state.json``: the step, the data position, the run's fingerprint and the sha256 of
+  every other file of the checkpoint (``files``), written last.
+
+On resume the newest checkpoint whose files still have those hashes is used
+(:func:`newest_intact_checkpoint`): a truncated ``optimizer.bin`` or adapter is reported by name
+and the previous checkpoint is taken, instead of failing deep inside torch or safetensors.
 
 The data position needs no sampler state: the bin order of an epoch is a function of
 ``(seed, epoch)`` (:func:`zhlora.training.packing.epoch_permutation`) and the step fixes the
@@ -26,7 +31,7 @@ import shutil
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
-from zhlora.io_utils import atomic_write_json, replace_folder
+from zhlora.io_utils import atomic_write_json, replace_folder, sha256_file
 from zhlora.models.adapter_files import ADAPTER_WEIGHTS as ADAPTER_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
@@ -66,6 +71,50 @@ def read_trainer_state(checkpoint: str | Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ZhloraError(f"{path}: unreadable checkpoint state ({exc}). Delete {Path(checkpoint)} and rerun.") from None
+
+
+def checkpoint_damage(checkpoint: str | Path) -> str | None:
+    """What is wrong with a checkpoint's files (missing, or changed since written), or None when intact.
+
+    Checkpoints written before file hashes were recorded (no ``files``) count as intact.
+    """
+    checkpoint = Path(checkpoint)
+    try:
+        files = json.loads((checkpoint / TRAINER_STATE_NAME).read_text(encoding="utf-8")).get("files")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return f"{TRAINER_STATE_NAME} is unreadable"
+    problems = []
+    for name, digest in sorted((files or {}).items()):
+        path = checkpoint / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{name} changed since it was written (truncated or damaged)")
+    return "; ".join(problems) or None
+
+
+def newest_intact_checkpoint(output_dir: str | Path) -> tuple[int, Path] | None:
+    """The newest checkpoint whose files are intact, logging each damaged newer one; None if none.
+
+    Raises:
+        ZhloraError: there are checkpoints, but every one is damaged.
+    """
+    checkpoints = list_checkpoints(output_dir)
+    damaged = []
+    for step, path in reversed(checkpoints):
+        problem = checkpoint_damage(path)
+        if problem is None:
+            if damaged:
+                logger.warning("Resuming from %s instead: the newer checkpoint(s) are damaged (%s).", path.name,
+                               "; ".join(damaged))
+            return step, path
+        damaged.append(f"{path}: {problem}")
+    if damaged:
+        raise ZhloraError(
+            f"Every checkpoint in {output_dir} is damaged ({'; '.join(damaged)}), so the run cannot be resumed. "
+            "Pass --overwrite to start it over (the damaged checkpoints are deleted)."
+        )
+    return None
 
 
 def register_adapter_only_hooks(accelerator) -> None:
@@ -129,7 +178,11 @@ def save_checkpoint(accelerator, model, output_dir: str | Path, step: int, train
     save_adapter(accelerator, model, tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_json(tmp / TRAINER_STATE_NAME, {**trainer_state, "step": step})
+        from zhlora.locking import check_still_held
+
+        check_still_held(output_dir)  # a late save (SIGTERM) must not land in a folder another run took
+        files = {path.relative_to(tmp).as_posix(): sha256_file(path) for path in sorted(tmp.rglob("*")) if path.is_file()}
+        atomic_write_json(tmp / TRAINER_STATE_NAME, {**trainer_state, "step": step, "files": files})
         replace_folder(tmp, final)
         if keep > 0:
             for _, old in list_checkpoints(output_dir)[:-keep]:
@@ -161,10 +214,19 @@ def load_checkpoint(accelerator, model, checkpoint: str | Path) -> dict:
         )
     if not (checkpoint / f"random_states_{accelerator.process_index}.pkl").is_file():
         raise ZhloraError(f"{checkpoint} lacks the RNG state of process {accelerator.process_index}; delete it and rerun.")
-    accelerator.load_state(str(checkpoint), **_engine_kwargs(accelerator, saving=False))
-    if not _engine_holds_weights(accelerator):
+    problem = checkpoint_damage(checkpoint)
+    if problem is not None:
+        raise ZhloraError(f"{checkpoint} is damaged ({problem}). Delete it and rerun to resume from the one before.")
+    try:
+        accelerator.load_state(str(checkpoint), **_engine_kwargs(accelerator, saving=False))
+        saved = None if _engine_holds_weights(accelerator) else load_file(str(checkpoint / ADAPTER_WEIGHTS_NAME))
+    except (OSError, RuntimeError, ValueError, EOFError) as exc:
+        raise ZhloraError(
+            f"Could not load {checkpoint} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            "Delete it and rerun to resume from the checkpoint before, or pass --overwrite to start over."
+        ) from None
+    if saved is not None:
         peft_model = accelerator.unwrap_model(model)
-        saved = load_file(str(checkpoint / ADAPTER_WEIGHTS_NAME))
         set_peft_model_state_dict(peft_model, saved)
         loaded = get_peft_model_state_dict(peft_model)
         if set(loaded) != set(saved) or any(not torch.equal(loaded[k].cpu(), saved[k].cpu()) for k in saved):

@@ -22,9 +22,11 @@ def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     """Sum of the cross-entropies (nats) of the scored positions, and how many there are.
 
     Args:
-        logits: ``[batch, tokens, vocab]`` scores of the next token at every position.
-        targets: ``[batch, tokens]`` next-token ids, :data:`IGNORE_INDEX` where unscored
-            (already shifted: ``targets[:, i]`` is the token that follows position ``i``).
+        logits: ``[batch, tokens, vocab]`` scores of the next token at every position, or
+            ``[positions, vocab]`` at selected positions only.
+        targets: the next-token ids of the same positions (``[batch, tokens]`` or ``[positions]``),
+            :data:`IGNORE_INDEX` where unscored (already shifted: ``targets[:, i]`` is the token
+            that follows position ``i``).
 
     The cross-entropy is computed in float32 whatever the logits' dtype (bf16 log-softmax
     over 32k classes loses digits).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from pathlib import Path
 from zhlora.errors import ZhloraError
 from zhlora.training.checkpoint import (
     ADAPTER_WEIGHTS_NAME,
-    list_checkpoints,
+    newest_intact_checkpoint,
     read_trainer_state,
 )
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "train_config.yaml"
@@ -32,7 +35,8 @@ RUN_ARTEFACTS = (ADAPTER_WEIGHTS_NAME, "adapter_config.json", "README.md", CONFI
                  "probe_curves.png", "probe_sets.json", "probe_snapshots")
 # Settings that change how a run reports or saves, never the adapter it produces...
 NON_IDENTITY_TRAIN_FIELDS = ("save_steps", "save_total_limit", "logging_steps", "report_to",
-                             "monitor_every", "forgetting_budget", "budget_action", "probe_limit", "probe_overhead")
+                             "monitor_every", "forgetting_budget", "budget_action", "probe_limit", "probe_overhead",
+                             "seeds")  # how many seed runs the pipeline makes; each run's own seed is `seed`
 # ...unless a forgetting budget is set: then when and on how many items the probes run can stop
 # the run early and choose the step whose adapter is exported.
 BUDGET_IDENTITY_FIELDS = ("save_steps", "monitor_every", "forgetting_budget", "budget_action", "probe_limit",
@@ -93,11 +97,18 @@ def decide_start(output_dir: str | Path, fingerprint: str, resume: bool, overwri
         recorded = _recorded_fingerprint(manifest) if manifest.is_file() else None
         if recorded == fingerprint:
             return RunStart("complete")
+        newest = newest_intact_checkpoint(folder) if recorded is None else None
+        if newest is not None and read_trainer_state(newest[1]).get("run_fingerprint") == fingerprint:
+            # Killed after writing the adapter but before manifest.json (the completion marker):
+            # finish from this run's newest checkpoint, which rewrites both.
+            logger.info("%s has an adapter but no %s: the run stopped while writing its final files; finishing it "
+                        "from %s.", folder, MANIFEST_NAME, newest[1].name)
+            return RunStart("resume", newest[1])
         what = "a different run (other settings, base model or data)" if recorded else "an adapter zhlora did not record"
         raise ZhloraError(f"{folder} already holds {what}: {folder / ADAPTER_WEIGHTS_NAME}. {refuse}")
-    checkpoints = list_checkpoints(folder)
-    if checkpoints:
-        step, latest = checkpoints[-1]
+    newest = newest_intact_checkpoint(folder)
+    if newest is not None:
+        step, latest = newest
         recorded = read_trainer_state(latest).get("run_fingerprint")
         if recorded != fingerprint:
             raise ZhloraError(

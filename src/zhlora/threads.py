@@ -1,0 +1,84 @@
+"""CPU threads for torch: an explicit choice, ``OMP_NUM_THREADS``, or as many as there are idle cores.
+
+torch starts one OpenMP thread per core. On a machine where other processes already keep cores
+busy, those threads wait for each other at every operator (each waits for the slowest, and one
+of them is always descheduled): on 2 cores with one other busy process, the demo's training was
+reported (issue 14) at 3 s per step with 2 threads and 10-30x faster with 1. So the default is the
+number of cores not already busy (1-minute load average), at least 1; see benchmarks/README.md,
+"CPU threads and the demo", for what was and was not measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from zhlora.errors import ZhloraError
+
+logger = logging.getLogger(__name__)
+
+_warned = False
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_threads(cores: int, load: float) -> int:
+    """Threads for ``cores`` cores when ``load`` runnable processes (1-minute average) already use them.
+
+    Examples: 2 idle cores -> 2; 2 cores and one busy process -> 1; 2 cores, load 7 -> 1; 16
+    cores, load 3.4 -> 13 (rounded to the nearest whole core).
+    """
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def resolve_threads(requested: int | None) -> tuple[int, str]:
+    """``(threads, why)``: ``--num_threads``, else ``OMP_NUM_THREADS``, else :func:`default_threads`."""
+    if requested is not None:
+        if requested <= 0:
+            raise ZhloraError(f"--num_threads must be a positive number of threads, got {requested}.")
+        return requested, "--num_threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ZhloraError(f'OMP_NUM_THREADS must be a positive integer, got "{env}". Unset it or pass --num_threads.') from None
+        if value <= 0:
+            raise ZhloraError(f'OMP_NUM_THREADS must be a positive integer, got "{env}". Unset it or pass --num_threads.')
+        return value, "OMP_NUM_THREADS"
+    cores, load = available_cores(), os.getloadavg()[0]
+    return default_threads(cores, load), f"{cores} cores, load average {load:.1f}"
+
+
+def oversubscribed(threads: int, cores: int, load: float) -> bool:
+    """Whether ``threads`` more busy threads would visibly exceed the cores (by more than one core)."""
+    return load + threads > cores + 1
+
+
+def apply_threads(requested: int | None = None) -> int:
+    """Set torch's intra-op threads (and ``OMP_NUM_THREADS`` for anything started later); return them.
+
+    Warns once per process when the machine is visibly oversubscribed, because then every
+    figure of speed (and the run's duration) depends on the other processes.
+    """
+    global _warned
+    import torch
+
+    threads, why = resolve_threads(requested)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    cores, load = available_cores(), os.getloadavg()[0]
+    logger.debug("torch uses %d CPU thread(s) (%s)", threads, why)
+    if not _warned and not torch.cuda.is_available() and oversubscribed(threads, cores, load):
+        _warned = True
+        hint = " Pass --num_threads 1 to stop its threads from waiting on each other." if threads > 1 else ""
+        logger.warning(
+            "This machine is busy: load average %.1f on %d cores, and zhlora adds %d thread(s) (%s), so it will run "
+            "slower than on an idle machine.%s", load, cores, threads, why, hint)
+    return threads
