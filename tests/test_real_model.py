@@ -20,7 +20,7 @@ from zhlora.cli import run_command
 TRAIN_FLAGS = ["--max_steps", "3", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
                "--max_seq_length", "256", "--warmup_ratio", "0", "--lr_scheduler_type", "constant", "--lora_rank", "8",
                "--lora_alpha", "16", "--save_steps", "100", "--logging_steps", "1", "--seed", "0"]
-EVAL_FLAGS = ["--benchmarks", "ppl_zh,ppl_en", "--limit", "8", "--prompt_template", "chat", "--batch_size", "4",
+EVAL_FLAGS = ["--benchmarks", "ppl_zh,ppl_en", "--ppl_zh_documents", "20", "--prompt_template", "chat", "--batch_size", "4",
               "--sample_max_new_tokens", "0"]
 
 
@@ -103,15 +103,33 @@ def test_five_shot_mmlu_predictions_are_deterministic(smollm2_model_dir, sample_
 def test_a_short_lora_run_lowers_the_held_out_chinese_loss(smollm2_model_dir, processed, sample_data_dir, baseline):
     forgetting = _train_evaluate_compare("gentle", "2e-3", smollm2_model_dir, processed, sample_data_dir, baseline)
     zh = _perplexity_row(forgetting, "ppl_zh")
-    assert zh["n_documents"] == 8 and zh["tuned_loss"] < zh["base_loss"]
+    assert zh["n_documents"] == 20 and zh["tuned_loss"] < zh["base_loss"]
     assert zh["ci_high"] is not None and zh["ci_high"] < 0, zh  # the fall is resolved: its CI excludes 0
 
 
-def test_a_harmful_run_shows_a_significant_english_perplexity_rise(smollm2_model_dir, processed, sample_data_dir,
-                                                                    baseline):
-    """A learning rate far too high, on Chinese only: the forgetting analysis must report the damage."""
-    forgetting = _train_evaluate_compare("harmful", "3e-2", smollm2_model_dir, processed, sample_data_dir, baseline)
+@pytest.mark.slow  # 20 real WikiText articles, evaluated twice: minutes on one thread
+def test_a_harmful_run_shows_a_significant_english_perplexity_rise(smollm2_model_dir, processed, shared_eval_data,
+                                                                    tmp_path):
+    """A learning rate far too high, on Chinese only: the forgetting analysis must report the damage.
+
+    The English side needs at least 20 documents for an interval (the bundled sample has 6), so
+    this uses the real WikiText articles of ``../shared/data`` (skips without them); too slow for
+    the default run, hence ``slow``.
+    """
+    flags = ["--benchmarks", "ppl_en", "--ppl_en_documents", "20", "--prompt_template", "chat", "--batch_size", "4",
+             "--sample_max_new_tokens", "0"]
+    base = tmp_path / "baseline"
+    assert run_command("evaluate", ["--model_path", str(smollm2_model_dir), "--data_dir", str(shared_eval_data),
+                                    "--results_dir", str(base), *flags]) == 0
+    run = tmp_path / "results" / "harmful"
+    assert run_command("train", ["--model_path", str(smollm2_model_dir), "--dataset_path", str(processed / "train_dataset"),
+                                 "--output_dir", str(run), "--learning_rate", "3e-2", *TRAIN_FLAGS]) == 0
+    tuned = tmp_path / "harmful"
+    assert run_command("evaluate", ["--model_path", str(smollm2_model_dir), "--lora_model_path", str(run), "--data_dir",
+                                    str(shared_eval_data), "--results_dir", str(tuned), "--no_compare", *flags]) == 0
+    assert run_command("compare", [str(base), str(tuned), "--no-report", "--bootstrap_samples", "2000"]) == 0
+    forgetting = json.loads((tuned / "forgetting.json").read_text(encoding="utf-8"))
     en = _perplexity_row(forgetting, "ppl_en")
-    assert en["n_documents"] == 6 and en["relative_change"] > 0.2, en
+    assert en["n_documents"] == 20 and en["relative_change"] > 0.2, en
     assert en["ci_low"] is not None and en["ci_low"] > 0, en  # significant: the CI excludes 0
     assert forgetting["headline"]["english"]["perplexity_relative_change"] > 0
