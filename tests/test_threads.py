@@ -24,7 +24,10 @@ def test_flag_then_environment_then_default(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.2, 1.0, 1.0))
     monkeypatch.setattr(threads, "available_cores", lambda: 2)
-    assert threads.resolve_threads(None) == (1, "2 cores, load average 1.2")
+    monkeypatch.setattr(threads, "own_busy_cores", lambda: 0.0)
+    assert threads.resolve_threads(None) == (1, "2 cores, load average 1.2 (0.0 of it this process)")
+    monkeypatch.setattr(threads, "own_busy_cores", lambda: 1.0)  # the load is this process's own earlier work
+    assert threads.resolve_threads(None) == (2, "2 cores, load average 1.2 (1.0 of it this process)")
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1"])
@@ -40,13 +43,14 @@ def test_apply_sets_torch_and_warns_once_when_oversubscribed(monkeypatch, caplog
     monkeypatch.setattr(threads, "_warned", False)
     monkeypatch.setattr(threads, "available_cores", lambda: 2)
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.5, 2.0, 2.0))
+    monkeypatch.setattr(threads, "own_busy_cores", lambda: 0.0)
     try:
         with caplog.at_level(logging.WARNING, logger="zhlora.threads"):
             assert threads.apply_threads(1) == 1
             assert torch.get_num_threads() == 1
             threads.apply_threads(1)
         assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
-        assert "load average 2.5 on 2 cores" in caplog.records[0].getMessage()
+        assert "load average 2.5 from other processes on 2 cores" in caplog.records[0].getMessage()
     finally:
         torch.set_num_threads(previous)
     assert not threads.oversubscribed(1, 2, 0.5) and threads.oversubscribed(2, 2, 1.5)

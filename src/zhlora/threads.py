@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from zhlora.errors import ZhloraError
 
 logger = logging.getLogger(__name__)
 
 _warned = False
+# This process's own work is part of the load average: without subtracting it, a long process
+# (`zhlora run`, a test session) would see its own earlier steps as "other" load and drop to 1 thread.
+_STARTED_WALL, _STARTED_CPU = time.monotonic(), time.process_time()
 
 
 def available_cores() -> int:
@@ -37,6 +41,12 @@ def default_threads(cores: int, load: float) -> int:
     return max(1, min(cores, int(cores - load + 0.5)))
 
 
+def own_busy_cores() -> float:
+    """Cores this process has kept busy on average since zhlora started (CPU seconds / wall seconds)."""
+    wall = time.monotonic() - _STARTED_WALL
+    return 0.0 if wall < 1.0 else max(0.0, (time.process_time() - _STARTED_CPU) / wall)
+
+
 def resolve_threads(requested: int | None) -> tuple[int, str]:
     """``(threads, why)``: ``--num_threads``, else ``OMP_NUM_THREADS``, else :func:`default_threads`."""
     if requested is not None:
@@ -52,8 +62,8 @@ def resolve_threads(requested: int | None) -> tuple[int, str]:
         if value <= 0:
             raise ZhloraError(f'OMP_NUM_THREADS must be a positive integer, got "{env}". Unset it or pass --num_threads.')
         return value, "OMP_NUM_THREADS"
-    cores, load = available_cores(), os.getloadavg()[0]
-    return default_threads(cores, load), f"{cores} cores, load average {load:.1f}"
+    cores, load, own = available_cores(), os.getloadavg()[0], own_busy_cores()
+    return default_threads(cores, max(0.0, load - own)), f"{cores} cores, load average {load:.1f} ({own:.1f} of it this process)"
 
 
 def oversubscribed(threads: int, cores: int, load: float) -> bool:
@@ -62,7 +72,7 @@ def oversubscribed(threads: int, cores: int, load: float) -> bool:
 
 
 def apply_threads(requested: int | None = None) -> int:
-    """Set torch's intra-op threads (and ``OMP_NUM_THREADS`` for anything started later); return them.
+    """Set torch's intra-op threads (an explicit ``requested`` also becomes ``OMP_NUM_THREADS``); return them.
 
     Warns once per process when the machine is visibly oversubscribed, because then every
     figure of speed (and the run's duration) depends on the other processes.
@@ -72,13 +82,14 @@ def apply_threads(requested: int | None = None) -> int:
 
     threads, why = resolve_threads(requested)
     torch.set_num_threads(threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    cores, load = available_cores(), os.getloadavg()[0]
+    if requested is not None:  # an explicit choice holds for processes started later; a default is re-chosen
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    cores, load = available_cores(), max(0.0, os.getloadavg()[0] - own_busy_cores())
     logger.debug("torch uses %d CPU thread(s) (%s)", threads, why)
     if not _warned and not torch.cuda.is_available() and oversubscribed(threads, cores, load):
         _warned = True
         hint = " Pass --num_threads 1 to stop its threads from waiting on each other." if threads > 1 else ""
         logger.warning(
-            "This machine is busy: load average %.1f on %d cores, and zhlora adds %d thread(s) (%s), so it will run "
+            "This machine is busy: load average %.1f from other processes on %d cores, and zhlora adds %d thread(s) (%s), so it will run "
             "slower than on an idle machine.%s", load, cores, threads, why, hint)
     return threads
