@@ -18,8 +18,8 @@ from pathlib import Path
 
 from zhlora import __version__
 from zhlora.analysis import charts, labels, sections
-from zhlora.analysis.generations import read_samples, samples_section
 from zhlora.analysis.fonts import resolve_chart_language
+from zhlora.analysis.generations import read_samples, samples_section
 from zhlora.analysis.sections import Section
 from zhlora.errors import DataError
 from zhlora.io_utils import atomic_write_text, read_jsonl, utc_now

@@ -229,12 +229,12 @@ def perplexity_section(forgetting: dict) -> Section:
             f"{r['base_perplexity']:.3f}", f"{r['tuned_perplexity']:.3f}", _signed(100 * r["relative_change"], "%"),
             _ppl_interval(r, r), f"loss {r['base_loss']:.4f} → {r['tuned_loss']:.4f} nats/token",
         ])
-        for field, (name, counted) in _PPL_UNITS.items():
-            unit = (r.get("units") or {}).get(field)
+        for unit_key, (name, counted) in _PPL_UNITS.items():
+            unit = (r.get("units") or {}).get(unit_key)
             if unit is None:
                 continue
             difference = "—"
-            if "delta" in unit and field != "word_perplexity":
+            if "delta" in unit and unit_key != "word_perplexity":
                 difference = f"{unit['delta']:+.4f} {_ppl_interval(r, unit, 'delta_ci_low', 'delta_ci_high', False)}"
             rows.append([
                 label, name, f"{unit['count']} {counted}", _figure(unit["base"]), _figure(unit["tuned"]),

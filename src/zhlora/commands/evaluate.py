@@ -271,12 +271,12 @@ def _batch_size(value: str):
 
 def main(args: argparse.Namespace) -> int:
     """Validate inputs, lock the results folders, then evaluate (see :func:`_evaluate`)."""
+    from zhlora.data.templates import template_identity
     from zhlora.evaluation.adapters import check_adapter_folder
     from zhlora.evaluation.distributed import init_eval_processes
     from zhlora.locking import folder_lock
-    from zhlora.models.loading import check_model_argument
-    from zhlora.data.templates import template_identity
     from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import check_model_argument
 
     cfg = config_from_args(args)
     ec = cfg.eval

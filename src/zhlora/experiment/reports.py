@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import statistics
 import os
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
