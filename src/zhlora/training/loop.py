@@ -43,6 +43,7 @@ from zhlora.training.packing import (
     pad_fraction,
 )
 from zhlora.training.schedule import StepPlan
+from zhlora.training.segment_attention import SEGMENTS, row_bounds, use_segment_attention
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -100,9 +101,12 @@ class LoopResult:
 
 
 def attention_layout(attn_implementation: str) -> str:
-    """How packed rows are kept apart: ``varlen`` (flash-attention) or a 4-D mask (``sdpa``, ``eager``)."""
+    """How packed rows are kept apart: ``varlen`` (flash-attention), ``segments`` (one row's attention
+    at a time, :mod:`~zhlora.training.segment_attention`) or a 4-D mask (``sdpa``, ``eager``)."""
     if attn_implementation.startswith("flash_attention"):
         return "varlen"
+    if attn_implementation == SEGMENTS:
+        return "segments"
     if attn_implementation in ("sdpa", "eager"):
         return attn_implementation
     raise ValueError(f"unsupported attention implementation {attn_implementation!r} for packed training")
@@ -112,7 +116,8 @@ def packed_inputs(batch: PackedBatch, layout: str, mask_dtype: torch.dtype, devi
     """Model keyword arguments for one packed micro-batch.
 
     ``varlen`` expects a flattened batch (one row) whose ``position_ids`` resets mark the rows;
-    ``sdpa`` gets a boolean and ``eager`` an additive block-diagonal causal mask, which
+    ``segments`` the same plus the row boundaries as ``cu_seq_lens_q``; ``sdpa`` gets a boolean and
+    ``eager`` an additive block-diagonal causal mask, which
     transformers passes to the attention layers unchanged (a 4-D mask is taken as prepared).
     """
     inputs = {
@@ -120,7 +125,9 @@ def packed_inputs(batch: PackedBatch, layout: str, mask_dtype: torch.dtype, devi
         "position_ids": batch.position_ids.to(device),
         "use_cache": False,
     }
-    if layout != "varlen":
+    if layout == "segments":
+        inputs["cu_seq_lens_q"] = row_bounds(inputs["position_ids"])
+    elif layout != "varlen":
         segment_ids = batch.segment_ids.to(device)
         inputs["attention_mask"] = block_causal_mask(segment_ids, None if layout == "sdpa" else mask_dtype)
     return inputs
@@ -214,6 +221,9 @@ def train_loop(
     batch_size = plan.bins_per_step // (world * accumulation)
     unwrapped = accelerator.unwrap_model(model)
     layout = attention_layout(unwrapped.config._attn_implementation)
+    if layout == "sdpa" and device.type == "cpu":  # CPU sdpa kernels compute every masked pair
+        use_segment_attention(unwrapped)
+        layout = "segments"
     mask_dtype = unwrapped.get_input_embeddings().weight.dtype
     max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf
 
@@ -234,7 +244,7 @@ def train_loop(
             if epoch != order_epoch:
                 order, order_epoch = epoch_permutation(len(bins), settings.seed, epoch), epoch
             batches = _step_batches(rows, bins, order, step_in_epoch, rank, world, batch_size, accumulation,
-                                    settings.pad_token_id, flatten=layout == "varlen")
+                                    settings.pad_token_id, flatten=layout in ("varlen", "segments"))
             local_targets = torch.tensor(float(sum(b.target_tokens for b in batches)), device=device)
             step_targets = int(accelerator.reduce(local_targets, reduction="sum").item())
 

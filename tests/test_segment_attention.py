@@ -1,0 +1,103 @@
+"""Segment attention (one packed row at a time) gives the block-mask path's loss and gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from zhlora.training.packing import IGNORE_INDEX, collate_bins
+from zhlora.training.segment_attention import SEGMENTS, row_bounds, use_segment_attention
+
+
+def _rows(vocab: int, lengths, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for length in lengths:
+        ids = rng.integers(3, vocab, size=length)
+        labels = ids.copy()
+        labels[: length // 3] = IGNORE_INDEX  # a prompt
+        rows.append((ids, labels))
+    return rows
+
+
+def _lora_model(model_dir):
+    from zhlora.modeling import load_model
+    from zhlora.training.lora import apply_lora, build_lora_config
+
+    torch.manual_seed(0)
+    model = load_model(model_dir, torch_dtype="float32")
+    model.set_attn_implementation("sdpa")
+    config = build_lora_config(8, 16, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                               False, False, False)  # random A and B: every adapter weight gets a gradient
+    model = apply_lora(model, config)
+    model.train()
+    return model
+
+
+def _loss_and_grads(model, batch, layout):
+    from zhlora.training.loop import packed_forward
+
+    model.zero_grad(set_to_none=True)
+    loss_sum, count = packed_forward(model, batch, layout, torch.float32, "cpu")
+    loss_sum.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss_sum.detach(), count, grads
+
+
+def test_row_bounds_from_position_resets():
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1, 2, 3]])
+    assert row_bounds(positions).tolist() == [0, 3, 5, 6, 10]
+
+
+def test_segment_attention_gives_the_block_mask_loss_and_gradients(tiny_model_dir):
+    from zhlora.training.loop import attention_layout
+
+    model = _lora_model(tiny_model_dir)
+    rows = _rows(model.config.vocab_size, (37, 20, 51, 9, 30, 1))
+    bins = [[rows[0], rows[1], rows[3]], [rows[2], rows[4], rows[5]]]  # unequal bins: the sdpa batch has padding
+    masked = _loss_and_grads(model, collate_bins(bins, pad_token_id=0), "sdpa")
+    use_segment_attention(model)
+    assert attention_layout(model.config._attn_implementation) == "segments"
+    segments = _loss_and_grads(model, collate_bins(bins, pad_token_id=0, flatten=True), "segments")
+
+    assert segments[1] == masked[1] == sum(int((labels[1:] != IGNORE_INDEX).sum()) for _, labels in rows)
+    torch.testing.assert_close(segments[0], masked[0], rtol=1e-6, atol=1e-5)
+    assert segments[2].keys() == masked[2].keys() and len(masked[2]) > 0
+    for name, grad in masked[2].items():
+        assert grad.abs().max() > 0, name
+        # float32 summation order differs (other matmul shapes): within 1e-5 of the tensor's largest entry
+        torch.testing.assert_close(segments[2][name], grad, rtol=1e-5, atol=1e-5 * float(grad.abs().max()), msg=name)
+    # negative control: the flattened rows as one causal sequence (no boundaries) give another loss
+    with torch.no_grad():
+        flat = collate_bins(bins, pad_token_id=0, flatten=True)
+        leaky = model(input_ids=flat.input_ids, position_ids=flat.position_ids).logits[0]
+        leaky_sum = torch.nn.functional.cross_entropy(leaky, flat.targets[0], ignore_index=IGNORE_INDEX, reduction="sum")
+    assert abs(float(leaky_sum) - float(masked[0])) > 1e-2
+
+
+def test_without_row_bounds_it_is_plain_sdpa(tiny_model_dir):
+    """Evaluation on the training model (padded batches, 2-D mask, no boundaries) is unchanged."""
+    from zhlora.modeling import load_model
+
+    model = load_model(tiny_model_dir, torch_dtype="float32")
+    model.set_attn_implementation("sdpa")
+    model.eval()
+    ids = torch.tensor([[5, 9, 11, 4, 7, 8], [0, 0, 6, 12, 13, 3]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        use_segment_attention(model)
+        assert model.config._attn_implementation == SEGMENTS
+        after = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_segment_attention_takes_one_flattened_row(tiny_model_dir):
+    from zhlora.modeling import load_model
+
+    model = load_model(tiny_model_dir, torch_dtype="float32")
+    use_segment_attention(model)
+    ids = torch.tensor([[5, 9, 11], [4, 7, 8]])
+    with pytest.raises(ValueError, match="one flattened row"):
+        model(input_ids=ids, cu_seq_lens_q=torch.tensor([0, 3], dtype=torch.int32))
