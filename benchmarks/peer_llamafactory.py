@@ -18,7 +18,7 @@ LLaMA-Factory is installed by the script into ``benchmarks/.venv-llamafactory`` 
 the CPU wheel, first, and pinned, so that pip does not replace it with a multi-GB CUDA build;
 torchvision/torchaudio removed, and an empty ``torchaudio`` module in its place because LF imports
 it for audio inputs and no torchaudio wheel matches torch 2.13.0). Runs are
-interleaved (zhlora, LF packing off, LF packing, LF neat_packing, then again), each in its own
+interleaved (LF packing off, LF packing, LF neat_packing, zhlora, zhlora-mask, then again), each in its own
 child process, with the 1-minute load average before and after. Reported per run: non-pad
 tokens per second of the training loop (tokens of the tokenized rows each tool trained on /
 its loop's seconds: zhlora's manifest, LF's ``train_runtime``), the child's peak RSS, optimizer
@@ -37,6 +37,8 @@ import tempfile
 import time
 import venv
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ZHLORA_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -97,20 +99,29 @@ def _child(command: list[str], env: dict, log: Path) -> tuple[float, int]:
     return time.perf_counter() - started, usage.ru_maxrss // 1024
 
 
-def run_zhlora(model_dir: Path, data: Path, work: Path, tag: str, args, env: dict) -> dict:
+# zhlora with its previous CPU attention (sdpa over the whole block-diagonal mask) for the A/B of
+# segment attention: the same `zhlora train`, with the loop's layout choice undone in the child.
+MASK_CHILD = ("import runpy, sys; import zhlora.training.loop as loop; "
+              "loop.training_layout = lambda model, device: loop.attention_layout(model.config._attn_implementation); "
+              "sys.argv = ['zhlora'] + sys.argv[1:]; runpy.run_module('zhlora', run_name='__main__')")
+
+
+def run_zhlora(model_dir: Path, data: Path, work: Path, tag: str, args, env: dict, mask: bool = False) -> dict:
     processed = work / "processed"
     if not (processed / "train_dataset").exists():
         subprocess.run([sys.executable, "-m", "zhlora", "preprocess", "--data_dir", str(data), "--output_dir", str(processed),
                         "--model_name_or_path", str(model_dir), "--max_seq_length", str(CUTOFF), "--belle_heldout_size", "0"],
                        check=True, env=env, capture_output=True)
-    out = work / f"zhlora-{tag}"
-    wall, peak = _child([sys.executable, "-m", "zhlora", "train", "--model_path", str(model_dir),
+    name = "zhlora-mask" if mask else "zhlora"
+    out = work / f"{name}-{tag}"
+    launcher = ["-c", MASK_CHILD] if mask else ["-m", "zhlora"]
+    wall, peak = _child([sys.executable, *launcher, "train", "--model_path", str(model_dir),
                          "--dataset_path", str(processed / "train_dataset"), "--output_dir", str(out), "--overwrite",
                          "--num_train_epochs", "1", "--per_device_train_batch_size", "1",
                          "--gradient_accumulation_steps", str(args.accumulation), "--max_seq_length", str(CUTOFF),
                          "--learning_rate", "2e-4", "--warmup_ratio", "0", "--lr_scheduler_type", "cosine",
                          "--lora_rank", "16", "--lora_alpha", "32", "--lora_dropout", "0.05", "--torch_dtype", "float32",
-                         "--logging_steps", "1", "--save_steps", "100000", "--num_threads", "1"], env, work / f"zhlora-{tag}.log")
+                         "--logging_steps", "1", "--save_steps", "100000", "--num_threads", "1"], env, work / f"{name}-{tag}.log")
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["training"]
     session = manifest["this_session"]
     return {"tokens_per_second": session["tokens_per_second"], "real_tokens": session["real_tokens"],
@@ -172,8 +183,9 @@ def main() -> int:
     parser.add_argument("--accumulation", type=int, default=2, help="Micro-batches per optimizer step.")
     parser.add_argument("--rows_per_batch", type=int, default=4, help="Rows per micro-batch of LF without packing.")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--only", default="lf-nopack,lf-packing,lf-neat,zhlora",
-                        help="Comma-separated subset of runs, in order (lf-nopack must come before the other LF runs).")
+    parser.add_argument("--only", default="lf-nopack,lf-packing,lf-neat,zhlora,zhlora-mask",
+                        help="Comma-separated subset of runs, in order (lf-nopack must come before the other LF runs); "
+                             "zhlora-mask is zhlora with sdpa over the block-diagonal mask (its CPU path before segment attention).")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if not (SHARED / "README.md").is_file():
@@ -199,8 +211,8 @@ def main() -> int:
         for index in range(args.rounds):
             for name in args.only.split(","):
                 load_before = os.getloadavg()[0]
-                if name == "zhlora":
-                    figures = run_zhlora(model_dir, data, work, str(index), args, env)
+                if name in ("zhlora", "zhlora-mask"):
+                    figures = run_zhlora(model_dir, data, work, str(index), args, env, mask=name == "zhlora-mask")
                 else:
                     figures = run_lf(python, model_dir, lf_data, work, name, str(index), args, env)
                 figures.update(round=index, run=name, load_average_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)])
@@ -213,6 +225,12 @@ def main() -> int:
         lf_best = max((r["tokens_per_second"] for n, r in this.items() if n in ("lf-nopack", "lf-neat")), default=None)
         if "zhlora" in this and lf_best:
             summary.setdefault("zhlora_vs_best_contamination_free_lf", []).append(round(this["zhlora"]["tokens_per_second"] / lf_best, 2))
+        if "zhlora" in this and "zhlora-mask" in this:
+            summary.setdefault("segments_vs_mask", []).append(
+                round(this["zhlora"]["tokens_per_second"] / this["zhlora-mask"]["tokens_per_second"], 2))
+    for key in ("zhlora_vs_best_contamination_free_lf", "segments_vs_mask"):
+        if summary.get(key):
+            summary[key + "_median"] = float(np.median(summary[key]))
     print(json.dumps(summary, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

@@ -112,6 +112,19 @@ def attention_layout(attn_implementation: str) -> str:
     raise ValueError(f"unsupported attention implementation {attn_implementation!r} for packed training")
 
 
+def training_layout(model, device) -> str:
+    """The model's :func:`attention_layout`, except that sdpa on a CPU becomes ``segments``.
+
+    CPU sdpa kernels compute every pair of a block-diagonal mask, masked or not; segment
+    attention computes only the pairs within each row (same loss, benchmarks/README.md).
+    """
+    layout = attention_layout(model.config._attn_implementation)
+    if layout == "sdpa" and torch.device(device).type == "cpu":
+        use_segment_attention(model)
+        return "segments"
+    return layout
+
+
 def packed_inputs(batch: PackedBatch, layout: str, mask_dtype: torch.dtype, device) -> dict:
     """Model keyword arguments for one packed micro-batch.
 
@@ -220,10 +233,7 @@ def train_loop(
     accumulation = accelerator.gradient_accumulation_steps
     batch_size = plan.bins_per_step // (world * accumulation)
     unwrapped = accelerator.unwrap_model(model)
-    layout = attention_layout(unwrapped.config._attn_implementation)
-    if layout == "sdpa" and device.type == "cpu":  # CPU sdpa kernels compute every masked pair
-        use_segment_attention(unwrapped)
-        layout = "segments"
+    layout = training_layout(unwrapped, device)
     mask_dtype = unwrapped.get_input_embeddings().weight.dtype
     max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf
 
