@@ -70,8 +70,11 @@ def build(model_dir: Path):
     return model, optimizer
 
 
-def step(model, optimizer, rows, layout: str, mark=None) -> dict:
-    """One optimizer step of one packed bin; seconds per phase and the loss (nats per scored token)."""
+def step(model, optimizer, rows, layout: str, mark=None, compiled=None) -> dict:
+    """One optimizer step of one packed bin; seconds per phase and the loss (nats per scored token).
+
+    ``compiled`` layout: ``segments`` through ``compiled`` (``torch.compile`` of the same model).
+    """
     from contextlib import nullcontext
 
     from zhlora.training.loop import packed_forward
@@ -79,6 +82,8 @@ def step(model, optimizer, rows, layout: str, mark=None) -> dict:
     from zhlora.training.segment_attention import use_segment_attention
 
     scope = mark or (lambda name: nullcontext())
+    runner = compiled if layout == "compiled" else model
+    layout = "segments" if layout == "compiled" else layout
     if layout == "segments":
         use_segment_attention(model)
     else:
@@ -89,7 +94,7 @@ def step(model, optimizer, rows, layout: str, mark=None) -> dict:
         batch = collate_bins([rows], pad_token_id=0, flatten=layout == "segments")
     seconds["collate"] = time.perf_counter() - started
     with scope("forward"):
-        loss_sum, count = packed_forward(model, batch, layout, torch.float32, "cpu")
+        loss_sum, count = packed_forward(runner, batch, layout, torch.float32, "cpu")
         loss = loss_sum / count
     seconds["forward"] = time.perf_counter() - started - sum(seconds.values())
     with scope("backward"):
@@ -101,7 +106,7 @@ def step(model, optimizer, rows, layout: str, mark=None) -> dict:
         optimizer.zero_grad(set_to_none=True)
     seconds["optimizer"] = time.perf_counter() - started - sum(seconds.values())
     return {"seconds": {k: round(v, 3) for k, v in seconds.items()}, "total": round(time.perf_counter() - started, 2),
-            "loss": round(float(loss), 6)}
+            "loss": round(float(loss.detach()), 6)}
 
 
 def categorize(name: str, shapes, vocab: int, rank: int) -> str:
@@ -147,7 +152,8 @@ def main() -> int:
     parser.add_argument("--model_dir", required=True, help="A saved model folder (e.g. SmolLM2's base_model).")
     parser.add_argument("--rows", type=int, default=40, help="BELLE school_math rows to pack the bin from.")
     parser.add_argument("--rounds", type=int, default=3, help="Timed rounds, each one step per layout.")
-    parser.add_argument("--layouts", default="sdpa,segments")
+    parser.add_argument("--layouts", default="sdpa,segments",
+                        help="Comma-separated: sdpa, segments, compiled (segments through torch.compile).")
     parser.add_argument("--no_profile", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -162,7 +168,13 @@ def main() -> int:
               "scored": int(sum(int((labels[1:] != -100).sum()) for _, labels in rows)), "threads": 1,
               "profiles": {}, "rounds": []}
     print(json.dumps({k: result[k] for k in ("row_lengths", "tokens", "scored")}), flush=True)
-    step(model, optimizer, rows, layouts[0])  # warm-up (allocator, first-call overheads)
+    compiled = torch.compile(model) if "compiled" in layouts else None
+    step(model, optimizer, rows, layouts[0], compiled=compiled)  # warm-up (allocator, first-call overheads)
+    if compiled is not None:
+        before = os.getloadavg()[0]
+        result["compile_step"] = step(model, optimizer, rows, "compiled", compiled=compiled)  # compiles
+        result["compile_step"]["load_average_1min"] = [round(before, 2), round(os.getloadavg()[0], 2)]
+        print("first compiled step", json.dumps(result["compile_step"]), flush=True)
     if not args.no_profile:
         for layout in layouts:
             result["profiles"][layout] = profile_step(model, optimizer, rows, layout, vocab)
@@ -170,7 +182,7 @@ def main() -> int:
     for index in range(args.rounds):
         for layout in layouts:
             before = os.getloadavg()[0]
-            timed = step(model, optimizer, rows, layout)
+            timed = step(model, optimizer, rows, layout, compiled=compiled)
             timed.update(round=index, layout=layout, load_average_1min=[round(before, 2), round(os.getloadavg()[0], 2)])
             print(json.dumps(timed), flush=True)
             result["rounds"].append(timed)
