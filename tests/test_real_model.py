@@ -76,9 +76,9 @@ def test_english_perplexity_is_far_below_the_random_tiny_models(baseline, tiny_m
     from zhlora.modeling import load_model, load_tokenizer
 
     real = json.loads((baseline / "results.json").read_text(encoding="utf-8"))["benchmarks"]["ppl_en"]
-    items = {"ppl_en": load_benchmark_items(sample_data_dir, resolve_spec("ppl_en"), limit=8)}
+    items = {"ppl_en": load_benchmark_items(sample_data_dir, resolve_spec("ppl_en"))}
     tiny = evaluate_benchmarks(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), items)["ppl_en"].summary
-    assert real["n_documents"] == tiny["n_documents"] == 6
+    assert real["n_documents"] == tiny["n_documents"] == 22  # every bundled article
     assert real["perplexity"] < 60, real  # measured 2026-11: ~20 on the bundled articles
     assert tiny["perplexity"] > 50 * real["perplexity"], (tiny["perplexity"], real["perplexity"])
 
@@ -107,29 +107,14 @@ def test_a_short_lora_run_lowers_the_held_out_chinese_loss(smollm2_model_dir, pr
     assert zh["ci_high"] is not None and zh["ci_high"] < 0, zh  # the fall is resolved: its CI excludes 0
 
 
-@pytest.mark.slow  # 20 real WikiText articles, evaluated twice: minutes on one thread
-def test_a_harmful_run_shows_a_significant_english_perplexity_rise(smollm2_model_dir, processed, shared_eval_data,
-                                                                    tmp_path):
+def test_a_harmful_run_shows_a_significant_english_perplexity_rise(smollm2_model_dir, processed, sample_data_dir,
+                                                                    baseline):
     """A learning rate far too high, on Chinese only: the forgetting analysis must report the damage.
 
-    The English side needs at least 20 documents for an interval (the bundled sample has 6), so
-    this uses the real WikiText articles of ``../shared/data`` (skips without them); too slow for
-    the default run, hence ``slow``.
+    Scored on the 22 bundled English articles (an interval needs at least 20 documents).
     """
-    flags = ["--benchmarks", "ppl_en", "--ppl_en_documents", "20", "--prompt_template", "chat", "--batch_size", "4",
-             "--sample_max_new_tokens", "0"]
-    base = tmp_path / "baseline"
-    assert run_command("evaluate", ["--model_path", str(smollm2_model_dir), "--data_dir", str(shared_eval_data),
-                                    "--results_dir", str(base), *flags]) == 0
-    run = tmp_path / "results" / "harmful"
-    assert run_command("train", ["--model_path", str(smollm2_model_dir), "--dataset_path", str(processed / "train_dataset"),
-                                 "--output_dir", str(run), "--learning_rate", "3e-2", *TRAIN_FLAGS]) == 0
-    tuned = tmp_path / "harmful"
-    assert run_command("evaluate", ["--model_path", str(smollm2_model_dir), "--lora_model_path", str(run), "--data_dir",
-                                    str(shared_eval_data), "--results_dir", str(tuned), "--no_compare", *flags]) == 0
-    assert run_command("compare", [str(base), str(tuned), "--no-report", "--bootstrap_samples", "2000"]) == 0
-    forgetting = json.loads((tuned / "forgetting.json").read_text(encoding="utf-8"))
+    forgetting = _train_evaluate_compare("harmful", "3e-2", smollm2_model_dir, processed, sample_data_dir, baseline)
     en = _perplexity_row(forgetting, "ppl_en")
-    assert en["n_documents"] == 20 and en["relative_change"] > 0.2, en
+    assert en["n_documents"] == 22 and en["relative_change"] > 0.2, en
     assert en["ci_low"] is not None and en["ci_low"] > 0, en  # significant: the CI excludes 0
     assert forgetting["headline"]["english"]["perplexity_relative_change"] > 0
