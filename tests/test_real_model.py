@@ -121,9 +121,9 @@ def test_a_short_lora_run_lowers_the_held_out_chinese_loss(smollm2_model_dir, pr
     assert zh["ci_high"] is not None and zh["ci_high"] < 0, zh  # the fall is resolved: its CI excludes 0
 
 
-# Reliable (loss 2.89 -> 15.8 nats, CI far above 0) but not cheap: 3 training steps plus one more
-# ppl_en pass over 4,369 tokens took 112 s on one thread (load 5-7; 197 s when it also scored ppl_zh).
-@pytest.mark.slow
+# Reliable (loss 2.89 -> 15.8 nats, CI far above 0); 3 training steps plus one more ppl_en pass over
+# 4,369 tokens: 112 s on one thread at load 5-7, well under a minute on idle cores. Part of the default
+# suite because it is the one test that shows the analysis finding real forgetting in real weights.
 def test_a_harmful_run_shows_a_significant_english_perplexity_rise(smollm2_model_dir, processed, sample_data_dir,
                                                                     baseline_en):
     """A learning rate far too high, on Chinese only: the forgetting analysis must report the damage.
