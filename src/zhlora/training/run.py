@@ -92,8 +92,9 @@ class TrainRun:
 
 
 def train(
-    cfg: ExperimentConfig, model_path: Path, dataset_path: Path, output_dir: Path,
-    resume: bool = False, overwrite: bool = False, callbacks: Sequence = (), probe_data_dir: Path | None = None,
+    cfg: ExperimentConfig, model_path: str | os.PathLike, dataset_path: str | os.PathLike, output_dir: str | os.PathLike,
+    resume: bool = False, overwrite: bool = False, callbacks: Sequence = (),
+    probe_data_dir: str | os.PathLike | None = None,
 ) -> TrainOutcome:
     """Validate the inputs, build model + adapter + data plan, train, and write the run folder.
 
@@ -103,6 +104,8 @@ def train(
     with checkpoints of the same run is resumed (``resume`` insists on one); one holding another
     run is refused unless ``overwrite``. Every process of a distributed launch calls this.
     """
+    model_path, dataset_path, output_dir = Path(model_path), Path(dataset_path), Path(output_dir)
+    probe_data_dir = Path(probe_data_dir) if probe_data_dir is not None else None
     # One writer per run folder; under `accelerate launch` the main process (rank 0) holds it for all.
     lock = folder_lock(output_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     with lock:
