@@ -10,7 +10,6 @@ import pytest
 
 from zhlora.cli import COMMANDS, load_command, main
 
-
 # Written out by hand, independently of cli.COMMANDS: the verbs a user reads in `zhlora --help`, in order.
 EXPECTED_VERBS = ["download-data", "preprocess", "download-model", "evaluate", "train", "merge", "compare", "report",
                   "run", "sweep", "ls"]
