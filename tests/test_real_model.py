@@ -86,7 +86,7 @@ def test_english_perplexity_is_far_below_the_random_tiny_models(baseline_en, tin
     """A pretrained model predicts English text; random weights do not (perplexity ~ vocabulary size)."""
     from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items
     from zhlora.evaluation.specs import resolve_spec
-    from zhlora.modeling import load_model, load_tokenizer
+    from zhlora.models.loading import load_model, load_tokenizer
 
     real = json.loads((baseline_en / "results.json").read_text(encoding="utf-8"))["benchmarks"]["ppl_en"]
     items = {"ppl_en": load_benchmark_items(sample_data_dir, resolve_spec("ppl_en"))}
@@ -100,7 +100,7 @@ def test_five_shot_mmlu_predictions_are_deterministic(smollm2_model_dir, sample_
     """Two evaluations of the same items give identical predictions and log-likelihoods."""
     from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items
     from zhlora.evaluation.specs import resolve_spec
-    from zhlora.modeling import load_model, load_tokenizer
+    from zhlora.models.loading import load_model, load_tokenizer
 
     spec = resolve_spec("mmlu")
     model, tokenizer = load_model(smollm2_model_dir), load_tokenizer(smollm2_model_dir)

@@ -24,6 +24,7 @@ from typing import Any
 
 from zhlora.data.templates import TEMPLATES
 from zhlora.errors import ConfigError, did_you_mean
+from zhlora.forgetting_budget import parse_budget
 
 ALL_DATA_SOURCES = ["belle", "ceval", "cmmlu", "mmlu", "gsm8k", "english_text"]
 # Downloaded only when named (or when replay_ratio > 0): English instructions for replay.
@@ -217,8 +218,6 @@ class TrainConfig:
                 f"got {self.probe_overhead}."
             )
         if self.forgetting_budget:
-            from zhlora.monitoring.budget import parse_budget
-
             parse_budget(self.forgetting_budget)
             if not self.monitor_every:
                 raise ConfigError(

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from zhlora.analysis.pairing import (
 )
 from zhlora.analysis.results_io import (
     ACCURACY_KINDS,
-    RESULTS_FILE,
+    FORGETTING_SCHEMA_VERSION,
     evaluated_at,
     load_document_losses,
     load_predictions,
@@ -38,13 +39,14 @@ from zhlora.analysis.results_io import (
 )
 from zhlora.errors import ConfigError, DataError, ZhloraError
 from zhlora.evaluation.scoring import PERPLEXITY_UNITS
+from zhlora.filenames import FORGETTING_FILE, FORGETTING_MD, RESULTS_FILE
 from zhlora.io_utils import atomic_write_json, atomic_write_text, provenance
+
+if TYPE_CHECKING:
+    from zhlora.config import ReportConfig
 
 logger = logging.getLogger(__name__)
 
-FORGETTING_SCHEMA_VERSION = 1
-FORGETTING_FILE = "forgetting.json"
-FORGETTING_MD = "forgetting.md"
 POWER, POWER_SIGNIFICANCE = 0.80, 0.05  # the detectable change: 80% power, two-sided alpha 0.05
 # Also the reading order of benchmarks in tables and charts.
 LANGUAGE_OF = {"ceval": "zh", "cmmlu": "zh", "ppl_zh": "zh", "mmlu": "en", "gsm8k": "en", "ppl_en": "en"}
@@ -412,6 +414,34 @@ def compare_results(
     atomic_write_json(out_dir / FORGETTING_FILE, forgetting)
     atomic_write_text(out_dir / FORGETTING_MD, forgetting_markdown(forgetting))
     return forgetting
+
+
+def compare_and_report(
+    base_dir: str | os.PathLike,
+    tuned_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    report: ReportConfig,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    training_log: str | os.PathLike | None = None,
+    write_html: bool = True,
+) -> tuple[dict, Path | None]:
+    """:func:`compare_results` with the statistics of ``report``, then (unless ``write_html`` is
+    False) :func:`zhlora.analysis.report.write_report`: what ``zhlora compare`` and ``zhlora evaluate``
+    with a baseline both do. Returns the forgetting dict and the report.html path (None without it).
+    """
+    from zhlora.analysis.report import write_report
+
+    forgetting = compare_results(
+        base_dir, tuned_dir, out_dir, bootstrap_samples=report.bootstrap_samples, confidence=report.confidence,
+        significance=report.significance, seed=report.stats_seed, data_dir=data_dir, overwrite=overwrite,
+    )
+    if not write_html:
+        return forgetting, None
+    html = write_report(out_dir, forgetting, base_dir=base_dir, tuned_dir=tuned_dir, training_log=training_log,
+                        language=report.chart_language)
+    return forgetting, html
 
 
 def _flipped_ids(base_rows: list[dict], tuned_rows: list[dict]) -> set:

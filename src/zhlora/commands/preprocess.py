@@ -30,8 +30,7 @@ def main(args: argparse.Namespace) -> int:
     """Load the model's tokenizer, preprocess, and print the row counts and tokens per Chinese character."""
     from zhlora.data.preprocess import preprocess_data
     from zhlora.locking import folder_lock
-    from zhlora.modeling import load_tokenizer
-    from zhlora.models.loading import check_model_argument
+    from zhlora.models.loading import check_model_argument, load_tokenizer
 
     cfg = config_from_args(args)
     data = cfg.data

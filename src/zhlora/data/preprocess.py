@@ -36,7 +36,6 @@ IGNORE_INDEX = -100  # label value PyTorch's cross-entropy skips
 META_NAME = "meta.json"
 STATS_NAME = "stats.json"
 TRAIN_DIRNAME = "train_dataset"
-EVAL_DIRNAME = "eval_dataset"
 TOKENIZE_BATCH_ROWS = 1000
 CHAR_RATIO_ROWS = 2000  # rows measured for tokens per Chinese character
 # What to do about each drop reason of tokenize_rows (formatted with the input file and the settings).
@@ -289,7 +288,10 @@ def preprocess_data(
     seed: int = 42,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Build ``train_dataset`` (BELLE sample [+ alpaca replay]) and ``eval_dataset`` (held-out BELLE).
+    """Build ``train_dataset`` (BELLE sample [+ alpaca replay]) and count the held-out BELLE rows.
+
+    The held-out rows go through the same length rule so ``stats.json`` shows how they fare
+    (``eval``); they are not saved as a dataset: ``ppl_zh`` scores ``belle/heldout.jsonl`` itself.
 
     Returns the statistics written to ``stats.json``. ``meta.json`` is written last and
     marks the output complete; a complete output made from the same inputs and settings is
@@ -359,5 +361,5 @@ def preprocess_data(
         "data_dir": str(data_dir),
         "provenance": provenance(),
     }
-    _write_outputs(output_dir, {TRAIN_DIRNAME: train_columns, EVAL_DIRNAME: eval_columns}, stats, meta)
+    _write_outputs(output_dir, {TRAIN_DIRNAME: train_columns}, stats, meta)
     return stats

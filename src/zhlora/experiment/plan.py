@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from zhlora.config import SIZE_FIELDS, ExperimentConfig, config_to_dict
+from zhlora.data.preprocess import META_NAME
 from zhlora.errors import ConfigError
 from zhlora.experiment.layout import (
     BASELINE_NAME,
@@ -20,6 +21,7 @@ from zhlora.experiment.layout import (
     seed_configs,
 )
 from zhlora.experiment.reports import write_run_report
+from zhlora.filenames import FORGETTING_FILE, REPORT_HTML, RESULTS_FILE
 from zhlora.io_utils import dumps_json, sha256_file
 
 
@@ -100,8 +102,7 @@ def _model_stamp(folder: Path) -> Callable[[], str | None]:
     """The sha256 of ``zhlora_manifest.json`` when every file it lists is present."""
 
     def stamp() -> str | None:
-        from zhlora.modeling import MANIFEST_NAME, read_manifest
-        from zhlora.models.manifest import manifest_files_present
+        from zhlora.models.manifest import MANIFEST_NAME, manifest_files_present, read_manifest
 
         manifest = read_manifest(folder)
         if manifest is None or not manifest_files_present(folder, manifest):
@@ -221,7 +222,7 @@ def _evaluate_step(
                  "--no_compare"]  # the compare step below does it, with the run's report settings
     return Step(
         id=f"evaluate.{name}", settings=settings, inputs=tuple(inputs),
-        stamp=_file_stamp(layout.eval_dir(name) / "results.json"), verb="evaluate", argv=tuple(argv),
+        stamp=_file_stamp(layout.eval_dir(name) / RESULTS_FILE), verb="evaluate", argv=tuple(argv),
         redo_flags=("--overwrite",), resumes=True, writes=(layout.eval_dir(name),),
     )
 
@@ -239,7 +240,7 @@ def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[
     steps = [Step(
         id=preprocess_id,
         settings={**_pick(raw["data"], PREPROCESS_FIELDS), "trust_remote_code": cfg.model.trust_remote_code},
-        inputs=tuple(preprocess_inputs), stamp=_file_stamp(processed / "meta.json"), verb="preprocess",
+        inputs=tuple(preprocess_inputs), stamp=_file_stamp(processed / META_NAME), verb="preprocess",
         argv=("--config", config_file, "--data_dir", str(layout.data_dir), "--processed_dir", str(processed),
               "--model_name_or_path", str(layout.base_model)),
         redo_flags=("--force",), writes=(processed,),
@@ -268,7 +269,7 @@ def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[
         steps.append(Step(
             id=f"compare.{name}", settings=_pick(raw["report"], COMPARE_FIELDS),
             inputs=(f"evaluate.{BASELINE_NAME}", f"evaluate.{name}"),
-            stamp=_file_stamp(layout.eval_dir(name) / "forgetting.json"), verb="compare",
+            stamp=_file_stamp(layout.eval_dir(name) / FORGETTING_FILE), verb="compare",
             argv=(str(layout.eval_dir(BASELINE_NAME)), str(layout.eval_dir(name)), "--config", config_file,
                   "--data_dir", str(layout.data_dir), "--no-report", "--overwrite", "--quiet"),
             writes=(layout.eval_dir(name),),
@@ -307,7 +308,7 @@ def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
     report_dir, processed = layout.eval_dir(run), layout.processed_dir(cfg.data.replay_ratio)
     steps.append(Step(
         id=f"report.{run}", settings=settings,
-        inputs=(*compare_ids, *(f"train.{c.run_name}" for c in runs)), stamp=_file_stamp(report_dir / "report.html"),
+        inputs=(*compare_ids, *(f"train.{c.run_name}" for c in runs)), stamp=_file_stamp(report_dir / REPORT_HTML),
         action=lambda: write_run_report(layout, run, scales, cfg.report.chart_language, cfg.report.confidence,
                                         processed_dir=processed, seed_runs=seed_runs),
         description=f"built in: like `zhlora report {report_dir}`"

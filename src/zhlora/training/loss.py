@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from zhlora.training.packing import IGNORE_INDEX
+from zhlora.data.preprocess import IGNORE_INDEX
 
 
 def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
