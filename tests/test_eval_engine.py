@@ -14,8 +14,9 @@ from zhlora.evaluation.hf_model import HFEvalModel, cut_at_stop
 from zhlora.evaluation.items import load_benchmark_items
 from zhlora.evaluation.prompts import fewshot_prompt
 from zhlora.evaluation.requests import ChoiceRequest, ScoredSequence, encode_choice
-from zhlora.evaluation.runner import choice_requests, evaluate_benchmarks
+from zhlora.evaluation.runner import evaluate_benchmarks
 from zhlora.evaluation.specs import resolve_spec
+from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
 TOLERANCE = 1e-4
 

@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zhlora.data import benchmarks as benchmark_registry
+from zhlora.data.catalog import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
 from zhlora.data.templates import TEMPLATES
 from zhlora.errors import ConfigError, did_you_mean
 
-ALL_DATA_SOURCES = ["belle", "ceval", "cmmlu", "mmlu", "gsm8k", "english_text"]
-# Downloaded only when named (or when replay_ratio > 0): English instructions for replay.
-OPTIONAL_DATA_SOURCES = ["alpaca"]
-ALL_BENCHMARKS = ["ceval", "cmmlu", "mmlu", "gsm8k", "ppl_zh", "ppl_en"]
+ALL_BENCHMARKS = benchmark_registry.benchmark_names(default_only=True)
 # How many items each benchmark scores (None = all): set independently, recorded in results.json.
-SIZE_FIELDS = ("limit", "gsm8k_limit", "ppl_zh_documents", "ppl_en_documents")
+# One EvalConfig field per distinct size_field of the registry, in registry order.
+SIZE_FIELDS = tuple(dict.fromkeys(bench.size_field for bench in benchmark_registry.BENCHMARKS.values()))
 LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -235,7 +235,7 @@ class EvalConfig:
 
     benchmarks: list[str] = field(
         default_factory=lambda: list(ALL_BENCHMARKS),
-        metadata=_help("Benchmarks to run (comma-separated): ceval, cmmlu, mmlu, gsm8k, ppl_zh, ppl_en."),
+        metadata=_help(f"Benchmarks to run (comma-separated): {', '.join(ALL_BENCHMARKS)}."),
     )
     protocol: str = field(
         default="lm-eval", metadata=_help("Prompt format: lm-eval (comparable with the field) or official.")
@@ -286,9 +286,9 @@ class EvalConfig:
                 raise ConfigError(f"--adapter_scales values must be in [0, 1], got {scale}.")
 
     def size_of(self, benchmark: str) -> int | None:
-        """The item limit of one benchmark: per subject for multiple choice, in total for the others."""
-        return {"gsm8k": self.gsm8k_limit, "ppl_zh": self.ppl_zh_documents,
-                "ppl_en": self.ppl_en_documents}.get(benchmark, self.limit)
+        """The item limit of one benchmark (its registry ``size_field``): per subject for multiple choice,
+        in total for the others."""
+        return getattr(self, benchmark_registry.get(benchmark).size_field)
 
 
 @dataclass

@@ -13,10 +13,9 @@ the results folder. See docs/evaluation.md.
 
 from zhlora.evaluation.items import BenchmarkItems, load_benchmark_items
 from zhlora.evaluation.runner import BenchmarkResult, evaluate_benchmarks
-from zhlora.evaluation.specs import SPECS, benchmark_names, resolve_spec
+from zhlora.evaluation.specs import benchmark_names, resolve_spec
 
 __all__ = [
-    "SPECS",
     "BenchmarkItems",
     "BenchmarkResult",
     "benchmark_names",

@@ -144,7 +144,7 @@ def benchmark_spec_versions(benchmarks: Sequence[str], protocol: str, gsm8k_vari
 
 def needed_sources(cfg: ExperimentConfig, replay_ratios: Sequence[float]) -> list[str]:
     """``data.datasets`` plus what the pipeline reads: BELLE, the benchmarks' sources, alpaca for replay."""
-    from zhlora.config import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
+    from zhlora.data.catalog import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
 
     needed = {"belle", *cfg.data.datasets, *benchmark_sources(cfg.eval.benchmarks, cfg.eval.protocol, cfg.eval.gsm8k_variant)}
     if any(ratio > 0 for ratio in replay_ratios):
