@@ -157,7 +157,7 @@ def needed_sources(cfg: ExperimentConfig, replay_ratios: Sequence[float]) -> lis
 DATA_SOURCE_FIELDS = ("source",)
 BELLE_FIELDS = ("source", "belle_dataset", "belle_sample_size", "belle_heldout_size", "data_seed")
 MODEL_SOURCE_FIELDS = ("model_name_or_path", "model_source", "revision")
-PREPROCESS_FIELDS = ("prompt_template", "max_seq_length", "overlong", "replay_ratio", "data_seed")
+PREPROCESS_FIELDS = ("prompt_template", "overlong", "replay_ratio", "data_seed")  # + train.max_seq_length
 MODEL_LOAD_FIELDS = ("torch_dtype", "load_in_4bit", "trust_remote_code")
 EVAL_FIELDS = ("benchmarks", "protocol", "shots", "gsm8k_variant", *SIZE_FIELDS, "subjects", "max_new_tokens", "backend")
 COMPARE_FIELDS = ("bootstrap_samples", "confidence", "significance", "stats_seed")
@@ -238,7 +238,8 @@ def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[
     preprocess_inputs = ["download-data.belle", "download-model"] + (["download-data.alpaca"] if ratio > 0 else [])
     steps = [Step(
         id=preprocess_id,
-        settings={**_pick(raw["data"], PREPROCESS_FIELDS), "trust_remote_code": cfg.model.trust_remote_code},
+        settings={**_pick(raw["data"], PREPROCESS_FIELDS), "max_seq_length": cfg.train.max_seq_length,
+                  "trust_remote_code": cfg.model.trust_remote_code},
         inputs=tuple(preprocess_inputs), stamp=_file_stamp(processed / "meta.json"), verb="preprocess",
         argv=("--config", config_file, "--data_dir", str(layout.data_dir), "--processed_dir", str(processed),
               "--model_name_or_path", str(layout.base_model)),
