@@ -558,7 +558,7 @@ def add_config_flags(parser: argparse.ArgumentParser, groups: list[str], used: C
                 target.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             else:
                 target.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
-    for (old_group, key), new_group in MOVED_KEYS.items():
+    for old_group, key in MOVED_KEYS:
         if old_group in groups:  # the old dotted flag, accepted quietly (config_from_args moves it)
             parser.add_argument(f"--{old_group}.{key}", dest=f"cfg__{old_group}__{key}", default=argparse.SUPPRESS,
                                 help=argparse.SUPPRESS)
