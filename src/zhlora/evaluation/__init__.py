@@ -1,4 +1,6 @@
-"""Evaluation: declarative benchmark specs and the log-likelihood, generation and perplexity engines.
+"""Evaluation: one task per kind of benchmark spec (``tasks``) behind one engine interface (``engine``).
+
+The specs and every other fact about a benchmark live in the registry, :mod:`zhlora.data.benchmarks`.
 
 Library API (works on an in-memory model, e.g. during training)::
 
