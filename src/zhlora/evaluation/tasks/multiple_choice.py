@@ -20,7 +20,7 @@ from zhlora.evaluation.prefix import PrefixUse
 from zhlora.evaluation.prompts import fewshot_prompt
 from zhlora.evaluation.requests import ChoiceRequest, encode_choice
 from zhlora.evaluation.scoring import LL_DIGITS, predicted_letter, summarize_choice
-from zhlora.evaluation.tasks import choice as choice_hooks
+from zhlora.evaluation.tasks.choice import letter_token_ids, question_fields, subject_fields
 from zhlora.io_utils import sha256_file
 
 
@@ -28,20 +28,20 @@ def choice_requests(tokenizer, bench: BenchmarkItems, subject: str, questions: S
     """The requests of one subject's questions under the benchmark's spec and shots."""
     spec: ChoiceSpec = bench.spec
     info = bench.subjects.get(subject)
-    description = spec.description.format(**choice_hooks.subject_fields(subject, info.name_zh if info else None))
+    description = spec.description.format(**subject_fields(subject, info.name_zh if info else None))
     shots = [
-        (spec.doc_to_text.format(**choice_hooks.question_fields(q)), q.answer)
+        (spec.doc_to_text.format(**question_fields(q)), q.answer)
         for q in bench.fewshot.get(subject, [])[: bench.shots]
     ]
     letter_ids: tuple[int, ...] = ()
     continuations: tuple[str, ...] = ()
     if spec.scoring.startswith("letter_token:"):
-        letter_ids = tuple(choice_hooks.letter_token_ids(tokenizer, spec.scoring.split(":", 1)[1], spec.choices))
+        letter_ids = tuple(letter_token_ids(tokenizer, spec.scoring.split(":", 1)[1], spec.choices))
     else:
         continuations = tuple(spec.target_delimiter + letter for letter in spec.choices)
     return [
         ChoiceRequest(
-            prompt=fewshot_prompt(description, shots, spec.doc_to_text.format(**choice_hooks.question_fields(q)),
+            prompt=fewshot_prompt(description, shots, spec.doc_to_text.format(**question_fields(q)),
                                   spec.target_delimiter, spec.fewshot_delimiter),
             continuations=continuations,
             letter_token_ids=letter_ids,
