@@ -77,9 +77,11 @@ def main(args: argparse.Namespace) -> int:
             print(f"{name:<13} {description}  [hub: {repo}]")
         print("\nFetch with: zhlora download-data --source hf|modelscope|sample|local:DIR --datasets NAME,...")
     elif args.what == "benchmarks":
+        from zhlora.data.benchmarks import language_of
+
         for name, variant, kind, spec in benchmark_entries():
             data = f"{spec.source}/{spec.eval_split}"
-            print(f"{name:<8} {variant:<10} {kind:<16} v{spec.version}  data: {data}  ({spec.reference})")
+            print(f"{name:<8} {language_of(name)}  {variant:<10} {kind:<16} v{spec.version}  data: {data}  ({spec.reference})")
         print("\nChoose with: zhlora evaluate --benchmarks NAME,... --protocol lm-eval|official --gsm8k_variant VARIANT")
     elif args.what == "models":
         for name, description, where in model_entries():
