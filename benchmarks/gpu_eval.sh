@@ -12,8 +12,8 @@
 # "identical_prompts" must equal "items".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible')"
-python benchmarks/eval_throughput.py \
+"${PYTHON:-python3}" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible')"
+"${PYTHON:-python3}" benchmarks/eval_throughput.py \
   --device cuda --torch_dtype bfloat16 \
   --hidden_size 4096 --layers 32 --intermediate_size 11008 \
   --items_per_subject "${ITEMS:-40}" --batch_size "${BATCH:-16}" \

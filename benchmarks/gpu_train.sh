@@ -13,8 +13,8 @@
 # to 2048 tokens does not fit otherwise). Writes benchmarks/gpu_train_result.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible')"
-python benchmarks/train_throughput.py \
+"${PYTHON:-python3}" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible')"
+"${PYTHON:-python3}" benchmarks/train_throughput.py \
   --preset llama2-7b --device cuda --dtype bfloat16 --max_seq_length 2048 \
   --steps "${STEPS:-10}" --zhlora_batch "${ZHLORA_BATCH:-2}" --standard_batch "${STANDARD_BATCH:-16}" \
   --rows 20000 --rounds 1 --gradient_checkpointing \

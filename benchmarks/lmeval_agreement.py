@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eval_throughput import REPO, SHARED, _argmax, _load, ensure_lm_eval_venv  # noqa: E402
+from lmeval_side import SHARED, argmax, ensure_lm_eval_venv, load_model, run_lm_eval, worker_env, write_subset  # noqa: E402
 
 # 8 subjects per benchmark across STEM, humanities and social science; the first N scored items of each.
 SUBJECTS = {
@@ -52,91 +52,6 @@ SUBJECTS = {
 EVAL_SPLIT = {"ceval": "val", "cmmlu": "test", "mmlu": "test"}
 
 
-def prepare_data(work: Path, items_per_subject: int) -> Path:
-    """Normalized data (``download-data --source local:../shared/data``), then per-subject few-shot and
-    scored JSON lines files for lm-eval: the same rows, in the same order, zhlora scores."""
-    from zhlora.data.sources import download_data
-    from zhlora.io_utils import read_jsonl
-
-    data = work / "data"
-    download_data(data, source=f"local:{SHARED}", datasets=list(SUBJECTS))
-    for benchmark, subjects in SUBJECTS.items():
-        for split, name, limit in (("dev", "dev", 5), (EVAL_SPLIT[benchmark], "eval", items_per_subject)):
-            rows = read_jsonl(data / benchmark / f"{split}.jsonl")
-            for subject in subjects:
-                chosen = [r for r in rows if r["subject"] == subject][:limit]
-                path = work / "subset" / benchmark / f"{subject}_{name}.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen), encoding="utf-8")
-    return data
-
-
-def task_config(benchmark: str, subject: str, subset: Path) -> dict:
-    """An lm-eval task over local files that renders lm-eval's own ``ceval-valid`` / ``cmmlu`` / ``mmlu`` prompt."""
-    from zhlora.data.categories import subject_table
-
-    if benchmark == "mmlu":
-        description = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-        cue = "Answer:"
-    elif benchmark == "cmmlu":
-        description = f"以下是关于{subject_table('cmmlu')[subject].name_zh}的单项选择题，请直接给出正确答案的选项。\n\n"
-        cue = "答案："
-    else:
-        description = f"以下是中国关于{subject_table('ceval')[subject].name_zh}的单项选择题，请选出其中的正确答案。\n\n"
-        cue = "答案："
-    return {
-        "task": f"za_{benchmark}_{subject}",
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {s: str(subset / benchmark / f"{subject}_{s}.jsonl") for s in ("dev", "eval")}},
-        "test_split": "eval",
-        "fewshot_split": "dev",
-        "fewshot_config": {"sampler": "first_n"},
-        "output_type": "multiple_choice",
-        "description": description,
-        "doc_to_text": "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\n"
-                       + cue,
-        "doc_to_choice": ["A", "B", "C", "D"],
-        "doc_to_target": "{{['A', 'B', 'C', 'D'].index(answer)}}",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0},
-    }
-
-
-def lm_eval_worker(model_dir: Path, subset: Path, batch_size: int, out: Path) -> None:
-    """Inside the lm-eval venv: per item the context, continuations, log-likelihoods and ``_encode_pair`` ids."""
-    import lm_eval
-    import torch
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    tasks_dir = Path(tempfile.mkdtemp(prefix="za_tasks_"))
-    names = []
-    for benchmark, subjects in SUBJECTS.items():
-        for subject in subjects:
-            config = task_config(benchmark, subject, subset)
-            (tasks_dir / f"{config['task']}.yaml").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
-            names.append(config["task"])
-    model, tokenizer = _load(model_dir, "float32", "cpu")
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    started = time.perf_counter()
-    results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=5, task_manager=TaskManager(
-        include_path=str(tasks_dir), include_defaults=False), log_samples=True, bootstrap_iters=0)
-    items = {}
-    for samples in results["samples"].values():
-        for sample in samples:
-            context = sample["arguments"][0][0]
-            continuations = [arguments[1] for arguments in sample["arguments"]]
-            pairs = [lm._encode_pair(context, continuation) for continuation in continuations]
-            items[sample["doc"]["id"]] = {
-                "context": context, "continuations": continuations,
-                "loglikelihoods": [float(resp[0][0]) for resp in sample["resps"]],
-                "context_ids": [pair[0] for pair in pairs], "continuation_ids": [pair[1] for pair in pairs],
-            }
-    out.write_text(json.dumps({"seconds": time.perf_counter() - started, "items": items, "version": lm_eval.__version__,
-                               "max_length": lm.max_length}, ensure_ascii=False))
-
-
 def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: int) -> dict:
     """zhlora's engine on the same items: prompts, token ids (``encode_choice``) and log-likelihoods."""
     import torch
@@ -146,7 +61,7 @@ def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: 
     from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    model, tokenizer = _load(model_dir, "float32", "cpu")
+    model, tokenizer = load_model(model_dir, "float32", "cpu")
     benches = {name: load_benchmark_items(data, resolve_spec(name), shots=5, subjects=subjects, limit=items_per_subject)
                for name, subjects in SUBJECTS.items()}
     started = time.perf_counter()
@@ -174,7 +89,7 @@ def tokenization_check(model_dir: Path, data: Path, items_per_subject: int) -> d
     from zhlora.evaluation.requests import encode_choice
     from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
-    model, tokenizer = _load(model_dir, "float32", "cpu")
+    model, tokenizer = load_model(model_dir, "float32", "cpu")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1)
     items = identical = 0
     for name, subjects in SUBJECTS.items():
@@ -209,7 +124,7 @@ def compare(ours: dict, theirs: dict) -> dict:
             mine["context_ids"] == context and ids == continuation
             for context, continuation, ids in zip(other["context_ids"], other["continuation_ids"], mine["continuation_ids"])
         )
-        same = _argmax(mine["loglikelihoods"]) == _argmax(other["loglikelihoods"])
+        same = argmax(mine["loglikelihoods"]) == argmax(other["loglikelihoods"])
         counts["identical_predictions"] += same
         largest = max(largest, *(abs(a - b) for a, b in zip(mine["loglikelihoods"], other["loglikelihoods"])))
         if not same:
@@ -217,7 +132,7 @@ def compare(ours: dict, theirs: dict) -> dict:
                                   "zhlora_top_gap": _top_gap(mine["loglikelihoods"]),
                                   "lm_eval_top_gap": _top_gap(other["loglikelihoods"])})
     n = len(ours["items"])
-    gold_acc = sum(_argmax(m["loglikelihoods"]) == "ABCD".index(m["gold"]) for m in ours["items"].values()) / n
+    gold_acc = sum(argmax(m["loglikelihoods"]) == "ABCD".index(m["gold"]) for m in ours["items"].values()) / n
     return {"items": n, "subjects": len(subjects), **counts, "max_abs_loglikelihood_difference": largest,
             "disagreements": disagreements, "zhlora_accuracy": round(gold_acc, 4),
             "zhlora_seconds": round(ours["seconds"], 1), "lm_eval_seconds": round(theirs["seconds"], 1)}
@@ -242,12 +157,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.tokenization_only:
         with tempfile.TemporaryDirectory(prefix="zhlora_lmeval_tokens_") as tmp:
-            figures = tokenization_check(Path(args.model_dir), prepare_data(Path(tmp), args.items_per_subject),
+            figures = tokenization_check(Path(args.model_dir), write_subset(Path(tmp), SUBJECTS, EVAL_SPLIT, args.items_per_subject),
                                          args.items_per_subject)
         print(json.dumps(figures))
         return 0 if figures["items"] == figures["identical_tokenization"] else 1
     if args.worker:
-        lm_eval_worker(Path(args.model_dir), Path(args.worker[0]), args.batch_size, Path(args.worker[1]))
+        figures = run_lm_eval(Path(args.model_dir), Path(args.worker[0]), SUBJECTS, args.batch_size, "float32", "cpu",
+                              with_token_ids=True)
+        Path(args.worker[1]).write_text(json.dumps(figures, ensure_ascii=False), encoding="utf-8")
         return 0
     if not (SHARED / "README.md").is_file():
         print(f"{SHARED} is absent: this benchmark needs the real data folder.", file=sys.stderr)
@@ -257,12 +174,12 @@ def main() -> int:
     python = None if args.lm_eval_results else Path(args.lm_eval_python) if args.lm_eval_python else ensure_lm_eval_venv()
     with tempfile.TemporaryDirectory(prefix="zhlora_lmeval_agreement_") as tmp:
         work = Path(tmp)
-        data = prepare_data(work, args.items_per_subject)
+        data = write_subset(work, SUBJECTS, EVAL_SPLIT, args.items_per_subject)
         lm_eval_out = Path(args.lm_eval_results) if args.lm_eval_results else work / "lm_eval.json"
         if not args.lm_eval_results:
             subprocess.run([str(python), __file__, "--model_dir", args.model_dir, "--batch_size", str(args.batch_size),
                             "--worker", str(work / "subset"), str(lm_eval_out)],
-                           check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+                           check=True, env=worker_env())
             if args.out:
                 Path(f"{args.out}.lm_eval.json").write_bytes(lm_eval_out.read_bytes())
         theirs = json.loads(lm_eval_out.read_text(encoding="utf-8"))

@@ -156,3 +156,26 @@ def test_packed_batch_gives_each_token_the_loss_it_has_alone(tiny_model_dir, att
     torch.testing.assert_close(loss_sum, packed.sum(), rtol=1e-6, atol=1e-5)
     leaky_losses = F.cross_entropy(leaky.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
     assert (leaky_losses[batch.targets.flatten() != IGNORE_INDEX] - alone).abs().max() > 1e-3
+
+
+def test_packed_loss_is_the_same_where_transformers_cannot_mask_logits(tiny_model_dir, monkeypatch):
+    """Older transformers 5.x releases take no boolean ``logits_to_keep``: the fallback (every logit,
+    the scored ones picked after) gives the same summed loss."""
+    from zhlora.modeling import load_model
+    from zhlora.training import loop
+
+    model = load_model(tiny_model_dir, torch_dtype="float32")
+    rng = np.random.default_rng(1)
+    rows = []
+    for length in (25, 40, 12):
+        ids = rng.integers(3, model.config.vocab_size, size=length)
+        labels = ids.copy()
+        labels[: length // 2] = IGNORE_INDEX
+        rows.append((ids, labels))
+    batch = collate_bins([[rows[0], rows[2]], [rows[1]]], pad_token_id=0)
+    with torch.no_grad():
+        masked = loop.packed_forward(model, batch, "sdpa", torch.float32, "cpu")
+        monkeypatch.setattr(loop, "_masked_logits_supported", lambda: False)
+        full = loop.packed_forward(model, batch, "sdpa", torch.float32, "cpu")
+    assert masked[1] == full[1] == sum(int((labels[1:] != IGNORE_INDEX).sum()) for _, labels in rows)
+    torch.testing.assert_close(masked[0], full[0], rtol=1e-6, atol=1e-5)

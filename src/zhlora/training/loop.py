@@ -15,6 +15,7 @@ Each optimizer step:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import signal
@@ -132,12 +133,25 @@ def packed_forward(model, batch: PackedBatch, layout: str, mask_dtype: torch.dty
     transformers projects just those hidden states): the vocabulary projection, its float32 copy
     and the cross-entropy of prompt tokens and padding are skipped, which leaves the loss as it
     was and saves ~30% of the output layer's work on instruction data (49k x 576 of SmolLM2's
-    135M weights are that layer).
+    135M weights are that layer). transformers releases before the boolean ``logits_to_keep``
+    (``slice_logits_to_keep``) compute every logit and the scored ones are picked after: the same loss.
     """
     targets = batch.targets.to(device)
     scored = targets != IGNORE_INDEX
-    logits = model(**packed_inputs(batch, layout, mask_dtype, device), logits_to_keep=scored).logits
+    inputs = packed_inputs(batch, layout, mask_dtype, device)
+    if _masked_logits_supported():
+        logits = model(**inputs, logits_to_keep=scored).logits
+    else:
+        logits = model(**inputs).logits[scored]
     return token_loss_sum(logits, targets[scored])
+
+
+@functools.cache
+def _masked_logits_supported() -> bool:
+    """Whether this transformers takes a boolean ``(batch, sequence)`` mask as ``logits_to_keep``."""
+    from transformers import modeling_utils
+
+    return hasattr(modeling_utils, "slice_logits_to_keep")
 
 
 class StopSignals:
