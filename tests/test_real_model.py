@@ -20,8 +20,11 @@ from zhlora.cli import run_command
 TRAIN_FLAGS = ["--max_steps", "3", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
                "--max_seq_length", "256", "--warmup_ratio", "0", "--lr_scheduler_type", "constant", "--lora_rank", "8",
                "--lora_alpha", "16", "--save_steps", "100", "--logging_steps", "1", "--seed", "0"]
-EVAL_FLAGS = ["--benchmarks", "ppl_zh,ppl_en", "--ppl_zh_documents", "20", "--prompt_template", "chat", "--batch_size", "4",
-              "--sample_max_new_tokens", "0"]
+EVAL_FLAGS = ["--prompt_template", "chat", "--batch_size", "4", "--sample_max_new_tokens", "0"]
+# One probe per baseline, so each test pays only for the side it checks: 20 held-out Chinese
+# responses, or all 22 bundled English articles (intervals need at least 20 documents).
+ZH_FLAGS = ["--benchmarks", "ppl_zh", "--ppl_zh_documents", "20", *EVAL_FLAGS]
+EN_FLAGS = ["--benchmarks", "ppl_en", *EVAL_FLAGS]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,23 +47,33 @@ def processed(smollm2_model_dir, sample_data_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def baseline(smollm2_model_dir, sample_data_dir, processed, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("smollm2_eval") / "baseline"
-    assert run_command("evaluate", ["--model_path", str(smollm2_model_dir), "--data_dir", str(sample_data_dir),
-                                    "--results_dir", str(out), *EVAL_FLAGS]) == 0
+def _evaluate_baseline(model: Path, data: Path, out: Path, flags: list[str]) -> Path:
+    assert run_command("evaluate", ["--model_path", str(model), "--data_dir", str(data), "--results_dir", str(out),
+                                    *flags]) == 0
     return out
 
 
+@pytest.fixture(scope="module")
+def baseline_zh(smollm2_model_dir, sample_data_dir, processed, tmp_path_factory) -> Path:
+    return _evaluate_baseline(smollm2_model_dir, sample_data_dir, tmp_path_factory.mktemp("smollm2_zh") / "baseline",
+                              ZH_FLAGS)
+
+
+@pytest.fixture(scope="module")
+def baseline_en(smollm2_model_dir, sample_data_dir, tmp_path_factory) -> Path:
+    return _evaluate_baseline(smollm2_model_dir, sample_data_dir, tmp_path_factory.mktemp("smollm2_en") / "baseline",
+                              EN_FLAGS)
+
+
 def _train_evaluate_compare(name: str, learning_rate: str, model: Path, processed: Path, data: Path,
-                            baseline: Path) -> dict:
-    """Train a LoRA with ``learning_rate``, evaluate it like the baseline, compare; the forgetting.json."""
+                            baseline: Path, flags: list[str]) -> dict:
+    """Train a LoRA with ``learning_rate``, evaluate it like the baseline (``flags``), compare; the forgetting.json."""
     run = baseline.parent / "results" / name
     assert run_command("train", ["--model_path", str(model), "--dataset_path", str(processed / "train_dataset"),
                                  "--output_dir", str(run), "--learning_rate", learning_rate, *TRAIN_FLAGS]) == 0
     tuned = baseline.parent / name
     assert run_command("evaluate", ["--model_path", str(model), "--lora_model_path", str(run), "--data_dir", str(data),
-                                    "--results_dir", str(tuned), "--no_compare", *EVAL_FLAGS]) == 0
+                                    "--results_dir", str(tuned), "--no_compare", *flags]) == 0
     assert run_command("compare", [str(baseline), str(tuned), "--no-report", "--bootstrap_samples", "2000"]) == 0
     return json.loads((tuned / "forgetting.json").read_text(encoding="utf-8"))
 
@@ -69,16 +82,16 @@ def _perplexity_row(forgetting: dict, benchmark: str) -> dict:
     return next(row for row in forgetting["perplexity"] if row["benchmark"] == benchmark)
 
 
-def test_english_perplexity_is_far_below_the_random_tiny_models(baseline, tiny_model_dir, sample_data_dir):
+def test_english_perplexity_is_far_below_the_random_tiny_models(baseline_en, tiny_model_dir, sample_data_dir):
     """A pretrained model predicts English text; random weights do not (perplexity ~ vocabulary size)."""
     from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items
     from zhlora.evaluation.specs import resolve_spec
     from zhlora.modeling import load_model, load_tokenizer
 
-    real = json.loads((baseline / "results.json").read_text(encoding="utf-8"))["benchmarks"]["ppl_en"]
-    items = {"ppl_en": load_benchmark_items(sample_data_dir, resolve_spec("ppl_en"), limit=8)}
+    real = json.loads((baseline_en / "results.json").read_text(encoding="utf-8"))["benchmarks"]["ppl_en"]
+    items = {"ppl_en": load_benchmark_items(sample_data_dir, resolve_spec("ppl_en"))}
     tiny = evaluate_benchmarks(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), items)["ppl_en"].summary
-    assert real["n_documents"] == tiny["n_documents"] == 6
+    assert real["n_documents"] == tiny["n_documents"] == 22  # every bundled article
     assert real["perplexity"] < 60, real  # measured 2026-11: ~20 on the bundled articles
     assert tiny["perplexity"] > 50 * real["perplexity"], (tiny["perplexity"], real["perplexity"])
 
@@ -100,36 +113,27 @@ def test_five_shot_mmlu_predictions_are_deterministic(smollm2_model_dir, sample_
         assert len(set(row["loglikelihoods"])) == 4 and max(row["loglikelihoods"]) < 0  # real, distinct scores
 
 
-def test_a_short_lora_run_lowers_the_held_out_chinese_loss(smollm2_model_dir, processed, sample_data_dir, baseline):
-    forgetting = _train_evaluate_compare("gentle", "2e-3", smollm2_model_dir, processed, sample_data_dir, baseline)
+def test_a_short_lora_run_lowers_the_held_out_chinese_loss(smollm2_model_dir, processed, sample_data_dir, baseline_zh):
+    forgetting = _train_evaluate_compare("gentle", "2e-3", smollm2_model_dir, processed, sample_data_dir, baseline_zh,
+                                         ZH_FLAGS)
     zh = _perplexity_row(forgetting, "ppl_zh")
     assert zh["n_documents"] == 20 and zh["tuned_loss"] < zh["base_loss"]
     assert zh["ci_high"] is not None and zh["ci_high"] < 0, zh  # the fall is resolved: its CI excludes 0
 
 
-@pytest.mark.slow  # 20 real WikiText articles, evaluated twice: minutes on one thread
-def test_a_harmful_run_shows_a_significant_english_perplexity_rise(smollm2_model_dir, processed, shared_eval_data,
-                                                                    tmp_path):
+# Reliable (loss 2.89 -> 15.8 nats, CI far above 0); 3 training steps plus one more ppl_en pass over
+# 4,369 tokens: 112 s on one thread at load 5-7, well under a minute on idle cores. Part of the default
+# suite because it is the one test that shows the analysis finding real forgetting in real weights.
+def test_a_harmful_run_shows_a_significant_english_perplexity_rise(smollm2_model_dir, processed, sample_data_dir,
+                                                                    baseline_en):
     """A learning rate far too high, on Chinese only: the forgetting analysis must report the damage.
 
-    The English side needs at least 20 documents for an interval (the bundled sample has 6), so
-    this uses the real WikiText articles of ``../shared/data`` (skips without them); too slow for
-    the default run, hence ``slow``.
+    Scored on the 22 bundled English articles (an interval needs at least 20 documents), so it
+    needs no ``../shared/data``.
     """
-    flags = ["--benchmarks", "ppl_en", "--ppl_en_documents", "20", "--prompt_template", "chat", "--batch_size", "4",
-             "--sample_max_new_tokens", "0"]
-    base = tmp_path / "baseline"
-    assert run_command("evaluate", ["--model_path", str(smollm2_model_dir), "--data_dir", str(shared_eval_data),
-                                    "--results_dir", str(base), *flags]) == 0
-    run = tmp_path / "results" / "harmful"
-    assert run_command("train", ["--model_path", str(smollm2_model_dir), "--dataset_path", str(processed / "train_dataset"),
-                                 "--output_dir", str(run), "--learning_rate", "3e-2", *TRAIN_FLAGS]) == 0
-    tuned = tmp_path / "harmful"
-    assert run_command("evaluate", ["--model_path", str(smollm2_model_dir), "--lora_model_path", str(run), "--data_dir",
-                                    str(shared_eval_data), "--results_dir", str(tuned), "--no_compare", *flags]) == 0
-    assert run_command("compare", [str(base), str(tuned), "--no-report", "--bootstrap_samples", "2000"]) == 0
-    forgetting = json.loads((tuned / "forgetting.json").read_text(encoding="utf-8"))
+    forgetting = _train_evaluate_compare("harmful", "3e-2", smollm2_model_dir, processed, sample_data_dir, baseline_en,
+                                         EN_FLAGS)
     en = _perplexity_row(forgetting, "ppl_en")
-    assert en["n_documents"] == 20 and en["relative_change"] > 0.2, en
+    assert en["n_documents"] == 22 and en["relative_change"] > 0.2, en
     assert en["ci_low"] is not None and en["ci_low"] > 0, en  # significant: the CI excludes 0
     assert forgetting["headline"]["english"]["perplexity_relative_change"] > 0

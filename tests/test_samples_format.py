@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from zhlora.analysis.stats import MIN_DOCUMENTS
+
 SAMPLES = Path(str(files("zhlora").joinpath("samples")))
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LETTERS = ("A", "B", "C", "D")
@@ -281,11 +283,11 @@ def test_gsm8k_format_and_arithmetic(split, low, high):
 
 def test_english_text_is_plain_prose():
     data = (SAMPLES / "english_text" / "english_sample.txt").read_bytes()
-    assert 4 * 1024 <= len(data) <= 8 * 1024
+    assert 16 * 1024 <= len(data) <= 24 * 1024  # short: both evaluations score every token
     text = data.decode("utf-8")
     assert "<unk>" not in text and " @-@ " not in text and "\r" not in text
     titles = re.findall(r"^= (.+) =$", text, flags=re.M)
-    assert len(titles) >= 4 and len(set(titles)) == len(titles)
+    assert len(titles) >= MIN_DOCUMENTS and len(set(titles)) == len(titles)  # ppl_en gets an interval
     paragraphs = [p for p in text.split("\n\n") if p.strip() and not p.startswith("= ")]
     assert len(paragraphs) >= 2 * len(titles)
 
