@@ -94,7 +94,7 @@ def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: 
         load_benchmark_items,
         resolve_spec,
     )
-    from zhlora.evaluation.runner import choice_requests
+    from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model, tokenizer = load_model(model_dir, torch_dtype, device)

@@ -15,12 +15,13 @@ import pytest
 import torch
 from test_eval_engine import TOLERANCE, _max_difference, plain_loglikelihoods
 
+from zhlora.data.benchmarks import resolve_spec
 from zhlora.evaluation.hf_model import HFEvalModel
 from zhlora.evaluation.items import load_benchmark_items
 from zhlora.evaluation.prefix import PrefixUse, shared_prefix_length
 from zhlora.evaluation.requests import encode_choice
-from zhlora.evaluation.runner import choice_requests, evaluate_benchmarks
-from zhlora.evaluation.specs import resolve_spec
+from zhlora.evaluation.runner import evaluate_benchmarks
+from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
 SUBJECTS = {"mmlu": ["astronomy"], "cmmlu": ["agronomy"], "ceval": ["computer_network"]}
 ITEMS = 4  # per subject

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from zhlora.data.benchmarks import resolve_spec
 from zhlora.evaluation.items import ALL, load_benchmark_items
 from zhlora.evaluation.runner import evaluate_benchmarks
-from zhlora.evaluation.specs import resolve_spec
 
 pytestmark = pytest.mark.shared_data
 

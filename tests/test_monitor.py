@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from zhlora.data.benchmarks import resolve_spec
 from zhlora.errors import DataError, ZhloraError
 from zhlora.evaluation.items import load_benchmark_items
-from zhlora.evaluation.specs import resolve_spec
 from zhlora.forgetting_budget import parse_budget
 from zhlora.monitoring import callback as callback_module
 from zhlora.monitoring.callback import ForgettingMonitor, overhead_line

@@ -37,6 +37,7 @@ from zhlora.analysis.results_io import (
     load_results,
     results_dir_of,
 )
+from zhlora.data.benchmarks import language_of, reading_order
 from zhlora.errors import ConfigError, DataError, ZhloraError
 from zhlora.evaluation.scoring import PERPLEXITY_UNITS
 from zhlora.filenames import FORGETTING_FILE, FORGETTING_MD, RESULTS_FILE
@@ -48,19 +49,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 POWER, POWER_SIGNIFICANCE = 0.80, 0.05  # the detectable change: 80% power, two-sided alpha 0.05
-# Also the reading order of benchmarks in tables and charts.
-LANGUAGE_OF = {"ceval": "zh", "cmmlu": "zh", "ppl_zh": "zh", "mmlu": "en", "gsm8k": "en", "ppl_en": "en"}
 
 
-def ordered_benchmarks(names) -> list[str]:
-    """Benchmark names in reading order: Chinese, then English, then any others alphabetically."""
-    known = list(LANGUAGE_OF)
-    return sorted(names, key=lambda name: (known.index(name) if name in known else len(known), name))
+def entry_language(name: str, entry: dict) -> str:
+    """A benchmark's language as its ``results.json`` entry records it; for files written before
+    entries carried one, the registry's (:mod:`zhlora.data.benchmarks`); ``other`` when neither knows."""
+    return entry.get("language") or language_of(name) or "other"
+
+
+def ordered_benchmarks(entries: dict) -> list[str]:
+    """The benchmarks of a ``results.json`` (name -> entry) in reading order: Chinese, then English, then others."""
+    return reading_order({name: entry_language(name, entry) for name, entry in entries.items()})
 
 
 def accuracy_row(
     *,
     benchmark: str,
+    language: str,
     level: str,
     name: str,
     family: str,
@@ -84,7 +89,7 @@ def accuracy_row(
         "level": level,
         "name": name,
         "family": family,
-        "language": LANGUAGE_OF.get(benchmark, "other"),
+        "language": language,
         "n": counts.n,
         "base_pct": base_pct,
         "tuned_pct": tuned_pct,
@@ -116,6 +121,7 @@ def apply_holm(rows: list[dict], significance: float) -> None:
 def benchmark_rows(name: str, base_entry: dict, tuned_entry: dict, paired: PairedItems, **options) -> list[dict]:
     """The benchmark row, then its category rows and subject rows (multiple choice only)."""
     base_correct, tuned_correct = paired.base_correct, paired.tuned_correct
+    options = {**options, "language": entry_language(name, base_entry)}
     top = accuracy_row(
         benchmark=name,
         level="benchmark",
@@ -194,7 +200,7 @@ def perplexity_row(
     """
     row = {
         "benchmark": name,
-        "language": LANGUAGE_OF.get(name, "other"),
+        "language": entry_language(name, base_entry),
         "n_documents": base_entry["n_documents"],
         "n_tokens": base_entry["n_tokens"],
         "base_loss": base_entry["loss"],

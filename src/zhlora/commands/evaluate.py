@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _resolve_specs(benchmarks: list[str], protocol: str, gsm8k_variant: str) -> dict:
-    from zhlora.evaluation.specs import resolve_spec
+    from zhlora.data.benchmarks import resolve_spec
 
     if not benchmarks:
         raise ConfigError("--benchmarks is empty; name at least one, e.g. --benchmarks mmlu,cmmlu.")

@@ -131,21 +131,21 @@ def _pick(values: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
 
 def benchmark_sources(benchmarks: Sequence[str], protocol: str, gsm8k_variant: str) -> list[str]:
     """The data sources the named benchmarks read (``ppl_zh`` reads BELLE's held-out slice)."""
-    from zhlora.evaluation.specs import resolve_spec
+    from zhlora.data.benchmarks import resolve_spec
 
     return sorted({resolve_spec(name, protocol, gsm8k_variant).source for name in benchmarks})
 
 
 def benchmark_spec_versions(benchmarks: Sequence[str], protocol: str, gsm8k_variant: str) -> dict[str, str]:
     """The version of each benchmark's spec: a new prompt or scoring rule (a version bump) redoes evaluations."""
-    from zhlora.evaluation.specs import resolve_spec
+    from zhlora.data.benchmarks import resolve_spec
 
     return {name: resolve_spec(name, protocol, gsm8k_variant).version for name in benchmarks}
 
 
 def needed_sources(cfg: ExperimentConfig, replay_ratios: Sequence[float]) -> list[str]:
     """``data.datasets`` plus what the pipeline reads: BELLE, the benchmarks' sources, alpaca for replay."""
-    from zhlora.config import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
+    from zhlora.data.catalog import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
 
     needed = {"belle", *cfg.data.datasets, *benchmark_sources(cfg.eval.benchmarks, cfg.eval.protocol, cfg.eval.gsm8k_variant)}
     if any(ratio > 0 for ratio in replay_ratios):
@@ -158,7 +158,7 @@ def needed_sources(cfg: ExperimentConfig, replay_ratios: Sequence[float]) -> lis
 DATA_SOURCE_FIELDS = ("source",)
 BELLE_FIELDS = ("source", "belle_dataset", "belle_sample_size", "belle_heldout_size", "data_seed")
 MODEL_SOURCE_FIELDS = ("model_name_or_path", "model_source", "revision")
-PREPROCESS_FIELDS = ("prompt_template", "max_seq_length", "overlong", "replay_ratio", "data_seed")
+PREPROCESS_FIELDS = ("prompt_template", "overlong", "replay_ratio", "data_seed")  # + train.max_seq_length
 MODEL_LOAD_FIELDS = ("torch_dtype", "load_in_4bit", "trust_remote_code")
 EVAL_FIELDS = ("benchmarks", "protocol", "shots", "gsm8k_variant", *SIZE_FIELDS, "subjects", "max_new_tokens", "backend")
 COMPARE_FIELDS = ("bootstrap_samples", "confidence", "significance", "stats_seed")
@@ -239,7 +239,8 @@ def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[
     preprocess_inputs = ["download-data.belle", "download-model"] + (["download-data.alpaca"] if ratio > 0 else [])
     steps = [Step(
         id=preprocess_id,
-        settings={**_pick(raw["data"], PREPROCESS_FIELDS), "trust_remote_code": cfg.model.trust_remote_code},
+        settings={**_pick(raw["data"], PREPROCESS_FIELDS), "max_seq_length": cfg.train.max_seq_length,
+                  "trust_remote_code": cfg.model.trust_remote_code},
         inputs=tuple(preprocess_inputs), stamp=_file_stamp(processed / META_NAME), verb="preprocess",
         argv=("--config", config_file, "--data_dir", str(layout.data_dir), "--processed_dir", str(processed),
               "--model_name_or_path", str(layout.base_model)),
