@@ -35,7 +35,7 @@ MODES = ("fp32", "bf16", "autocast")
 
 
 def _model(model_dir: Path, mode: str):
-    from zhlora.modeling import load_model
+    from zhlora.models.loading import load_model
 
     return load_model(model_dir, torch_dtype="bfloat16" if mode == "bf16" else "float32")
 
@@ -134,7 +134,8 @@ def main() -> int:
     from zhlora.data.sources import download_data
     from zhlora.evaluation import load_benchmark_items, resolve_spec
     from zhlora.io_utils import read_jsonl
-    from zhlora.modeling import build_tiny_model, load_tokenizer
+    from zhlora.models.loading import load_tokenizer
+    from zhlora.models.tiny import build_tiny_model
 
     torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
     peaks = {name: round(matmul_gflops(name), 2) for name in ("float32", "bfloat16")}

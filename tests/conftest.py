@@ -23,7 +23,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The built-in tiny Llama (model + tokenizer), built once per test session."""
-    from zhlora.modeling import build_tiny_model
+    from zhlora.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model") / "base_model")
 
@@ -45,7 +45,7 @@ def smollm2_gguf_file() -> Path:
 def smollm2_model_dir(smollm2_gguf_file, tmp_path_factory) -> Path:
     """``download-model --model_name_or_path smollm2-135m``: the real SmolLM2-135M imported once per
     session into a temporary ``base_model`` (about 40 s on an idle core; 540 MB of float32)."""
-    from zhlora.modeling import download_model
+    from zhlora.models.download import download_model
 
     return download_model("smollm2-135m", tmp_path_factory.mktemp("smollm2"))
 

@@ -107,7 +107,9 @@ def _write_log(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_loss_curve_ignores_rows_without_loss(tmp_path):
+def test_loss_curve_ignores_rows_without_loss(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
     log = _write_log(
         tmp_path / "training_log.jsonl",
         [
@@ -117,8 +119,21 @@ def test_loss_curve_ignores_rows_without_loss(tmp_path):
             {"step": 30, "loss": 1.9},
         ],
     )
+    drawn, save = [], Figure.savefig
+
+    def keep_figure(figure, *args, **kwargs):  # read the plotted series back from the figure that was saved
+        drawn.append(figure)
+        return save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep_figure)
     out = charts.plot_loss_curve(log, tmp_path / "loss_curve.png", language="en")
     _assert_png(out)
+    (figure,) = drawn
+    loss_axes, lr_axes = figure.axes
+    # the probe row at step 10 adds no point: one loss per logged step, in step order
+    assert [tuple(xy) for xy in loss_axes.lines[0].get_xydata()] == [(10, 2.5), (20, 2.1), (30, 1.9)]
+    # the learning rate only where a row has one
+    assert [tuple(xy) for xy in lr_axes.lines[0].get_xydata()] == [(10, 1e-4), (20, 2e-4)]
 
 
 def test_loss_curve_errors_name_the_file(tmp_path):

@@ -6,7 +6,8 @@ import pytest
 
 from zhlora.config import TrainConfig
 from zhlora.errors import ConfigError
-from zhlora.monitoring.budget import ProbePoint, limit_values, parse_budget, resolution_points, select_step, violations
+from zhlora.forgetting_budget import parse_budget
+from zhlora.monitoring.budget import ProbePoint, limit_values, resolution_points, select_step, violations
 
 BASE = ProbePoint(0, {"zh_loss": 2.00, "en_ppl": 10.0, "en_acc": 0.450})
 

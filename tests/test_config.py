@@ -52,12 +52,26 @@ def test_dotted_flags_and_lists_and_booleans():
     assert cfg.eval.benchmarks == ["ceval", "mmlu"]
 
 
-def test_shared_field_names_need_the_dotted_form():
-    # max_seq_length lives in data and train: only --data.max_seq_length / --train.max_seq_length exist.
-    with pytest.raises(SystemExit):
-        _parse(["--max_seq_length", "128"])
-    cfg = _parse(["--train.max_seq_length", "128"])
-    assert cfg.train.max_seq_length == 128 and cfg.data.max_seq_length == 1024
+def test_one_max_seq_length_and_old_configs_still_read(tmp_path, caplog):
+    """Issue 10: data and train each had a max_seq_length; there is one now, in train."""
+    assert not hasattr(ExperimentConfig().data, "max_seq_length")
+    assert _parse(["--max_seq_length", "128"]).train.max_seq_length == 128  # one field: the plain flag works
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  max_seq_length: 256\ntrain:\n  max_seq_length: 256\n", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        assert load_config(old).train.max_seq_length == 256
+    assert "data.max_seq_length is deprecated" in caplog.text
+    only_data = tmp_path / "only_data.yaml"
+    only_data.write_text("data:\n  max_seq_length: 300\n", encoding="utf-8")
+    assert load_config(only_data).train.max_seq_length == 300
+    assert _parse(["--config", str(only_data), "--max_seq_length", "64"]).train.max_seq_length == 64  # flag wins
+    assert _parse(["--data.max_seq_length", "96"]).train.max_seq_length == 96  # the old dotted flag
+    clash = tmp_path / "clash.yaml"
+    clash.write_text("data:\n  max_seq_length: 512\ntrain:\n  max_seq_length: 1024\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"data.max_seq_length \(512\) and train.max_seq_length \(1024\) differ"):
+        load_config(clash)
+    with pytest.raises(ConfigError, match="pass --max_seq_length only"):
+        _parse(["--data.max_seq_length", "96", "--max_seq_length", "64"])
 
 
 def test_flat_flag_when_the_command_has_one_group():

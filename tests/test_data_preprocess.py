@@ -40,7 +40,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
 
@@ -92,9 +92,9 @@ def test_preprocess_writes_masked_datasets_stats_and_meta(data_dir, tokenizer, t
     out = tmp_path / "processed"
     stats = preprocess_data(data_dir, out, tokenizer, template="alpaca", max_seq_length=512)
     train = load_from_disk(str(out / "train_dataset"))
-    held = load_from_disk(str(out / "eval_dataset"))
     assert train.column_names == ["input_ids", "labels", "length"]
-    assert (len(train), len(held)) == (30, 6) == (stats["train"]["rows_out"], stats["eval"]["rows_out"])
+    assert len(train) == 30 == stats["train"]["rows_out"] and stats["eval"]["rows_out"] == 6  # held-out rows counted
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "stats.json", "train_dataset"]  # no unread eval_dataset
     belle = read_jsonl(data_dir / "belle" / "train.jsonl")
     first, row = belle[0], train[0]
     prompt_ids = tokenizer(render_prompt("alpaca", first["instruction"], first["input"]))["input_ids"]
@@ -223,7 +223,7 @@ def test_seed_script_runs_with_the_seed_flags(data_dir, tiny_model_dir, tmp_path
 def test_chinese_llama_tokenizer_needs_fewer_tokens_per_chinese_character(shared_data, capsys):
     from zhlora.data.normalize import instruction_from_row
     from zhlora.data.readers import iter_json_records
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_tokenizer
 
     rows = [instruction_from_row(w, r, fix_literal_newlines=True) for w, r in iter_json_records(shared_data / "belle" / "school_math_0.25M_first1k.json")]
     texts = [f"{r.instruction}\n{r.input}\n{r.output}" for r in rows[:500]]

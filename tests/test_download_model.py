@@ -22,8 +22,9 @@ from hub_server import HubServer, _Handler
 
 from zhlora.cli import run_command
 from zhlora.errors import ZhloraError
-from zhlora.modeling import MANIFEST_NAME, download_model, load_model, model_fingerprint, read_manifest
-from zhlora.models.download import select_model_files
+from zhlora.models.download import download_model, select_model_files
+from zhlora.models.loading import load_model
+from zhlora.models.manifest import MANIFEST_NAME, model_fingerprint, read_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET_TOKEN = "hf_do_not_log_me_1234567890"

@@ -18,7 +18,7 @@ from zhlora.evaluation.adapters import (
 
 
 def _base(tiny_model_dir):
-    from zhlora.modeling import load_model
+    from zhlora.models.loading import load_model
 
     return load_model(tiny_model_dir, torch_dtype="float32")
 
@@ -40,7 +40,7 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
 

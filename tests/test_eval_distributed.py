@@ -31,9 +31,9 @@ def test_assign_units_one_process_owns_everything():
 
 @pytest.fixture(scope="module")
 def engine_and_items(tiny_model_dir, sample_data_dir):
+    from zhlora.data.benchmarks import resolve_spec
     from zhlora.evaluation.items import load_benchmark_items
-    from zhlora.evaluation.specs import resolve_spec
-    from zhlora.modeling import load_model, load_tokenizer
+    from zhlora.models.loading import load_model, load_tokenizer
 
     model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     items = {name: load_benchmark_items(sample_data_dir, resolve_spec(name), shots=1, limit=12) for name in BENCHMARKS}
@@ -42,16 +42,16 @@ def engine_and_items(tiny_model_dir, sample_data_dir):
 
 def test_shares_of_two_processes_merge_into_the_one_process_result_and_resume(engine_and_items, tmp_path, monkeypatch):
     """Small units (5 items) so that GSM8K and the perplexity sets are split too; rank 1 resumes from the cache."""
-    from zhlora.evaluation import runner
+    from zhlora.evaluation import benchdata, runner
     from zhlora.evaluation.hf_model import HFEvalModel
 
-    monkeypatch.setattr(runner, "CHUNK_ITEMS", 5)
+    monkeypatch.setattr(benchdata, "CHUNK_ITEMS", 5)
     model, tokenizer, items = engine_and_items
     model.eval()
     engine = HFEvalModel(model, tokenizer, batch_size=4)
-    whole = runner.merge_shares(items, [runner.score_share(engine, engine, items, max_new_tokens=4)])
+    whole = runner.merge_shares(items, [runner.score_share(engine, items, max_new_tokens=4)])
     cache = runner.PredictionCache(tmp_path / ".cache", {"test": 1})
-    shares = [runner.score_share(engine, engine, items, max_new_tokens=4, cache=cache, rank=r, world_size=2) for r in (0, 1)]
+    shares = [runner.score_share(engine, items, max_new_tokens=4, cache=cache, rank=r, world_size=2) for r in (0, 1)]
     for name in BENCHMARKS:
         assert len(runner.benchmark_units(items[name])) >= 2, name
         assert shares[0]["rows"][name] and shares[1]["rows"][name], name  # both processes scored part of it
@@ -64,7 +64,7 @@ def test_shares_of_two_processes_merge_into_the_one_process_result_and_resume(en
         raise AssertionError("a cached unit was scored again")
 
     monkeypatch.setattr(runner, "run_unit", fail)  # rank 1 restarted: every unit of its share comes from the cache
-    again = runner.score_share(engine, engine, items, max_new_tokens=4, cache=cache, rank=1, world_size=2)
+    again = runner.score_share(engine, items, max_new_tokens=4, cache=cache, rank=1, world_size=2)
     assert again["rows"] == shares[1]["rows"]
     with pytest.raises(Exception, match="bug in zhlora"):
         runner.merge_shares(items, shares[:1])  # a missing process's units are never silently dropped

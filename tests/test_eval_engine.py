@@ -9,20 +9,21 @@ from __future__ import annotations
 import pytest
 import torch
 
+from zhlora.data.benchmarks import resolve_spec
 from zhlora.errors import ZhloraError
 from zhlora.evaluation.hf_model import HFEvalModel, cut_at_stop
 from zhlora.evaluation.items import load_benchmark_items
 from zhlora.evaluation.prompts import fewshot_prompt
 from zhlora.evaluation.requests import ChoiceRequest, ScoredSequence, encode_choice
-from zhlora.evaluation.runner import choice_requests, evaluate_benchmarks
-from zhlora.evaluation.specs import resolve_spec
+from zhlora.evaluation.runner import evaluate_benchmarks
+from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
 TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from zhlora.modeling import load_model, load_tokenizer
+    from zhlora.models.loading import load_model, load_tokenizer
 
     torch.manual_seed(0)
     return load_model(tiny_model_dir, torch_dtype="float32"), load_tokenizer(tiny_model_dir)
@@ -203,3 +204,25 @@ def test_official_letter_scoring_rejects_tokenizers_without_letter_pieces(tiny):
     assert len(set(letter_token_ids(tokenizer, "bare_piece", tuple("ABCD")))) == 4
     with pytest.raises(ZhloraError, match="--protocol lm-eval"):
         letter_token_ids(NoBarePieces(), "bare_piece", tuple("ABCD"))
+
+
+def test_a_generation_engine_answers_generation_and_the_hf_engine_the_rest(tiny, sample_data_dir):
+    """The vLLM path: ``generator=`` (any object with ``generate``) is paired with the HF engine by GenerationRouted."""
+
+    class Canned:
+        def __init__(self):
+            self.calls = []
+
+        def generate(self, prompts, stop, max_new_tokens):
+            self.calls.append(len(prompts))
+            return ["So 2 + 2 = 4. The answer is 4."] * len(prompts)
+
+    model, tokenizer = tiny
+    items = {"gsm8k": load_benchmark_items(sample_data_dir, resolve_spec("gsm8k"), limit=2),
+             "ppl_en": load_benchmark_items(sample_data_dir, resolve_spec("ppl_en"), limit=2)}
+    generator = Canned()
+    routed = evaluate_benchmarks(model, tokenizer, items, batch_size=4, generator=generator)
+    plain = evaluate_benchmarks(model, tokenizer, {"ppl_en": items["ppl_en"]}, batch_size=4)
+    assert generator.calls == [2]
+    assert [row["predicted"] for row in routed["gsm8k"].predictions] == ["4", "4"]
+    assert routed["ppl_en"].predictions == plain["ppl_en"].predictions  # scored by the HF engine

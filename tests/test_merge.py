@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from zhlora.cli import run_command
-from zhlora.modeling import load_model, load_tokenizer, model_fingerprint, read_manifest
+from zhlora.models.loading import load_model, load_tokenizer
+from zhlora.models.manifest import model_fingerprint, read_manifest
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,9 @@ import pytest
 import torch
 
 from zhlora.errors import ZhloraError
-from zhlora.modeling import (
-    MANIFEST_NAME,
-    build_tiny_model,
-    load_model,
-    load_tokenizer,
-    model_fingerprint,
-    read_manifest,
-    resolve_dtype,
-)
-from zhlora.models.manifest import weights_digest
-from zhlora.models.tiny import corpus_texts
+from zhlora.models.loading import load_model, load_tokenizer, resolve_dtype
+from zhlora.models.manifest import MANIFEST_NAME, model_fingerprint, read_manifest, weights_digest
+from zhlora.models.tiny import build_tiny_model, corpus_texts
 
 LETTERS = "ABCD"
 
@@ -216,7 +208,7 @@ def test_hub_ids_load_through_hf_endpoint_and_fail_clearly(tiny_model_dir, tmp_p
     from hub_server import HubServer
 
     script = (
-        "import sys\nfrom zhlora.errors import ZhloraError\nfrom zhlora.modeling import load_model, load_tokenizer\n"
+        "import sys\nfrom zhlora.errors import ZhloraError\nfrom zhlora.models.loading import load_model, load_tokenizer\n"
         "print(load_model('zhlora-test/tiny').num_parameters(), len(load_tokenizer('zhlora-test/tiny')))\n"
         "try:\n    load_model('zhlora-test/missing')\nexcept ZhloraError as exc:\n    print('ERROR', exc)\n"
     )

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from zhlora.data.benchmarks import resolve_spec
 from zhlora.errors import DataError, ZhloraError
 from zhlora.evaluation.items import load_benchmark_items
-from zhlora.evaluation.specs import resolve_spec
+from zhlora.forgetting_budget import parse_budget
 from zhlora.monitoring import callback as callback_module
-from zhlora.monitoring.budget import parse_budget
 from zhlora.monitoring.callback import ForgettingMonitor, overhead_line
 from zhlora.monitoring.probes import ProbeMeasurement, ProbeSizes, probe_manifest, select_probe_sets, spread_over_groups
 from zhlora.monitoring.schedule import is_probe_due, should_probe, suggested_monitor_every
@@ -179,7 +179,7 @@ def test_suggested_monitor_every_fits_the_bound():
 def peft_model(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
 
-    from zhlora.modeling import load_model
+    from zhlora.models.loading import load_model
 
     torch.manual_seed(0)
     model = load_model(tiny_model_dir, torch_dtype="float32")

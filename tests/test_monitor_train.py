@@ -35,7 +35,7 @@ AGGRESSIVE = [
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory, tiny_model_dir, sample_data_dir) -> Path:
     from zhlora.data.preprocess import preprocess_data
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_tokenizer
 
     out = tmp_path_factory.mktemp("processed") / "processed_data"
     preprocess_data(sample_data_dir, out, load_tokenizer(tiny_model_dir), max_seq_length=256)
@@ -72,7 +72,7 @@ def _same(a: dict, b: dict) -> bool:
 def test_probes_on_the_in_memory_model_leave_it_unchanged(tiny_model_dir, sample_data_dir):
     from peft import LoraConfig, get_peft_model
 
-    from zhlora.modeling import load_model, load_tokenizer
+    from zhlora.models.loading import load_model, load_tokenizer
 
     sizes = ProbeSizes(zh_loss=3, en_ppl=2, en_ppl_chars=400, mmlu_acc=4, gsm8k_acc=1, ceval_acc=2, cmmlu_acc=2)
     suite = select_probe_sets(sample_data_dir, sizes)

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zhlora.data.preprocess import IGNORE_INDEX
 from zhlora.training.packing import (
-    IGNORE_INDEX,
     block_causal_mask,
     collate_bins,
     epoch_permutation,
@@ -82,13 +82,13 @@ def test_micro_batches_cover_the_epoch_once_across_processes_and_wrap_at_the_end
 
 
 def test_collate_shifts_targets_within_rows_and_restarts_positions():
-    row_a = (np.array([5, 6, 7]), np.array([-100, 6, 7]))
+    row_a = (np.array([5, 6, 7]), np.array([IGNORE_INDEX, 6, 7]))
     row_b = (np.array([8, 9]), np.array([8, 9]))
-    row_c = (np.array([3, 4]), np.array([-100, 4]))
+    row_c = (np.array([3, 4]), np.array([IGNORE_INDEX, 4]))
     batch = collate_bins([[row_a, row_b], [row_c]], pad_token_id=0)
     assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9], [3, 4, 0, 0, 0]]
     # the last token of a row predicts nothing: row a never learns to predict row b's first token
-    assert batch.targets.tolist() == [[6, 7, -100, 9, -100], [4, -100, -100, -100, -100]]
+    assert batch.targets.tolist() == [[6, 7, -100, 9, -100], [4, -100, -100, -100, -100]]  # PyTorch's ignore_index
     assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
     assert batch.segment_ids.tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
     assert (batch.real_tokens, batch.total_tokens, batch.target_tokens) == (7, 10, 4)
@@ -124,7 +124,7 @@ def _row_token_losses(model, ids: np.ndarray, labels: np.ndarray) -> torch.Tenso
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_batch_gives_each_token_the_loss_it_has_alone(tiny_model_dir, attention):
-    from zhlora.modeling import load_model
+    from zhlora.models.loading import load_model
     from zhlora.training.loop import packed_forward, packed_inputs
 
     torch.manual_seed(0)
@@ -161,7 +161,7 @@ def test_packed_batch_gives_each_token_the_loss_it_has_alone(tiny_model_dir, att
 def test_packed_loss_is_the_same_where_transformers_cannot_mask_logits(tiny_model_dir, monkeypatch):
     """Older transformers 5.x releases take no boolean ``logits_to_keep``: the fallback (every logit,
     the scored ones picked after) gives the same summed loss."""
-    from zhlora.modeling import load_model
+    from zhlora.models.loading import load_model
     from zhlora.training import loop
 
     model = load_model(tiny_model_dir, torch_dtype="float32")

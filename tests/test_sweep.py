@@ -75,7 +75,7 @@ def test_sweep_plan_shares_data_model_baseline_and_preprocessing(tmp_path):
 # ---------------------------------------------------------------------------------------
 def _forgetting(zh: float, en: float, ppl_zh: float) -> dict:
     side = lambda d: {"delta_points": d, "ci_low_points": d - 2, "ci_high_points": d + 2, "benchmarks": ["x"]}  # noqa: E731
-    from zhlora.analysis.compare import FORGETTING_SCHEMA_VERSION
+    from zhlora.analysis.results_io import FORGETTING_SCHEMA_VERSION
 
     return {"schema_version": FORGETTING_SCHEMA_VERSION,
             "headline": {"text": f"zh {zh} en {en}", "chinese": side(zh), "english": side(en)},

@@ -33,7 +33,7 @@ REFERENCE_FLAGS = [*BASE_FLAGS, "--max_steps", "8", "--save_steps", "2", "--lora
 def processed(tmp_path_factory, tiny_model_dir, sample_data_dir) -> Path:
     """``zhlora preprocess`` output for the tiny model: processed/{train_dataset, meta.json}."""
     from zhlora.data.preprocess import preprocess_data
-    from zhlora.modeling import load_tokenizer
+    from zhlora.models.loading import load_tokenizer
 
     out = tmp_path_factory.mktemp("processed") / "processed_data"
     preprocess_data(sample_data_dir, out, load_tokenizer(tiny_model_dir), max_seq_length=256)
@@ -102,7 +102,8 @@ def test_run_writes_a_standard_peft_adapter_and_its_records(reference_run, tiny_
     from peft import PeftModel
 
     from zhlora.config import load_config
-    from zhlora.modeling import load_model, model_fingerprint
+    from zhlora.models.loading import load_model
+    from zhlora.models.manifest import model_fingerprint
 
     out = reference_run
     for name in ("adapter_model.safetensors", "adapter_config.json", "train_config.yaml", "manifest.json",
@@ -344,9 +345,9 @@ def test_train_config_written_is_the_resolved_config(reference_run):
 
 def test_a_callback_can_log_rows_and_stop_the_run(tmp_path, tiny_model_dir, processed):
     """The monitoring hook: on_step_end(step, model) -> StepReport(record, stop)."""
-    from zhlora.commands.train import run
     from zhlora.config import config_from_dict
     from zhlora.training.loop import StepReport
+    from zhlora.training.run import train
 
     class StopAtTwo:
         def __init__(self):
@@ -361,7 +362,7 @@ def test_a_callback_can_log_rows_and_stop_the_run(tmp_path, tiny_model_dir, proc
         "gradient_accumulation_steps": 1, "logging_steps": 5}})
     callback = StopAtTwo()
     out = tmp_path / "run"
-    outcome = run(cfg, tiny_model_dir, processed / "train_dataset", out, callbacks=[callback])
+    outcome = train(cfg, tiny_model_dir, processed / "train_dataset", out, callbacks=[callback])
     assert (outcome.status, outcome.step) == ("stopped", 2)
     assert callback.seen == [(1, True), (2, True)]
     rows = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
+from zhlora.data.preprocess import IGNORE_INDEX
 from zhlora.errors import ConfigError, DataError, ZhloraError
 from zhlora.training.loss import micro_batch_objective, token_loss_sum
-from zhlora.training.packing import IGNORE_INDEX
 from zhlora.training.schedule import build_lr_scheduler, plan_steps
 
 
@@ -154,11 +154,11 @@ def _save(path, columns):
 def test_load_token_rows_reads_flat_arrays(tmp_path):
     from zhlora.training.dataset import load_token_rows
 
-    path = _save(tmp_path / "train_dataset", {"input_ids": [[1, 2, 3], [4, 5]], "labels": [[-100, 2, 3], [-100, 5]],
+    path = _save(tmp_path / "train_dataset", {"input_ids": [[1, 2, 3], [4, 5]], "labels": [[IGNORE_INDEX, 2, 3], [IGNORE_INDEX, 5]],
                                                "length": [3, 2]})
     rows = load_token_rows(path)
     assert len(rows) == 2 and rows.lengths.tolist() == [3, 2]
-    assert rows.row(1)[0].tolist() == [4, 5] and rows.row(0)[1].tolist() == [-100, 2, 3]
+    assert rows.row(1)[0].tolist() == [4, 5] and rows.row(0)[1].tolist() == [IGNORE_INDEX, 2, 3]
     assert rows.scored_tokens_per_row().tolist() == [2, 1]
 
 
@@ -180,13 +180,13 @@ def test_load_token_rows_errors(tmp_path):
 def test_check_rows_fit(tmp_path):
     from zhlora.training.dataset import check_rows_fit, load_token_rows
 
-    rows = load_token_rows(_save(tmp_path / "d", {"input_ids": [[1, 2, 3], [4, 5]], "labels": [[-100, 2, 3], [-100, 5]]}))
+    rows = load_token_rows(_save(tmp_path / "d", {"input_ids": [[1, 2, 3], [4, 5]], "labels": [[IGNORE_INDEX, 2, 3], [IGNORE_INDEX, 5]]}))
     check_rows_fit(rows, max_seq_length=3, embedding_rows=10, dataset_path="d")
     with pytest.raises(DataError, match="longer than --max_seq_length 2"):
         check_rows_fit(rows, 2, 10, "d")
     with pytest.raises(DataError, match="token id 5 is outside"):
         check_rows_fit(rows, 3, 5, "d")
-    unscored = load_token_rows(_save(tmp_path / "u", {"input_ids": [[1, 2]], "labels": [[-100, -100]]}))
+    unscored = load_token_rows(_save(tmp_path / "u", {"input_ids": [[1, 2]], "labels": [[IGNORE_INDEX, IGNORE_INDEX]]}))
     with pytest.raises(DataError, match="nothing to learn"):
         check_rows_fit(unscored, 3, 10, "u")
 

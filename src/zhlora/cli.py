@@ -35,6 +35,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # verbs that compute with torch: they take --num_threads (see zhlora.threads)
 THREADED_VERBS = ("download-model", "evaluate", "train", "merge", "run", "sweep")
+# verbs that run other verbs in-process (the pipeline): they get ``args.run_verb`` = :func:`run_command`,
+# so the command modules never import this one
+PIPELINE_VERBS = ("run", "sweep")
 # Libraries whose deprecation notices are for zhlora's developers, not its users.
 THIRD_PARTY_MODULES = r"(transformers|peft|accelerate|datasets|huggingface_hub|torch|safetensors)(\.|$)"
 DEPRECATION_CATEGORIES = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
@@ -79,6 +82,8 @@ def run_command(verb: str, argv: list[str], prog: str | None = None) -> int:
         parser.add_argument("--num_threads", type=int, default=None,
                             help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores not already "
                                  "busy by the 1-minute load average, at least 1).")
+    if verb in PIPELINE_VERBS:
+        parser.set_defaults(run_verb=run_command)
     args = parser.parse_args(argv)
     quiet_third_party_deprecations()
     if not sys.stderr.isatty():  # library progress bars in a log file are one endless line; zhlora logs lines

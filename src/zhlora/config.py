@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import re
 import types
 import typing
@@ -22,15 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zhlora.data import benchmarks as benchmark_registry
+from zhlora.data.catalog import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
 from zhlora.data.templates import TEMPLATES
 from zhlora.errors import ConfigError, did_you_mean
+from zhlora.forgetting_budget import parse_budget
 
-ALL_DATA_SOURCES = ["belle", "ceval", "cmmlu", "mmlu", "gsm8k", "english_text"]
-# Downloaded only when named (or when replay_ratio > 0): English instructions for replay.
-OPTIONAL_DATA_SOURCES = ["alpaca"]
-ALL_BENCHMARKS = ["ceval", "cmmlu", "mmlu", "gsm8k", "ppl_zh", "ppl_en"]
+logger = logging.getLogger(__name__)
+
+ALL_BENCHMARKS = benchmark_registry.benchmark_names(default_only=True)
 # How many items each benchmark scores (None = all): set independently, recorded in results.json.
-SIZE_FIELDS = ("limit", "gsm8k_limit", "ppl_zh_documents", "ppl_en_documents")
+# One EvalConfig field per distinct size_field of the registry, in registry order.
+SIZE_FIELDS = tuple(dict.fromkeys(bench.size_field for bench in benchmark_registry.BENCHMARKS.values()))
 LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -65,8 +69,9 @@ class DataConfig:
         metadata=_help("Prompt template: alpaca (plain, for base models), llama2_chat ([INST] ... [/INST]) or chat "
                        "(the model's own chat template, e.g. ChatML for SmolLM2-Instruct and Qwen)."),
     )
-    max_seq_length: int = field(default=1024, metadata=_help("Longest training row in tokens."))
-    overlong: str = field(default="drop", metadata=_help("What to do with rows over max_seq_length: drop or truncate."))
+    overlong: str = field(
+        default="drop", metadata=_help("What to do with rows over --max_seq_length (train group): drop or truncate.")
+    )
     replay_ratio: float = field(
         default=0.0,
         metadata=_help("Fraction of English instruction rows (alpaca) mixed into training to reduce forgetting (0-1)."),
@@ -77,8 +82,6 @@ class DataConfig:
             raise ConfigError(f"--belle_sample_size must be a positive number of rows, got {self.belle_sample_size}.")
         if self.belle_heldout_size < 0:
             raise ConfigError(f"--belle_heldout_size must be >= 0, got {self.belle_heldout_size}.")
-        if self.max_seq_length < 16:
-            raise ConfigError(f"--max_seq_length must be at least 16 tokens, got {self.max_seq_length}.")
         if self.overlong not in ("drop", "truncate"):
             raise ConfigError(f'--overlong must be "drop" or "truncate", got "{self.overlong}".')
         if self.prompt_template not in TEMPLATES:
@@ -161,7 +164,9 @@ class TrainConfig:
         default=4, metadata=_help("Packed sequences of max_seq_length tokens per device per micro-step.")
     )
     gradient_accumulation_steps: int = field(default=4, metadata=_help("Micro-steps per optimizer step."))
-    max_seq_length: int = field(default=1024, metadata=_help("Length of a packed training sequence in tokens."))
+    max_seq_length: int = field(default=1024, metadata=_help(
+        "Longest training sequence in tokens: preprocess drops (or, with --overlong truncate, cuts) longer rows, "
+        "and packing fills sequences of this length."))
     packing: bool = field(default=True, metadata=_help("Pack rows into full sequences (no attention across rows)."))
     warmup_ratio: float = field(default=0.03, metadata=_help("Fraction of steps with linear warm-up."))
     lr_scheduler_type: str = field(default="cosine", metadata=_help("cosine, linear or constant (after warm-up)."))
@@ -196,6 +201,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.max_seq_length < 16:
+            raise ConfigError(f"--max_seq_length must be at least 16 tokens, got {self.max_seq_length}.")
         if self.learning_rate <= 0:
             raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}.")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
@@ -217,8 +224,6 @@ class TrainConfig:
                 f"got {self.probe_overhead}."
             )
         if self.forgetting_budget:
-            from zhlora.monitoring.budget import parse_budget
-
             parse_budget(self.forgetting_budget)
             if not self.monitor_every:
                 raise ConfigError(
@@ -235,7 +240,7 @@ class EvalConfig:
 
     benchmarks: list[str] = field(
         default_factory=lambda: list(ALL_BENCHMARKS),
-        metadata=_help("Benchmarks to run (comma-separated): ceval, cmmlu, mmlu, gsm8k, ppl_zh, ppl_en."),
+        metadata=_help(f"Benchmarks to run (comma-separated): {', '.join(ALL_BENCHMARKS)}."),
     )
     protocol: str = field(
         default="lm-eval", metadata=_help("Prompt format: lm-eval (comparable with the field) or official.")
@@ -286,9 +291,9 @@ class EvalConfig:
                 raise ConfigError(f"--adapter_scales values must be in [0, 1], got {scale}.")
 
     def size_of(self, benchmark: str) -> int | None:
-        """The item limit of one benchmark: per subject for multiple choice, in total for the others."""
-        return {"gsm8k": self.gsm8k_limit, "ppl_zh": self.ppl_zh_documents,
-                "ppl_en": self.ppl_en_documents}.get(benchmark, self.limit)
+        """The item limit of one benchmark (its registry ``size_field``): per subject for multiple choice,
+        in total for the others."""
+        return getattr(self, benchmark_registry.get(benchmark).size_field)
 
 
 @dataclass
@@ -376,6 +381,9 @@ GROUPS: dict[str, type] = {
     "sweep": SweepConfig,
 }
 _TOP_LEVEL = {"work_dir", "run_name"}
+# Keys that moved: (old group, key) -> new group. Old YAMLs and flags keep working (with a warning);
+# a file that sets both places to different values is refused.
+MOVED_KEYS = {("data", "max_seq_length"): "train"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -438,6 +446,28 @@ def _build_group(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**converted)
 
 
+def _move_keys(groups: dict[str, dict], where: str) -> dict[str, dict]:
+    """``groups`` with every key of :data:`MOVED_KEYS` in its new group (old configs keep working).
+
+    ``data.max_seq_length`` (zhlora <= 0.x had one in data and one in train, set alike) becomes
+    ``train.max_seq_length``; a config that sets both to different values is refused, since
+    the rows would not fit the packed sequences or the limit would silently change.
+    """
+    groups = {group: dict(values) for group, values in groups.items()}
+    for (old_group, key), new_group in MOVED_KEYS.items():
+        if key not in groups[old_group]:
+            continue
+        value = groups[old_group].pop(key)
+        if key in groups[new_group] and str(groups[new_group][key]) != str(value):
+            raise ConfigError(
+                f"{where}: {old_group}.{key} ({value}) and {new_group}.{key} ({groups[new_group][key]}) differ. "
+                f"There is one {key} now, in `{new_group}`: delete {old_group}.{key} and keep the value you mean."
+            )
+        groups[new_group].setdefault(key, value)
+        logger.warning("%s: %s.%s is deprecated; it is read as %s.%s (write it there).", where, old_group, key, new_group, key)
+    return groups
+
+
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> ExperimentConfig:
     """Build an :class:`ExperimentConfig` from a nested dict (e.g. parsed YAML), rejecting unknown keys."""
     if raw is None:
@@ -449,11 +479,13 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> ExperimentCo
         if key not in known:
             raise ConfigError(f'{where}: unknown key "{key}".{did_you_mean(key, known)} Known keys: {", ".join(sorted(known))}.')
     kwargs: dict[str, Any] = {key: str(raw[key]) for key in _TOP_LEVEL if key in raw}
-    for group, cls in GROUPS.items():
-        values = raw.get(group) or {}
+    groups = {group: raw.get(group) or {} for group in GROUPS}
+    for group, values in groups.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: `{group}` must be a mapping of keys to values.")
-        kwargs[group] = _build_group(cls, values, f"{where}: {group}")
+    groups = _move_keys(groups, where)
+    for group, cls in GROUPS.items():
+        kwargs[group] = _build_group(cls, groups[group], f"{where}: {group}")
     return ExperimentConfig(**kwargs)
 
 
@@ -525,6 +557,10 @@ def add_config_flags(parser: argparse.ArgumentParser, groups: list[str], used: C
                 target.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             else:
                 target.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+    for old_group, key in MOVED_KEYS:
+        if old_group in groups:  # the old dotted flag, accepted quietly (config_from_args moves it)
+            parser.add_argument(f"--{old_group}.{key}", dest=f"cfg__{old_group}__{key}", default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
 
 
 def add_top_level_flags(parser: argparse.ArgumentParser) -> None:
@@ -539,10 +575,15 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """Resolve defaults < YAML (``args.config``) < the flags given on the command line."""
     cfg = load_config(getattr(args, "config", None))
     raw = config_to_dict(cfg)
-    for dest, value in vars(args).items():
-        if not dest.startswith("cfg__"):
-            continue
-        _, group, name = dest.split("__", 2)
+    given = {tuple(dest.split("__", 2)[1:]): value for dest, value in vars(args).items() if dest.startswith("cfg__")}
+    for (group, name), value in given.items():
+        if (group, name) in MOVED_KEYS:
+            new_group = MOVED_KEYS[group, name]
+            if (new_group, name) in given and str(given[new_group, name]) != str(value):
+                raise ConfigError(f"--{group}.{name} {value} and --{name} {given[new_group, name]} differ; "
+                                  f"pass --{name} only.")
+            logger.warning("--%s.%s is deprecated; use --%s (or --%s.%s).", group, name, name, new_group, name)
+            group = new_group
         if group == "":
             raw[name] = value
         else:

@@ -120,7 +120,7 @@ def _accuracy_bars(results: dict, out_png: Path, language: str) -> Path:
         names = list(benchmarks)
         values = [_pct(benchmarks[name]["accuracy_micro"]) for name in names]
         bars = ax.bar(
-            [labels.benchmark_label(n) for n in names],
+            [labels.benchmark_label(n, lang) for n in names],
             values,
             color=TUNED_COLOR if results["model"].get("adapter_path") else BASE_COLOR,
         )
@@ -155,7 +155,7 @@ def _subject_bars(name: str, entry: dict, out_png: Path, language: str) -> Path:
         ax.set_xlim(0, 100)
         ax.tick_params(axis="y", labelsize=7)
         ax.set_xlabel(labels.text("accuracy_pct", lang))
-        ax.set_title(labels.text("subject_accuracy", lang, benchmark=labels.benchmark_label(name)), fontsize=11)
+        ax.set_title(labels.text("subject_accuracy", lang, benchmark=labels.benchmark_label(name, lang)), fontsize=11)
     return out_png
 
 
@@ -178,11 +178,11 @@ def plot_results_charts(results: dict, out_dir: str | os.PathLike, *, language: 
             written.append(
                 plot_radar(
                     [labels.category_label(c, lang) for c in categories],
-                    {labels.benchmark_label(name): [_pct(c["accuracy_micro"]) for c in categories.values()]},
+                    {labels.benchmark_label(name, lang): [_pct(c["accuracy_micro"]) for c in categories.values()]},
                     out_dir / f"radar_{name}.png",
-                    title=labels.text("category_accuracy", lang, benchmark=labels.benchmark_label(name)),
+                    title=labels.text("category_accuracy", lang, benchmark=labels.benchmark_label(name, lang)),
                     colors={
-                        labels.benchmark_label(name): TUNED_COLOR
+                        labels.benchmark_label(name, lang): TUNED_COLOR
                         if results["model"].get("adapter_path")
                         else BASE_COLOR
                     },

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from zhlora.analysis.pairing import (
 )
 from zhlora.analysis.results_io import (
     ACCURACY_KINDS,
-    RESULTS_FILE,
+    FORGETTING_SCHEMA_VERSION,
     evaluated_at,
     load_document_losses,
     load_predictions,
@@ -36,29 +37,35 @@ from zhlora.analysis.results_io import (
     load_results,
     results_dir_of,
 )
+from zhlora.data.benchmarks import language_of, reading_order
 from zhlora.errors import ConfigError, DataError, ZhloraError
 from zhlora.evaluation.scoring import PERPLEXITY_UNITS
+from zhlora.filenames import FORGETTING_FILE, FORGETTING_MD, RESULTS_FILE
 from zhlora.io_utils import atomic_write_json, atomic_write_text, provenance
+
+if TYPE_CHECKING:
+    from zhlora.config import ReportConfig
 
 logger = logging.getLogger(__name__)
 
-FORGETTING_SCHEMA_VERSION = 1
-FORGETTING_FILE = "forgetting.json"
-FORGETTING_MD = "forgetting.md"
 POWER, POWER_SIGNIFICANCE = 0.80, 0.05  # the detectable change: 80% power, two-sided alpha 0.05
-# Also the reading order of benchmarks in tables and charts.
-LANGUAGE_OF = {"ceval": "zh", "cmmlu": "zh", "ppl_zh": "zh", "mmlu": "en", "gsm8k": "en", "ppl_en": "en"}
 
 
-def ordered_benchmarks(names) -> list[str]:
-    """Benchmark names in reading order: Chinese, then English, then any others alphabetically."""
-    known = list(LANGUAGE_OF)
-    return sorted(names, key=lambda name: (known.index(name) if name in known else len(known), name))
+def entry_language(name: str, entry: dict) -> str:
+    """A benchmark's language as its ``results.json`` entry records it; for files written before
+    entries carried one, the registry's (:mod:`zhlora.data.benchmarks`); ``other`` when neither knows."""
+    return entry.get("language") or language_of(name) or "other"
+
+
+def ordered_benchmarks(entries: dict) -> list[str]:
+    """The benchmarks of a ``results.json`` (name -> entry) in reading order: Chinese, then English, then others."""
+    return reading_order({name: entry_language(name, entry) for name, entry in entries.items()})
 
 
 def accuracy_row(
     *,
     benchmark: str,
+    language: str,
     level: str,
     name: str,
     family: str,
@@ -82,7 +89,7 @@ def accuracy_row(
         "level": level,
         "name": name,
         "family": family,
-        "language": LANGUAGE_OF.get(benchmark, "other"),
+        "language": language,
         "n": counts.n,
         "base_pct": base_pct,
         "tuned_pct": tuned_pct,
@@ -114,6 +121,7 @@ def apply_holm(rows: list[dict], significance: float) -> None:
 def benchmark_rows(name: str, base_entry: dict, tuned_entry: dict, paired: PairedItems, **options) -> list[dict]:
     """The benchmark row, then its category rows and subject rows (multiple choice only)."""
     base_correct, tuned_correct = paired.base_correct, paired.tuned_correct
+    options = {**options, "language": entry_language(name, base_entry)}
     top = accuracy_row(
         benchmark=name,
         level="benchmark",
@@ -192,7 +200,7 @@ def perplexity_row(
     """
     row = {
         "benchmark": name,
-        "language": LANGUAGE_OF.get(name, "other"),
+        "language": entry_language(name, base_entry),
         "n_documents": base_entry["n_documents"],
         "n_tokens": base_entry["n_tokens"],
         "base_loss": base_entry["loss"],
@@ -412,6 +420,34 @@ def compare_results(
     atomic_write_json(out_dir / FORGETTING_FILE, forgetting)
     atomic_write_text(out_dir / FORGETTING_MD, forgetting_markdown(forgetting))
     return forgetting
+
+
+def compare_and_report(
+    base_dir: str | os.PathLike,
+    tuned_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    report: ReportConfig,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    training_log: str | os.PathLike | None = None,
+    write_html: bool = True,
+) -> tuple[dict, Path | None]:
+    """:func:`compare_results` with the statistics of ``report``, then (unless ``write_html`` is
+    False) :func:`zhlora.analysis.report.write_report`: what ``zhlora compare`` and ``zhlora evaluate``
+    with a baseline both do. Returns the forgetting dict and the report.html path (None without it).
+    """
+    from zhlora.analysis.report import write_report
+
+    forgetting = compare_results(
+        base_dir, tuned_dir, out_dir, bootstrap_samples=report.bootstrap_samples, confidence=report.confidence,
+        significance=report.significance, seed=report.stats_seed, data_dir=data_dir, overwrite=overwrite,
+    )
+    if not write_html:
+        return forgetting, None
+    html = write_report(out_dir, forgetting, base_dir=base_dir, tuned_dir=tuned_dir, training_log=training_log,
+                        language=report.chart_language)
+    return forgetting, html
 
 
 def _flipped_ids(base_rows: list[dict], tuned_rows: list[dict]) -> set:

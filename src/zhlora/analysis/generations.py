@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from zhlora.analysis.sections import Section
+from zhlora.filenames import SAMPLES_NAME
 
-SAMPLES_NAME = "samples.json"  # written by zhlora.evaluation.samples
 LANGUAGE_LABEL = {"zh": "中文 Chinese", "en": "English"}
 
 

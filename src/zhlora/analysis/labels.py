@@ -7,14 +7,7 @@ everything a chart writes therefore goes through :func:`text` or :func:`category
 
 from __future__ import annotations
 
-BENCHMARK_NAMES = {
-    "ceval": "C-Eval",
-    "cmmlu": "CMMLU",
-    "mmlu": "MMLU",
-    "gsm8k": "GSM8K",
-    "ppl_zh": "PPL (zh)",
-    "ppl_en": "PPL (en)",
-}
+from zhlora.data.benchmarks import BENCHMARKS
 
 # Fixed wording: key -> (English, Chinese). Format fields are filled by the caller.
 _TEXT = {
@@ -94,9 +87,13 @@ def text(key: str, language: str, **fields: object) -> str:
     return (chinese if language == "zh" else english).format(**fields)
 
 
-def benchmark_label(name: str) -> str:
-    """Display name of a benchmark ("ceval" -> "C-Eval"); unknown names pass through."""
-    return BENCHMARK_NAMES.get(name, name)
+def benchmark_label(name: str, language: str = "en") -> str:
+    """Display name of a benchmark from the registry ("ppl_zh" -> "PPL (zh)", in Chinese "中文困惑度");
+    unknown names pass through."""
+    bench = BENCHMARKS.get(name)
+    if bench is None:
+        return name
+    return bench.display_zh if language == "zh" else bench.display_en
 
 
 def category_label(category: str, language: str) -> str:

@@ -13,12 +13,14 @@ import os
 from pathlib import Path
 
 from zhlora.errors import DataError
+from zhlora.filenames import RESULTS_FILE, TIMINGS_FILE
 from zhlora.io_utils import read_jsonl
+from zhlora.training.logbook import LOG_NAME
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
+FORGETTING_SCHEMA_VERSION = 1
 ACCURACY_KINDS = ("multiple_choice", "generate")
 KNOWN_KINDS = (*ACCURACY_KINDS, "perplexity")
 _REQUIRED_KEYS = {
@@ -64,7 +66,7 @@ def load_results(path: str | os.PathLike) -> dict:
 
 def evaluated_at(path: str | os.PathLike) -> str | None:
     """When an evaluation folder was written (``timings.json``; results.json stays time-free)."""
-    file = results_dir_of(path) / "timings.json"
+    file = results_dir_of(path) / TIMINGS_FILE
     try:
         return json.loads(file.read_text(encoding="utf-8")).get("created_at")
     except (OSError, json.JSONDecodeError, AttributeError):
@@ -139,10 +141,15 @@ def load_question_texts(data_dir: str | os.PathLike, benchmark: str, split: str,
     return found
 
 
+def default_training_log(results_dir: str | os.PathLike) -> Path | None:
+    """``<work>/results/<run>/training_log.jsonl`` for ``<work>/evaluation_results/<run>``, if present."""
+    results_dir = Path(results_dir)
+    candidate = results_dir.parent.parent / "results" / results_dir.name / LOG_NAME
+    return candidate if candidate.is_file() else None
+
+
 def load_forgetting(path: str | os.PathLike) -> dict:
     """Load a ``forgetting.json`` written by ``zhlora compare`` (checks its schema version)."""
-    from zhlora.analysis.compare import FORGETTING_SCHEMA_VERSION
-
     path = Path(path)
     try:
         forgetting = json.loads(path.read_text(encoding="utf-8"))

@@ -50,26 +50,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Compare, write the artefacts, print the headline."""
-    from zhlora.analysis.compare import FORGETTING_FILE, compare_results
-    from zhlora.analysis.report import write_report
-    from zhlora.analysis.results_io import results_dir_of
-    from zhlora.commands.report import default_training_log
+    from zhlora.analysis.compare import compare_and_report
+    from zhlora.analysis.results_io import default_training_log, results_dir_of
     from zhlora.config import config_from_args
+    from zhlora.filenames import FORGETTING_FILE
     from zhlora.locking import folder_lock
 
     report = config_from_args(args).report
     out_dir = args.output_dir or results_dir_of(args.tuned)
     with folder_lock(out_dir):  # one writer per results folder
-        forgetting = compare_results(
-            args.base,
-            args.tuned,
-            out_dir,
-            bootstrap_samples=report.bootstrap_samples,
-            confidence=report.confidence,
-            significance=report.significance,
-            seed=report.stats_seed,
-            data_dir=args.data_dir,
-            overwrite=args.overwrite,
+        forgetting, html = compare_and_report(
+            args.base, args.tuned, out_dir, report, data_dir=args.data_dir, overwrite=args.overwrite,
+            training_log=args.training_log or default_training_log(results_dir_of(args.tuned)), write_html=args.report,
         )
         print(f"{out_dir}/{FORGETTING_FILE}" + ("" if args.quiet else f": {forgetting['headline']['text']}"))
         for row in forgetting["rows"]:
@@ -79,14 +71,6 @@ def main(args: argparse.Namespace) -> int:
                     f"  {row['name']:<8} {row['base_pct']:5.1f} -> {row['tuned_pct']:5.1f}  {row['delta_points']:+5.1f} "
                     f"{interval}  p_holm={row['p_holm']:.2g}  {row['verdict']}"
                 )
-        if args.report:
-            html = write_report(
-                out_dir,
-                forgetting,
-                base_dir=args.base,
-                tuned_dir=args.tuned,
-                training_log=args.training_log or default_training_log(results_dir_of(args.tuned)),
-                language=report.chart_language,
-            )
+        if html is not None:
             print(f"{html}: report")
     return 0

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Download (or build) the model; the hub token comes from HF_TOKEN or the saved login."""
     from zhlora.locking import folder_lock
-    from zhlora.modeling import download_model, read_manifest
+    from zhlora.models.download import download_model
+    from zhlora.models.manifest import read_manifest
 
     model = config_from_args(args).model
     with folder_lock(args.output_dir):  # base_model is swapped in whole, so its parent holds the lock

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from zhlora.config import SIZE_FIELDS, add_config_flags, config_from_args
 from zhlora.errors import ConfigError, ZhloraError, did_you_mean
+from zhlora.filenames import FORGETTING_MD, RESULTS_FILE, RESULTS_MD, SAMPLES_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _resolve_specs(benchmarks: list[str], protocol: str, gsm8k_variant: str) -> dict:
-    from zhlora.evaluation.specs import resolve_spec
+    from zhlora.data.benchmarks import resolve_spec
 
     if not benchmarks:
         raise ConfigError("--benchmarks is empty; name at least one, e.g. --benchmarks mmlu,cmmlu.")
@@ -180,7 +181,7 @@ def _finished_results(results_dir: Path, expected: dict) -> dict | None:
     between writing it and anything after must not leave a folder that refuses to be finished);
     one made differently is refused, naming what differs, unless ``--overwrite``.
     """
-    path = results_dir / "results.json"
+    path = results_dir / RESULTS_FILE
     if not path.is_file():
         return None
     try:
@@ -275,8 +276,7 @@ def main(args: argparse.Namespace) -> int:
     from zhlora.evaluation.adapters import check_adapter_folder
     from zhlora.evaluation.distributed import init_eval_processes
     from zhlora.locking import folder_lock
-    from zhlora.modeling import load_tokenizer
-    from zhlora.models.loading import check_model_argument
+    from zhlora.models.loading import check_model_argument, load_tokenizer
 
     cfg = config_from_args(args)
     ec = cfg.eval
@@ -319,9 +319,10 @@ def _evaluate(args: argparse.Namespace, cfg, items: dict, results_dirs: list[Pat
     from zhlora.evaluation.hf_model import HFEvalModel
     from zhlora.evaluation.results import build_results, build_timings, write_results
     from zhlora.evaluation.runner import evaluate_benchmarks, open_prediction_cache
-    from zhlora.evaluation.samples import SAMPLES_NAME, sample_generations
+    from zhlora.evaluation.samples import sample_generations
     from zhlora.io_utils import atomic_write_json, sha256_file
-    from zhlora.modeling import load_model, load_tokenizer, model_fingerprint
+    from zhlora.models.loading import load_model, load_tokenizer
+    from zhlora.models.manifest import model_fingerprint
 
     ec = cfg.eval
     data_dir = Path(args.data_dir)
@@ -395,8 +396,8 @@ def _finish(args: argparse.Namespace, cfg, results_dir: Path, results: dict, ada
 
     if not fresh:
         logger.info("%s already holds these results (same settings, model and data); finishing its files. "
-                    "Pass --overwrite to evaluate again.", results_dir / "results.json")
-        atomic_write_text(results_dir / "results.md", results_markdown(results))
+                    "Pass --overwrite to evaluate again.", results_dir / RESULTS_FILE)
+        atomic_write_text(results_dir / RESULTS_MD, results_markdown(results))
     shutil.rmtree(results_dir / CACHE_DIRNAME, ignore_errors=True)
     _write_charts(results, results_dir)
     _print_summary(results_dir, results)
@@ -428,25 +429,19 @@ def _print_summary(results_dir: Path, results: dict) -> None:
 
 def _compare_with_baseline(args: argparse.Namespace, cfg, results_dir: Path) -> None:
     """Write the forgetting comparison when a baseline evaluation exists (given or beside the results)."""
-    from zhlora.analysis.compare import compare_results
+    from zhlora.analysis.compare import compare_and_report
+    from zhlora.training.logbook import LOG_NAME
 
     baseline = Path(args.baseline_results) if args.baseline_results else results_dir.parent / BASELINE_DIRNAME
-    if not (baseline / "results.json").is_file():
+    if not (baseline / RESULTS_FILE).is_file():
         if args.baseline_results:
-            raise ZhloraError(f"--baseline_results {baseline} holds no results.json; evaluate the base model there first.")
+            raise ZhloraError(f"--baseline_results {baseline} holds no {RESULTS_FILE}; evaluate the base model there first.")
         logger.info("No baseline results in %s: skipping the forgetting comparison (zhlora compare does it later).", baseline)
         return
-    report = cfg.report
-    forgetting = compare_results(
-        baseline, results_dir, results_dir, bootstrap_samples=report.bootstrap_samples, confidence=report.confidence,
-        significance=report.significance, seed=report.stats_seed, data_dir=args.data_dir, overwrite=True,
+    training_log = Path(args.lora_model_path) / LOG_NAME
+    forgetting, html = compare_and_report(
+        baseline, results_dir, results_dir, cfg.report, data_dir=args.data_dir, overwrite=True,
+        training_log=training_log if training_log.is_file() else None,
     )
-    from zhlora.analysis.report import write_report
-
-    training_log = Path(args.lora_model_path) / "training_log.jsonl"
-    html = write_report(
-        results_dir, forgetting, base_dir=baseline, tuned_dir=results_dir,
-        training_log=training_log if training_log.is_file() else None, language=report.chart_language,
-    )
-    print(f"  forgetting: {forgetting['headline']['text']} ({results_dir / 'forgetting.md'})")
+    print(f"  forgetting: {forgetting['headline']['text']} ({results_dir / FORGETTING_MD})")
     print(f"  report: {html}")

@@ -24,9 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def source_entries() -> list[tuple[str, str, str]]:
     """``(name, description, hub repository)`` of every data source, required ones first."""
-    from zhlora.config import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
+    from zhlora.data.catalog import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES, SOURCE_DESCRIPTIONS
     from zhlora.data.hub import BELLE_REPOS, SOURCE_REPOS
-    from zhlora.data.sources import SOURCE_DESCRIPTIONS
 
     return [
         (name, SOURCE_DESCRIPTIONS[name], " | ".join(BELLE_REPOS) if name == "belle" else SOURCE_REPOS[name])
@@ -36,9 +35,9 @@ def source_entries() -> list[tuple[str, str, str]]:
 
 def benchmark_entries() -> list[tuple[str, str, str, object]]:
     """``(benchmark, variant, kind, spec)`` for every spec variant (protocol, GSM8K variant or default)."""
-    from zhlora.evaluation.specs import SPECS
+    from zhlora.data.benchmarks import BENCHMARKS
 
-    return [(name, variant, spec.kind, spec) for name, variants in SPECS.items() for variant, spec in variants.items()]
+    return [(name, variant, spec.kind, spec) for name, bench in BENCHMARKS.items() for variant, spec in bench.variants.items()]
 
 
 def model_entries() -> list[tuple[str, str, str]]:
@@ -78,9 +77,11 @@ def main(args: argparse.Namespace) -> int:
             print(f"{name:<13} {description}  [hub: {repo}]")
         print("\nFetch with: zhlora download-data --source hf|modelscope|sample|local:DIR --datasets NAME,...")
     elif args.what == "benchmarks":
+        from zhlora.data.benchmarks import language_of
+
         for name, variant, kind, spec in benchmark_entries():
             data = f"{spec.source}/{spec.eval_split}"
-            print(f"{name:<8} {variant:<10} {kind:<16} v{spec.version}  data: {data}  ({spec.reference})")
+            print(f"{name:<8} {language_of(name)}  {variant:<10} {kind:<16} v{spec.version}  data: {data}  ({spec.reference})")
         print("\nChoose with: zhlora evaluate --benchmarks NAME,... --protocol lm-eval|official --gsm8k_variant VARIANT")
     elif args.what == "models":
         for name, description, where in model_entries():

@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Merge and report where the merged model went."""
-    from zhlora.modeling import merge_adapter, model_fingerprint
     from zhlora.models.loading import check_model_argument
+    from zhlora.models.manifest import model_fingerprint
+    from zhlora.models.merge import merge_adapter
 
     check_model_argument(args.base_model_path, "--base_model_path")
 

@@ -15,8 +15,9 @@ from zhlora.config import add_config_flags, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags: the data group (``--prompt_template``, ``--max_seq_length``, ...), the model group, ``--force``."""
-    add_config_flags(parser, ["data", "model"], used=("data_dir", "processed_dir", "prompt_template", "max_seq_length",
+    """Flags: the data group (``--prompt_template``, ``--overlong``, ...), ``--max_seq_length`` (train group),
+    the model group, ``--force``."""
+    add_config_flags(parser, ["data", "model", "train"], used=("data_dir", "processed_dir", "prompt_template", "max_seq_length",
                                                       "overlong", "replay_ratio", "data_seed", "model_name_or_path",
                                                       "trust_remote_code"))
     parser.add_argument(
@@ -30,8 +31,7 @@ def main(args: argparse.Namespace) -> int:
     """Load the model's tokenizer, preprocess, and print the row counts and tokens per Chinese character."""
     from zhlora.data.preprocess import preprocess_data
     from zhlora.locking import folder_lock
-    from zhlora.modeling import load_tokenizer
-    from zhlora.models.loading import check_model_argument
+    from zhlora.models.loading import check_model_argument, load_tokenizer
 
     cfg = config_from_args(args)
     data = cfg.data
@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
             data.processed_dir,
             tokenizer,
             template=data.prompt_template,
-            max_seq_length=data.max_seq_length,
+            max_seq_length=cfg.train.max_seq_length,
             overlong=data.overlong,
             replay_ratio=data.replay_ratio,
             seed=data.data_seed,

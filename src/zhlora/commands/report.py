@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def find_forgetting_files(path: Path) -> list[Path]:
     """forgetting.json of a results folder, or of every results folder under a work folder."""
-    from zhlora.analysis.compare import FORGETTING_FILE
     from zhlora.errors import ZhloraError
+    from zhlora.filenames import FORGETTING_FILE
 
     if (path / FORGETTING_FILE).is_file():
         return [path / FORGETTING_FILE]
@@ -51,16 +51,10 @@ def find_forgetting_files(path: Path) -> list[Path]:
     return found
 
 
-def default_training_log(results_dir: Path) -> Path | None:
-    """``<work>/results/<run>/training_log.jsonl`` for ``<work>/evaluation_results/<run>``."""
-    candidate = results_dir.parent.parent / "results" / results_dir.name / "training_log.jsonl"
-    return candidate if candidate.is_file() else None
-
-
 def main(args: argparse.Namespace) -> int:
     """Render one report per forgetting.json found."""
     from zhlora.analysis.report import write_report
-    from zhlora.analysis.results_io import load_forgetting
+    from zhlora.analysis.results_io import default_training_log, load_forgetting
 
     for file in find_forgetting_files(Path(args.path)):
         forgetting = load_forgetting(file)

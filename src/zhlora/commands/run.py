@@ -37,37 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Print every step's command and whether it would be skipped, run or redone; run nothing.")
 
 
-def resolve_config(args: argparse.Namespace):
-    """The experiment config of ``args``: ``--config`` (a file, or a shipped config's name), else the embedded demo."""
-    from zhlora.config import config_from_args
-    from zhlora.experiment import default_config_path, resolve_config_path
-
-    if args.config is None:
-        args.config = str(default_config_path())
-        print(f"No --config given: running the embedded demo ({args.config}).")
-    else:
-        args.config = str(resolve_config_path(args.config))
-    return config_from_args(args)
-
-
-def print_plan(steps, layout, fingerprints) -> None:
-    """One line per step: what would happen, and its command."""
-    from zhlora.experiment import step_state
-
-    for index, step in enumerate(steps, start=1):
-        state = step_state(step, layout, fingerprints[step.id], {i: fingerprints[i] for i in step.inputs})
-        print(f"[{index}/{len(steps)}] {step.id}: {state.reason}")
-        if not state.skip:
-            print(f"    {step.command(state.redo)}")
-
-
 def main(args: argparse.Namespace) -> int:
     """Plan, print the resolved settings, run the steps, print the headline and the report's path."""
     import json
     import time
 
-    from zhlora.cli import run_command
+    from zhlora.commands._pipeline import print_plan, resolve_config
     from zhlora.experiment import StepFailed, execute, plan_fingerprints, plan_run, write_run_config
+    from zhlora.filenames import FORGETTING_FILE, REPORT_HTML
     from zhlora.locking import folder_lock
 
     started = time.perf_counter()
@@ -81,15 +58,15 @@ def main(args: argparse.Namespace) -> int:
           f"LoRA r={cfg.lora.lora_rank} alpha={cfg.lora.lora_alpha:g}; resolved config {config_file}")
     try:
         with folder_lock(layout.run_dir(cfg.run_name)):  # one `zhlora run` per run; shared steps wait for each other
-            execution = execute(steps, layout, run_command)
+            execution = execute(steps, layout, args.run_verb)
     except StepFailed as exc:
         print(f"zhlora run: {exc}", file=sys.stderr)
         return exc.exit_code
     counts = {action: sum(o.action == action for o in execution.outcomes) for action in ("ran", "redone", "skipped")}
     report_dir = layout.eval_dir(cfg.run_name)
-    forgetting = json.loads((report_dir / "forgetting.json").read_text(encoding="utf-8"))
+    forgetting = json.loads((report_dir / FORGETTING_FILE).read_text(encoding="utf-8"))
     print(f"\n{forgetting['headline']['text_zh']}\n{forgetting['headline']['text']}\n")
-    print(f"Report: {report_dir / 'report.html'}")
+    print(f"Report: {report_dir / REPORT_HTML}")
     print(f"Steps: {counts['ran']} ran, {counts['redone']} redone, {counts['skipped']} skipped; "
           f"{time.perf_counter() - started:.0f} s. Step records: {layout.state_dir / 'steps'}")
     return 0

@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run this shard's trials (shared steps first) here, on Ray or on SLURM, then summarize the whole grid."""
-    from zhlora.commands.run import resolve_config
+    from zhlora.commands._pipeline import resolve_config
     from zhlora.errors import ConfigError
     from zhlora.experiment import WorkLayout, parse_shard, shard_from_environment, shard_trials, sweep_trials
 
@@ -87,8 +87,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _run_trials(cfg, selected, n_trials: int, args: argparse.Namespace, shard) -> int | list[str]:
     """Shared steps once, then the trials (here or on Ray); the failed trials' names, or an exit status."""
-    from zhlora.cli import run_command
-    from zhlora.commands.run import print_plan
+    from zhlora.commands._pipeline import print_plan
     from zhlora.experiment import (
         StepFailed,
         execute,
@@ -98,6 +97,7 @@ def _run_trials(cfg, selected, n_trials: int, args: argparse.Namespace, shard) -
         write_run_config,
     )
 
+    run_command = args.run_verb  # zhlora.cli.run_command, passed in by the CLI
     layout, steps, configs = plan_sweep(cfg, selected)
     fingerprints = plan_fingerprints(steps)
     if args.dry_run:

@@ -26,9 +26,11 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
+from zhlora.data import benchmarks as registry
 from zhlora.errors import unknown_name_error
 
-BENCHMARKS = ("ceval", "cmmlu", "mmlu")
+# The benchmarks whose registry entry says a table ships in mappings/<name>.json.
+BENCHMARKS = tuple(name for name, bench in registry.BENCHMARKS.items() if bench.categories)
 
 
 @dataclass(frozen=True)

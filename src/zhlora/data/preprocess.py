@@ -36,7 +36,6 @@ IGNORE_INDEX = -100  # label value PyTorch's cross-entropy skips
 META_NAME = "meta.json"
 STATS_NAME = "stats.json"
 TRAIN_DIRNAME = "train_dataset"
-EVAL_DIRNAME = "eval_dataset"
 TOKENIZE_BATCH_ROWS = 1000
 CHAR_RATIO_ROWS = 2000  # rows measured for tokens per Chinese character
 # What to do about each drop reason of tokenize_rows (formatted with the input file and the settings).
@@ -64,7 +63,8 @@ class TokenizedRow:
 
 
 def build_example(
-    prompt_ids: Sequence[int], response_ids: Sequence[int], eos_id: int, max_seq_length: int, overlong: str
+    prompt_ids: Sequence[int], response_ids: Sequence[int], eos_id: int, max_seq_length: int | None, overlong: str,
+    drop_empty: bool = True,
 ) -> TokenizedRow:
     """Join prompt and response token ids into ``input_ids``/``labels`` under the length rule.
 
@@ -72,12 +72,14 @@ def build_example(
     exceeds ``max_seq_length`` tokens: ``overlong="drop"`` drops it (reason ``too_long``);
     ``"truncate"`` keeps the whole prompt and the first ``max_seq_length - len(prompt)``
     response tokens without EOS, or drops the row (``prompt_too_long``) when not even one
-    response token fits. An empty response is dropped (``empty_response``).
+    response token fits. ``max_seq_length=None`` applies no length rule. An empty response is
+    dropped (``empty_response``: nothing to learn) unless ``drop_empty`` is false (evaluation
+    then scores its EOS alone).
     """
-    if not response_ids:
+    if not response_ids and drop_empty:
         return TokenizedRow(None, None, "empty_response")
     prompt, response = list(prompt_ids), list(response_ids)
-    if len(prompt) + len(response) + 1 <= max_seq_length:
+    if max_seq_length is None or len(prompt) + len(response) + 1 <= max_seq_length:
         ids = prompt + response + [eos_id]
         return TokenizedRow(ids, [IGNORE_INDEX] * len(prompt) + response + [eos_id])
     if overlong == "drop":
@@ -89,6 +91,27 @@ def build_example(
     return TokenizedRow(prompt + kept, [IGNORE_INDEX] * len(prompt) + kept, truncated=True)
 
 
+def encode_instructions(
+    tokenizer, prompts: Sequence[str], responses: Sequence[str], max_seq_length: int | None = None,
+    overlong: str = "drop", drop_empty: bool = True,
+) -> list[TokenizedRow]:
+    """The one encoder of instruction rows: rendered prompt with the tokenizer's special tokens
+    (BOS when it adds one), response without, then EOS; labels on the response and EOS only.
+
+    Training rows (:func:`tokenize_rows`) and the held-out loss of evaluation (``ppl_zh``,
+    :mod:`zhlora.evaluation.tasks.perplexity`) both come from here, so that loss is the training
+    loss on unseen rows by construction. Prompt and response are tokenized separately, so their
+    boundary is exact for any tokenizer. Length rule and empty responses: :func:`build_example`.
+    """
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ZhloraError(f"The tokenizer {tokenizer.name_or_path} has no EOS token; responses could not be ended.")
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    return [build_example(p_ids, r_ids, eos_id, max_seq_length, overlong, drop_empty)
+            for p_ids, r_ids in zip(prompt_ids, response_ids)]
+
+
 def tokenize_rows(
     tokenizer, rows: list[dict[str, str]], template: str, max_seq_length: int, overlong: str
 ) -> tuple[dict[str, list], dict[str, Any]]:
@@ -98,9 +121,6 @@ def tokenize_rows(
     ``rows_in``, ``rows_out``, ``dropped`` (by reason), ``truncated``, ``loss_tokens`` (tokens
     with a label, i.e. response + EOS) and ``rows_per_second``.
     """
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        raise ZhloraError(f"The tokenizer {tokenizer.name_or_path} has no EOS token; responses could not be ended.")
     columns: dict[str, list] = {"input_ids": [], "labels": [], "length": []}
     dropped: Counter[str] = Counter()
     truncated = loss_tokens = 0
@@ -108,10 +128,7 @@ def tokenize_rows(
     for start in range(0, len(rows), TOKENIZE_BATCH_ROWS):
         batch = rows[start:start + TOKENIZE_BATCH_ROWS]
         prompts = [render_prompt(template, row["instruction"], row["input"], tokenizer) for row in batch]
-        prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-        response_ids = tokenizer([row["output"] for row in batch], add_special_tokens=False)["input_ids"]
-        for p_ids, r_ids in zip(prompt_ids, response_ids):
-            example = build_example(p_ids, r_ids, eos_id, max_seq_length, overlong)
+        for example in encode_instructions(tokenizer, prompts, [row["output"] for row in batch], max_seq_length, overlong):
             if example.drop_reason:
                 dropped[example.drop_reason] += 1
                 continue
@@ -289,7 +306,10 @@ def preprocess_data(
     seed: int = 42,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Build ``train_dataset`` (BELLE sample [+ alpaca replay]) and ``eval_dataset`` (held-out BELLE).
+    """Build ``train_dataset`` (BELLE sample [+ alpaca replay]) and count the held-out BELLE rows.
+
+    The held-out rows go through the same length rule so ``stats.json`` shows how they fare
+    (``eval``); they are not saved as a dataset: ``ppl_zh`` scores ``belle/heldout.jsonl`` itself.
 
     Returns the statistics written to ``stats.json``. ``meta.json`` is written last and
     marks the output complete; a complete output made from the same inputs and settings is
@@ -359,5 +379,5 @@ def preprocess_data(
         "data_dir": str(data_dir),
         "provenance": provenance(),
     }
-    _write_outputs(output_dir, {TRAIN_DIRNAME: train_columns, EVAL_DIRNAME: eval_columns}, stats, meta)
+    _write_outputs(output_dir, {TRAIN_DIRNAME: train_columns}, stats, meta)
     return stats

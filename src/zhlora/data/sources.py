@@ -22,9 +22,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from zhlora.config import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
 from zhlora.data import builders, hub
 from zhlora.data.builders import SOURCE_SPLITS, BelleOptions, BuiltSource, RawFiles
+from zhlora.data.catalog import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
 from zhlora.errors import DataError, ZhloraError, did_you_mean, unknown_name_error
 from zhlora.io_utils import atomic_write_json, atomic_write_jsonl, provenance, replace_folder, sha256_file, utc_now
 
@@ -34,15 +34,6 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 SOURCE_KINDS = ("hf", "modelscope", "sample", "local:DIR")
 
-SOURCE_DESCRIPTIONS: dict[str, str] = {
-    "belle": "BELLE Chinese instructions (train sample + held-out slice)",
-    "ceval": "C-Eval, 52 subjects, 4-choice (dev / val / test)",
-    "cmmlu": "CMMLU, 67 subjects, 4-choice (dev / test)",
-    "mmlu": "MMLU, 57 subjects, 4-choice (dev / val / test)",
-    "gsm8k": "GSM8K grade-school math (train / test)",
-    "english_text": "WikiText-2 test articles, English perplexity probe",
-    "alpaca": "Stanford Alpaca English instructions, for replay (only when asked)",
-}
 
 _BUILDERS: dict[str, Callable[[RawFiles], BuiltSource]] = {
     "ceval": builders.build_ceval,

@@ -1,4 +1,6 @@
-"""Evaluation: declarative benchmark specs and the log-likelihood, generation and perplexity engines.
+"""Evaluation: one task per kind of benchmark spec (``tasks``) behind one engine interface (``engine``).
+
+The specs and every other fact about a benchmark live in the registry, :mod:`zhlora.data.benchmarks`.
 
 Library API (works on an in-memory model, e.g. during training)::
 
@@ -11,12 +13,11 @@ Library API (works on an in-memory model, e.g. during training)::
 the results folder. See docs/evaluation.md.
 """
 
+from zhlora.data.benchmarks import benchmark_names, resolve_spec
 from zhlora.evaluation.items import BenchmarkItems, load_benchmark_items
 from zhlora.evaluation.runner import BenchmarkResult, evaluate_benchmarks
-from zhlora.evaluation.specs import SPECS, benchmark_names, resolve_spec
 
 __all__ = [
-    "SPECS",
     "BenchmarkItems",
     "BenchmarkResult",
     "benchmark_names",

@@ -16,7 +16,9 @@ Three ideas make multiple-choice scoring fast without changing its numbers:
    of a causal model, so it changes nothing) with a batch size that halves on out-of-memory.
 
 The numbers are lm-evaluation-harness's: log-softmax (float32) of the logits, summed over the
-continuation tokens, contexts longer than the model's window truncated from the left.
+continuation tokens, contexts longer than the model's window truncated from the left. The
+per-token log-probabilities come from the training loss's own function
+(:func:`zhlora.training.loss.token_nll`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from dataclasses import dataclass
 import torch
 
 from zhlora.errors import ZhloraError
+from zhlora.evaluation.engine import ChoiceScores
 from zhlora.evaluation.prefix import PrefixUse, shared_prefix_length
 from zhlora.evaluation.requests import EncodedChoice, ScoredSequence
+from zhlora.training.loss import token_nll
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +64,6 @@ class _Row:
     def first_position(self) -> int:
         """The first position whose hidden state is read (a shared prefix must end at or before it)."""
         return min(p for score in self.scores for p in score.positions)
-
-
-@dataclass
-class ChoiceScores:
-    """Per-request option log-likelihoods (nats) and how the shared prefix was used."""
-
-    loglikelihoods: list[list[float]]
-    prefix: PrefixUse
 
 
 def model_max_length(config, tokenizer) -> int:
@@ -114,6 +110,8 @@ def choice_rows(requests: Sequence[EncodedChoice], max_length: int) -> list[_Row
 
 class HFEvalModel:
     """Evaluation engine over an in-memory causal LM (plain or PEFT-wrapped) and its tokenizer.
+
+    The reference :class:`~zhlora.evaluation.engine.EvalEngine`: it answers all three kinds of request.
 
     Args:
         model: a transformers causal LM, or a ``PeftModel`` around one (adapter applied unmerged).
@@ -219,13 +217,12 @@ class HFEvalModel:
         selected = hidden[torch.tensor(batch_index, device=hidden.device), torch.tensor(position_index, device=hidden.device)]
         head_device = self.lm_head.weight.device
         target_ids = torch.tensor(targets, dtype=torch.long, device=head_device)
-        logprobs = []
+        nlls = []
         for start in range(0, len(targets), LM_HEAD_CHUNK):
-            logits = self.lm_head(selected[start:start + LM_HEAD_CHUNK].to(head_device)).float()
-            chunk_targets = target_ids[start:start + LM_HEAD_CHUNK, None]
-            logprobs.append(torch.log_softmax(logits, dim=-1).gather(-1, chunk_targets).squeeze(-1))
-        for (index, option), value in zip(owners, torch.cat(logprobs).tolist()):
-            results[index][option] += value
+            logits = self.lm_head(selected[start:start + LM_HEAD_CHUNK].to(head_device))
+            nlls.append(token_nll(logits, target_ids[start:start + LM_HEAD_CHUNK]))
+        for (index, option), nll in zip(owners, torch.cat(nlls).tolist()):
+            results[index][option] += -nll
 
     def _score_rows(self, rows: list[_Row], results: list[list[float]], offset: int, prefix_kv) -> None:
         ordered = sorted(rows, key=lambda r: (-len(r.tokens), r.tokens))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zhlora.data.preprocess import IGNORE_INDEX, encode_instructions
 from zhlora.errors import ZhloraError
 from zhlora.evaluation.prompts import Prompt
 
@@ -79,15 +80,15 @@ def encode_choice(tokenizer, request: ChoiceRequest) -> EncodedChoice:
 
 
 def response_sequence(tokenizer, prompt: str, response: str) -> ScoredSequence:
-    """``prompt + response + </s>`` tokenized as training rows are, with the response and ``</s>`` scored.
+    """``prompt + response + EOS`` encoded as training rows are, with the response and EOS scored.
 
-    As in :mod:`zhlora.data.preprocess`, the prompt is encoded with special tokens (``<s>``)
-    and the response without, separately, so this loss is the fine-tuning loss on held-out rows.
+    The encoding is preprocessing's own (:func:`zhlora.data.preprocess.encode_instructions`:
+    prompt with the tokenizer's special tokens, response without), so this loss is the
+    fine-tuning loss on held-out rows. No length rule is applied here: a row longer than the
+    model's window is cut by the engine; an empty response scores its EOS alone.
     """
-    prompt_ids = _encode(tokenizer, [prompt])[0]
-    response_ids = _encode(tokenizer, [response], add_special_tokens=False)[0]
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return ScoredSequence(input_ids=prompt_ids + response_ids + eos, first_target=len(prompt_ids))
+    (row,) = encode_instructions(tokenizer, [prompt], [response], max_seq_length=None, drop_empty=False)
+    return ScoredSequence(input_ids=row.input_ids, first_target=row.labels.count(IGNORE_INDEX))
 
 
 def document_windows(tokenizer, text: str, window_tokens: int) -> list[ScoredSequence]:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from zhlora.evaluation.runner import BenchmarkResult
+from zhlora.filenames import RESULTS_FILE, RESULTS_MD, SAMPLES_NAME, TIMINGS_FILE
 from zhlora.io_utils import (
     atomic_write_json,
     atomic_write_jsonl,
@@ -20,7 +21,7 @@ from zhlora.io_utils import (
 )
 
 SCHEMA_VERSION = 1
-RESULT_FILES = ("results.json", "results.md", "timings.json", "samples.json")
+RESULT_FILES = (RESULTS_FILE, RESULTS_MD, TIMINGS_FILE, SAMPLES_NAME)
 INDEPENDENT_LABELS = {"bits_per_byte": "bits/byte", "bits_per_character": "bits/character",
                       "word_perplexity": "word perplexity"}
 SIZE_LABELS = {"limit": "items per subject", "gsm8k_limit": "GSM8K problems", "ppl_zh_documents": "ppl_zh documents",
@@ -112,7 +113,7 @@ def write_results(results_dir: Path, results: Mapping, benchmarks: Mapping[str, 
         path = results_dir / PREDICTIONS_DIRNAME / f"{name}.jsonl"
         atomic_write_jsonl(path, result.predictions)
         written.append(path)
-    written.append(atomic_write_json(results_dir / "results.json", results))
-    written.append(atomic_write_text(results_dir / "results.md", results_markdown(results)))
-    written.append(atomic_write_json(results_dir / "timings.json", timings))
+    written.append(atomic_write_json(results_dir / RESULTS_FILE, results))
+    written.append(atomic_write_text(results_dir / RESULTS_MD, results_markdown(results)))
+    written.append(atomic_write_json(results_dir / TIMINGS_FILE, timings))
     return written

@@ -21,47 +21,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from zhlora.data import benchmarks
 from zhlora.errors import ZhloraError
+from zhlora.evaluation.benchdata import BenchmarkItems, Unit
 from zhlora.evaluation.distributed import EvalProcesses, assign_units
+from zhlora.evaluation.engine import EvalEngine, GenerationRouted
 from zhlora.evaluation.hf_model import HFEvalModel
-from zhlora.evaluation.items import ALL, BenchmarkItems
 from zhlora.evaluation.prefix import PrefixUse
-from zhlora.evaluation.prompts import fewshot_prompt
-from zhlora.evaluation.requests import (
-    ChoiceRequest,
-    document_windows,
-    encode_choice,
-    response_sequence,
-)
-from zhlora.evaluation.scoring import (
-    item_ids_sha256,
-    predicted_letter,
-    summarize_choice,
-    summarize_generate,
-    summarize_perplexity,
-    text_units,
-)
-from zhlora.evaluation.specs import ChoiceSpec, GenerateSpec
-from zhlora.evaluation.tasks import choice as choice_hooks
-from zhlora.evaluation.tasks import gsm8k as gsm8k_hooks
+from zhlora.evaluation.scoring import item_ids_sha256
+from zhlora.evaluation.tasks import task_for
 from zhlora.io_utils import atomic_write_json, atomic_write_text, dumps_json
 from zhlora.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-CHUNK_ITEMS = 64  # items per cached unit of a benchmark without subjects
 CACHE_DIRNAME = ".cache"
 SETTINGS_FILE = "settings.json"
-_LL_DIGITS = 6
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A cached piece of work: ``items`` starting at index ``start`` of their group."""
-
-    key: str
-    items: list
-    start: int = 0
 
 
 @dataclass
@@ -79,145 +54,28 @@ class BenchmarkResult:
 
 
 def benchmark_units(bench: BenchmarkItems) -> list[Unit]:
-    """The units of a benchmark, in evaluation order."""
-    if isinstance(bench.spec, ChoiceSpec):
-        return [Unit(subject, items) for subject, items in bench.groups.items()]
-    items = bench.groups[ALL]
-    return [
-        Unit(f"items-{start:05d}-{min(start + CHUNK_ITEMS, len(items)) - 1:05d}", items[start:start + CHUNK_ITEMS], start)
-        for start in range(0, len(items), CHUNK_ITEMS)
-    ]
+    """The units of a benchmark, in evaluation order (its task's)."""
+    return task_for(bench.spec).units(bench)
 
 
-# ---------------------------------------------------------------------------------------
-# Units -> prediction rows
-# ---------------------------------------------------------------------------------------
-def choice_requests(tokenizer, bench: BenchmarkItems, subject: str, questions: Sequence) -> list[ChoiceRequest]:
-    """The requests of one subject's questions under the benchmark's spec and shots."""
-    spec: ChoiceSpec = bench.spec
-    info = bench.subjects.get(subject)
-    description = spec.description.format(**choice_hooks.subject_fields(subject, info.name_zh if info else None))
-    shots = [
-        (spec.doc_to_text.format(**choice_hooks.question_fields(q)), q.answer)
-        for q in bench.fewshot.get(subject, [])[: bench.shots]
-    ]
-    letter_ids: tuple[int, ...] = ()
-    continuations: tuple[str, ...] = ()
-    if spec.scoring.startswith("letter_token:"):
-        letter_ids = tuple(choice_hooks.letter_token_ids(tokenizer, spec.scoring.split(":", 1)[1], spec.choices))
-    else:
-        continuations = tuple(spec.target_delimiter + letter for letter in spec.choices)
-    return [
-        ChoiceRequest(
-            prompt=fewshot_prompt(description, shots, spec.doc_to_text.format(**choice_hooks.question_fields(q)),
-                                  spec.target_delimiter, spec.fewshot_delimiter),
-            continuations=continuations,
-            letter_token_ids=letter_ids,
-        )
-        for q in questions
-    ]
-
-
-def _choice_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit, prefix_use: PrefixUse) -> list[dict]:
-    requests = choice_requests(engine.tokenizer, bench, unit.key, unit.items)
-    encoded = [encode_choice(engine.tokenizer, request) for request in requests]
-    prefix_ids = engine.tokenizer(requests[0].prompt.prefix, verbose=False)["input_ids"] if requests else None
-    scores = engine.choice_loglikelihoods(encoded, prefix_ids)
-    prefix_use.add(scores.prefix)
-    letters = bench.spec.choices
-    rows = []
-    for question, lls in zip(unit.items, scores.loglikelihoods):
-        predicted = predicted_letter(lls, letters)
-        rows.append({
-            "id": question.id, "subject": unit.key, "gold": question.answer, "predicted": predicted,
-            "correct": predicted == question.answer, "loglikelihoods": [round(x, _LL_DIGITS) for x in lls],
-        })
-    return rows
-
-
-def generate_prompts(bench: BenchmarkItems, start: int, problems: Sequence) -> list[str]:
-    """The few-shot prompts of ``problems`` (items ``start..`` of the benchmark)."""
-    spec: GenerateSpec = bench.spec
-    if spec.fewshot_samples:
-        fixed = [(spec.doc_to_text.format(question=q), target) for q, target in spec.fewshot_samples[: bench.shots]]
-        shot_lists = [fixed] * len(problems)
-    else:
-        pool = bench.fewshot.get(ALL, [])
-        draws = gsm8k_hooks.random_shot_indices(len(pool), start + len(problems), bench.shots, spec.fewshot_seed)[start:]
-        shot_lists = [[(spec.doc_to_text.format(question=pool[j].question), pool[j].answer_text) for j in draw]
-                      for draw in draws]
-    return [
-        fewshot_prompt("", shots, spec.doc_to_text.format(question=p.question), spec.target_delimiter,
-                       spec.fewshot_delimiter).text
-        for shots, p in zip(shot_lists, problems)
-    ]
-
-
-def _generate_rows(generator, bench: BenchmarkItems, unit: Unit, max_new_tokens: int) -> list[dict]:
-    spec: GenerateSpec = bench.spec
-    texts = generator.generate(generate_prompts(bench, unit.start, unit.items), spec.stop, max_new_tokens)
-    rows = []
-    for problem, text in zip(unit.items, texts):
-        gold = gsm8k_hooks.normalize_answer(gsm8k_hooks.reference_answer(problem.answer_text), spec.ignore_regexes)
-        strict = gsm8k_hooks.extract_answer(text, spec.strict_regex, 0)
-        flexible = gsm8k_hooks.extract_answer(text, spec.flexible_regex, -1)
-        rows.append({
-            "id": problem.id, "gold": gold, "predicted": strict, "predicted_flexible": flexible,
-            "correct": gsm8k_hooks.normalize_answer(strict, spec.ignore_regexes) == gold,
-            "correct_flexible": gsm8k_hooks.normalize_answer(flexible, spec.ignore_regexes) == gold,
-            "generated": text,
-        })
-    return rows
-
-
-def _perplexity_rows(engine: HFEvalModel, bench: BenchmarkItems, unit: Unit) -> list[dict]:
-    spec = bench.spec
-    window = min(spec.window_tokens, engine.max_length - 1)
-    sequences, owners = [], []
-    for index, doc in enumerate(unit.items):
-        if spec.target == "response":
-            parts = [response_sequence(engine.tokenizer, doc.prompt, doc.text)]
-        else:
-            parts = document_windows(engine.tokenizer, doc.text, window)
-        sequences.extend(parts)
-        owners.extend([index] * len(parts))
-    totals = [[0.0, 0] for _ in unit.items]
-    for owner, (nll, count) in zip(owners, engine.sequence_nll(sequences)):
-        totals[owner][0] += nll
-        totals[owner][1] += count
-    return [
-        {"id": doc.id, "nll": round(nll, _LL_DIGITS), "n_tokens": count, "loss": round(nll / count, _LL_DIGITS),
-         **text_units(doc.text)}
-        for doc, (nll, count) in zip(unit.items, totals)
-    ]
-
-
-def run_unit(engine: HFEvalModel, generator, bench: BenchmarkItems, unit: Unit, max_new_tokens: int,
+def run_unit(engine: EvalEngine, bench: BenchmarkItems, unit: Unit, max_new_tokens: int,
              prefix_use: PrefixUse | None = None) -> list[dict]:
-    """Prediction rows of one unit (``generator`` answers generation requests; often ``engine``).
-
-    Multiple-choice units add their shared-prefix counts to ``prefix_use``.
-    """
-    if isinstance(bench.spec, ChoiceSpec):
-        return _choice_rows(engine, bench, unit, prefix_use if prefix_use is not None else PrefixUse())
-    if isinstance(bench.spec, GenerateSpec):
-        return _generate_rows(generator, bench, unit, max_new_tokens)
-    return _perplexity_rows(engine, bench, unit)
+    """Prediction rows of one unit; multiple-choice units add their shared-prefix counts to ``prefix_use``."""
+    return task_for(bench.spec).run(engine, bench, unit, max_new_tokens=max_new_tokens, prefix_use=prefix_use)
 
 
 def summarize_benchmark(bench: BenchmarkItems, rows: Sequence[dict]) -> dict:
-    """The ``results.json`` entry of a benchmark (spec identity + scores), without timings."""
+    """The ``results.json`` entry of a benchmark (spec identity, language + its task's scores), without timings.
+
+    ``language`` comes from the benchmark registry, so the analysis reads it from the file.
+    """
     spec = bench.spec
     entry = {
-        "kind": spec.kind, "spec_version": spec.version, "spec_reference": spec.reference, "protocol": spec.protocol,
-        "split": spec.eval_split, "data_sha256": dict(sorted(bench.files_sha256.items())),
+        "kind": spec.kind, "language": benchmarks.language_of(spec.name), "spec_version": spec.version,
+        "spec_reference": spec.reference, "protocol": spec.protocol, "split": spec.eval_split,
+        "data_sha256": dict(sorted(bench.files_sha256.items())),
     }
-    if isinstance(spec, ChoiceSpec):
-        entry.update(shots=bench.shots, **summarize_choice(rows, bench.subjects, spec.category_scheme))
-    elif isinstance(spec, GenerateSpec):
-        entry.update(variant=spec.variant, shots=bench.shots, **summarize_generate(rows))
-    else:
-        entry.update(summarize_perplexity(rows, spec.units))
+    entry.update(task_for(spec).summarize(bench, rows))
     return entry
 
 
@@ -318,8 +176,7 @@ def open_prediction_cache(results_dir: Path, settings: Mapping) -> PredictionCac
 # Library entry point
 # ---------------------------------------------------------------------------------------
 def score_share(
-    engine: HFEvalModel,
-    generator,
+    engine: EvalEngine,
     items_by_benchmark: Mapping[str, BenchmarkItems],
     *,
     max_new_tokens: int,
@@ -342,14 +199,14 @@ def score_share(
         owners = assign_units([len(unit.items) for unit in units], world_size)
         mine = [index for index, owner in enumerate(owners) if owner == rank]
         share["rows"][name] = {}
-        prefix_use = PrefixUse() if isinstance(bench.spec, ChoiceSpec) else None
+        prefix_use = PrefixUse() if task_for(bench.spec).shares_prefix else None
         with progress_bar(sum(len(units[i].items) for i in mine), name, "item", disable=not progress) as bar:
             for index in mine:
                 unit = units[index]
                 ids_sha256 = item_ids_sha256([item.id for item in unit.items])
                 unit_rows = cache.load(name, unit.key, ids_sha256) if cache else None
                 if unit_rows is None:
-                    unit_rows = run_unit(engine, generator, bench, unit, max_new_tokens, prefix_use)
+                    unit_rows = run_unit(engine, bench, unit, max_new_tokens, prefix_use)
                     if cache:
                         cache.save(name, unit.key, ids_sha256, unit_rows)
                 share["rows"][name][index] = unit_rows
@@ -418,11 +275,13 @@ def evaluate_benchmarks(
         scores = {n: r.summary["accuracy_micro"] for n, r in evaluate_benchmarks(model, tok, items).items()}
     """
     processes = processes or EvalProcesses()
-    engine = HFEvalModel(model, tokenizer, batch_size=batch_size)
+    engine: EvalEngine = HFEvalModel(model, tokenizer, batch_size=batch_size)
+    if generator is not None:
+        engine = GenerationRouted(engine, generator)
     was_training = model.training
     model.eval()
     try:
-        share = score_share(engine, generator or engine, items_by_benchmark, max_new_tokens=max_new_tokens,
+        share = score_share(engine, items_by_benchmark, max_new_tokens=max_new_tokens,
                             cache=cache, progress=progress, rank=processes.rank, world_size=processes.world_size)
     finally:
         model.train(was_training)

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from zhlora.data.templates import render_prompt
 
-SAMPLES_NAME = "samples.json"
 # (id, language, instruction): what a user would type; the template wraps it.
 SAMPLE_PROMPTS: tuple[tuple[str, str, str], ...] = (
     ("zh-greeting", "zh", "用一句话介绍你自己。"),

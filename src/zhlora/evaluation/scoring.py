@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from zhlora.data.categories import SubjectInfo
 
 DIGITS = 6  # scores are rounded to 1e-6 so results files are short and stable
+LL_DIGITS = 6  # digits of the log-likelihoods and losses in prediction rows
 
 
 def _round(value: float) -> float:

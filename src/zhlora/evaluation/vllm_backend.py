@@ -1,7 +1,8 @@
 """Optional vLLM backend for generation (GSM8K) on GPUs, with the LoRA adapter served by vLLM.
 
-The HF engine (:mod:`zhlora.evaluation.hf_model`) stays the reference and still scores the
-log-likelihood benchmarks; this class only answers ``generate`` requests. vLLM cannot be
+An :class:`~zhlora.evaluation.engine.EvalEngine` that answers generation only: the HF engine
+(:mod:`zhlora.evaluation.hf_model`) stays the reference and scores the log-likelihood
+benchmarks (:class:`~zhlora.evaluation.engine.GenerationRouted` pairs the two). vLLM cannot be
 installed on the machines zhlora is developed on, so this path is untested here: compare its
 GSM8K predictions with ``--backend hf`` on a few items before trusting it.
 """
@@ -27,7 +28,11 @@ def vllm_max_lora_rank(rank: int) -> int:
 
 
 class VllmGenerator:
-    """Greedy generation with vLLM; ``generate`` has the signature of the HF engine's."""
+    """Greedy generation with vLLM; ``generate`` has the signature of the HF engine's.
+
+    It implements the generation request of :class:`~zhlora.evaluation.engine.EvalEngine` only
+    (vLLM's prompt log-probabilities are not checked against the reference engine here).
+    """
 
     def __init__(
         self,
@@ -62,3 +67,4 @@ class VllmGenerator:
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop))
         outputs = self.llm.generate(list(prompts), params, lora_request=self.lora_request, use_tqdm=False)
         return [cut_at_stop(output.outputs[0].text, stop) for output in outputs]
+

@@ -85,7 +85,7 @@ class WorkLayout:
 
     @property
     def base_model(self) -> Path:
-        from zhlora.modeling import BASE_MODEL_DIRNAME
+        from zhlora.models.download import BASE_MODEL_DIRNAME
 
         return self.models_dir / BASE_MODEL_DIRNAME
 

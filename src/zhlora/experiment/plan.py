@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from zhlora.config import SIZE_FIELDS, ExperimentConfig, config_to_dict
+from zhlora.data.preprocess import META_NAME
 from zhlora.errors import ConfigError
 from zhlora.experiment.layout import (
     BASELINE_NAME,
@@ -20,6 +21,7 @@ from zhlora.experiment.layout import (
     seed_configs,
 )
 from zhlora.experiment.reports import write_run_report
+from zhlora.filenames import FORGETTING_FILE, REPORT_HTML, RESULTS_FILE
 from zhlora.io_utils import dumps_json, sha256_file
 
 
@@ -100,8 +102,7 @@ def _model_stamp(folder: Path) -> Callable[[], str | None]:
     """The sha256 of ``zhlora_manifest.json`` when every file it lists is present."""
 
     def stamp() -> str | None:
-        from zhlora.modeling import MANIFEST_NAME, read_manifest
-        from zhlora.models.manifest import manifest_files_present
+        from zhlora.models.manifest import MANIFEST_NAME, manifest_files_present, read_manifest
 
         manifest = read_manifest(folder)
         if manifest is None or not manifest_files_present(folder, manifest):
@@ -130,21 +131,21 @@ def _pick(values: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
 
 def benchmark_sources(benchmarks: Sequence[str], protocol: str, gsm8k_variant: str) -> list[str]:
     """The data sources the named benchmarks read (``ppl_zh`` reads BELLE's held-out slice)."""
-    from zhlora.evaluation.specs import resolve_spec
+    from zhlora.data.benchmarks import resolve_spec
 
     return sorted({resolve_spec(name, protocol, gsm8k_variant).source for name in benchmarks})
 
 
 def benchmark_spec_versions(benchmarks: Sequence[str], protocol: str, gsm8k_variant: str) -> dict[str, str]:
     """The version of each benchmark's spec: a new prompt or scoring rule (a version bump) redoes evaluations."""
-    from zhlora.evaluation.specs import resolve_spec
+    from zhlora.data.benchmarks import resolve_spec
 
     return {name: resolve_spec(name, protocol, gsm8k_variant).version for name in benchmarks}
 
 
 def needed_sources(cfg: ExperimentConfig, replay_ratios: Sequence[float]) -> list[str]:
     """``data.datasets`` plus what the pipeline reads: BELLE, the benchmarks' sources, alpaca for replay."""
-    from zhlora.config import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
+    from zhlora.data.catalog import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
 
     needed = {"belle", *cfg.data.datasets, *benchmark_sources(cfg.eval.benchmarks, cfg.eval.protocol, cfg.eval.gsm8k_variant)}
     if any(ratio > 0 for ratio in replay_ratios):
@@ -157,7 +158,7 @@ def needed_sources(cfg: ExperimentConfig, replay_ratios: Sequence[float]) -> lis
 DATA_SOURCE_FIELDS = ("source",)
 BELLE_FIELDS = ("source", "belle_dataset", "belle_sample_size", "belle_heldout_size", "data_seed")
 MODEL_SOURCE_FIELDS = ("model_name_or_path", "model_source", "revision")
-PREPROCESS_FIELDS = ("prompt_template", "max_seq_length", "overlong", "replay_ratio", "data_seed")
+PREPROCESS_FIELDS = ("prompt_template", "overlong", "replay_ratio", "data_seed")  # + train.max_seq_length
 MODEL_LOAD_FIELDS = ("torch_dtype", "load_in_4bit", "trust_remote_code")
 EVAL_FIELDS = ("benchmarks", "protocol", "shots", "gsm8k_variant", *SIZE_FIELDS, "subjects", "max_new_tokens", "backend")
 COMPARE_FIELDS = ("bootstrap_samples", "confidence", "significance", "stats_seed")
@@ -221,7 +222,7 @@ def _evaluate_step(
                  "--no_compare"]  # the compare step below does it, with the run's report settings
     return Step(
         id=f"evaluate.{name}", settings=settings, inputs=tuple(inputs),
-        stamp=_file_stamp(layout.eval_dir(name) / "results.json"), verb="evaluate", argv=tuple(argv),
+        stamp=_file_stamp(layout.eval_dir(name) / RESULTS_FILE), verb="evaluate", argv=tuple(argv),
         redo_flags=("--overwrite",), resumes=True, writes=(layout.eval_dir(name),),
     )
 
@@ -238,8 +239,9 @@ def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[
     preprocess_inputs = ["download-data.belle", "download-model"] + (["download-data.alpaca"] if ratio > 0 else [])
     steps = [Step(
         id=preprocess_id,
-        settings={**_pick(raw["data"], PREPROCESS_FIELDS), "trust_remote_code": cfg.model.trust_remote_code},
-        inputs=tuple(preprocess_inputs), stamp=_file_stamp(processed / "meta.json"), verb="preprocess",
+        settings={**_pick(raw["data"], PREPROCESS_FIELDS), "max_seq_length": cfg.train.max_seq_length,
+                  "trust_remote_code": cfg.model.trust_remote_code},
+        inputs=tuple(preprocess_inputs), stamp=_file_stamp(processed / META_NAME), verb="preprocess",
         argv=("--config", config_file, "--data_dir", str(layout.data_dir), "--processed_dir", str(processed),
               "--model_name_or_path", str(layout.base_model)),
         redo_flags=("--force",), writes=(processed,),
@@ -268,7 +270,7 @@ def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[
         steps.append(Step(
             id=f"compare.{name}", settings=_pick(raw["report"], COMPARE_FIELDS),
             inputs=(f"evaluate.{BASELINE_NAME}", f"evaluate.{name}"),
-            stamp=_file_stamp(layout.eval_dir(name) / "forgetting.json"), verb="compare",
+            stamp=_file_stamp(layout.eval_dir(name) / FORGETTING_FILE), verb="compare",
             argv=(str(layout.eval_dir(BASELINE_NAME)), str(layout.eval_dir(name)), "--config", config_file,
                   "--data_dir", str(layout.data_dir), "--no-report", "--overwrite", "--quiet"),
             writes=(layout.eval_dir(name),),
@@ -307,7 +309,7 @@ def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
     report_dir, processed = layout.eval_dir(run), layout.processed_dir(cfg.data.replay_ratio)
     steps.append(Step(
         id=f"report.{run}", settings=settings,
-        inputs=(*compare_ids, *(f"train.{c.run_name}" for c in runs)), stamp=_file_stamp(report_dir / "report.html"),
+        inputs=(*compare_ids, *(f"train.{c.run_name}" for c in runs)), stamp=_file_stamp(report_dir / REPORT_HTML),
         action=lambda: write_run_report(layout, run, scales, cfg.report.chart_language, cfg.report.confidence,
                                         processed_dir=processed, seed_runs=seed_runs),
         description=f"built in: like `zhlora report {report_dir}`"

@@ -13,9 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from zhlora.data.preprocess import STATS_NAME
 from zhlora.errors import ZhloraError
 from zhlora.experiment.layout import BASELINE_NAME, WorkLayout, number_tag, scale_results_name
+from zhlora.filenames import FORGETTING_FILE, REPORT_HTML, RESULTS_FILE
 from zhlora.io_utils import atomic_write_json, atomic_write_text, provenance
+from zhlora.training.logbook import LOG_NAME
+from zhlora.training.outputs import MANIFEST_NAME
 
 
 def tradeoff_numbers(forgetting: dict) -> dict:
@@ -59,7 +63,6 @@ def seed_mean_and_spread(rows: Sequence[dict]) -> dict:
 
 def scale_curve(layout: WorkLayout, run_name: str, scales: Sequence[float]) -> list[dict]:
     """One row of :func:`tradeoff_numbers` per adapter scale of a run (its compare must be done)."""
-    from zhlora.analysis.compare import FORGETTING_FILE
     from zhlora.analysis.results_io import load_forgetting
 
     rows = []
@@ -148,7 +151,6 @@ def write_run_report(
     """Write the run's ``report.html``/``report.md`` (with the adapter-scale curve when there are several
     scales, the effective replay ratio when ``processed_dir``'s stats.json records replay, and the
     spread between training seeds, ``seeds.json``, when ``seed_runs`` lists several ``(seed, run name)``)."""
-    from zhlora.analysis.compare import FORGETTING_FILE
     from zhlora.analysis.report import write_report
     from zhlora.analysis.results_io import load_forgetting
     from zhlora.analysis.seeds import seed_summary, seeds_section
@@ -166,10 +168,10 @@ def write_run_report(
         rows = scale_curve(layout, run_name, scales)
         atomic_write_json(out_dir / "adapter_scales.json", {"provenance": provenance(), "rows": rows})
         extra.append(scale_curve_section(rows, out_dir, confidence, language))
-    replay = replay_section(processed_dir / "stats.json") if processed_dir is not None else None
+    replay = replay_section(processed_dir / STATS_NAME) if processed_dir is not None else None
     if replay is not None:
         extra.append(replay)
-    training_log = layout.run_dir(run_name) / "training_log.jsonl"
+    training_log = layout.run_dir(run_name) / LOG_NAME
     return write_report(out_dir, forgetting, base_dir=layout.eval_dir(BASELINE_NAME), tuned_dir=out_dir,
                         training_log=training_log if training_log.is_file() else None, extra_sections=extra,
                         language=language)
@@ -242,7 +244,7 @@ def write_sweep_summary(summary: dict, out_dir: Path, language: str = "auto") ->
     title = f"zhlora sweep: {summary['run_name']}"
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_text(out_dir / "summary.md", render_markdown(title, sections))
-    return atomic_write_text(out_dir / "report.html", render_html(title, sections))
+    return atomic_write_text(out_dir / REPORT_HTML, render_html(title, sections))
 
 
 def runs_overview(work_dir: str | os.PathLike) -> list[dict]:
@@ -261,17 +263,17 @@ def runs_overview(work_dir: str | os.PathLike) -> list[dict]:
     for name in names:
         run_dir, eval_dir = layout.run_dir(name), layout.eval_dir(name)
         row: dict[str, Any] = {"name": name, "headline": None}
-        if (eval_dir / "forgetting.json").is_file():
+        if (eval_dir / FORGETTING_FILE).is_file():
             try:
-                row["headline"] = json.loads((eval_dir / "forgetting.json").read_text(encoding="utf-8"))["headline"]["text"]
+                row["headline"] = json.loads((eval_dir / FORGETTING_FILE).read_text(encoding="utf-8"))["headline"]["text"]
                 row["status"] = "compared"
             except (OSError, json.JSONDecodeError, KeyError, TypeError):
                 row["status"] = "compared (unreadable forgetting.json)"
-        elif (eval_dir / "results.json").is_file():
+        elif (eval_dir / RESULTS_FILE).is_file():
             row["status"] = "evaluated"
         elif eval_dir.is_dir():
             row["status"] = "evaluation incomplete"
-        elif (run_dir / "manifest.json").is_file():
+        elif (run_dir / MANIFEST_NAME).is_file():
             row["status"] = "trained, not evaluated"
         elif run_dir.is_dir():
             checkpoints = list_checkpoints(run_dir)

@@ -141,7 +141,7 @@ def trial_status(layout: WorkLayout, trial_name: str, planned: str | None, recor
     machine without ``.zhlora/steps``), ``stale`` (made with other settings), ``evaluating``,
     ``training`` or ``not started``.
     """
-    from zhlora.analysis.compare import FORGETTING_FILE
+    from zhlora.filenames import FORGETTING_FILE
 
     if (layout.eval_dir(trial_name) / FORGETTING_FILE).is_file():
         record = records.get(f"compare.{trial_name}")
@@ -161,8 +161,8 @@ def summarize_sweep(cfg: ExperimentConfig) -> dict:
     Reads only files (merged shards included); trials made with other settings are ``stale``
     and left out of the charts.
     """
-    from zhlora.analysis.compare import FORGETTING_FILE
     from zhlora.analysis.results_io import load_forgetting
+    from zhlora.filenames import FORGETTING_FILE
 
     trials = sweep_trials(cfg)
     layout, steps, _ = plan_sweep(cfg, trials)

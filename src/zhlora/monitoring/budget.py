@@ -1,4 +1,7 @@
-"""The forgetting budget: parse ``--forgetting_budget``, test probe values against it, pick the step to export.
+"""The forgetting budget: test probe values against it, pick the step to export.
+
+``--forgetting_budget`` is parsed by :func:`zhlora.forgetting_budget.parse_budget` (a low-level
+module, so the config can validate the flag without importing this layer).
 
 Pure functions over probe values (``{probe name: number}``), so every rule here is tested on
 constructed sequences without a model.
@@ -23,45 +26,13 @@ every limit on it and ranks last for the Chinese gain.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from zhlora.errors import ConfigError
+from zhlora.forgetting_budget import BudgetLimit, ForgettingBudget
 
-ENGLISH_ACCURACY = "en_acc"
-ENGLISH_PERPLEXITY = "en_ppl"
 CHINESE_LOSS = "zh_loss"
 _TOLERANCE = 1e-9  # values exactly at the limit are within the budget, whatever the float rounding
-_TERM = re.compile(r"^(?P<metric>[a-z]+)\s*:\s*(?P<number>[0-9]*\.?[0-9]+)\s*(?P<percent>%?)$")
-_EXAMPLES = "Examples: acc:2 (at most 2 points of English probe accuracy), ppl:5% (at most +5% English perplexity), acc:2,ppl:5%."
-
-
-@dataclass(frozen=True)
-class BudgetLimit:
-    """One bound: ``metric`` "acc" (``limit`` in accuracy points) or "ppl" (``limit`` a relative rise, 0.05 = 5 %)."""
-
-    metric: str
-    limit: float
-    text: str
-
-    @property
-    def probe(self) -> str:
-        """The probe value this limit reads."""
-        return ENGLISH_ACCURACY if self.metric == "acc" else ENGLISH_PERPLEXITY
-
-
-@dataclass(frozen=True)
-class ForgettingBudget:
-    """The parsed ``--forgetting_budget``: every limit must hold."""
-
-    limits: tuple[BudgetLimit, ...]
-    text: str
-
-    @property
-    def probes(self) -> list[str]:
-        """Probe values the budget needs."""
-        return sorted({limit.probe for limit in self.limits})
 
 
 @dataclass(frozen=True)
@@ -105,44 +76,6 @@ class Selection:
     within_budget: bool
     zh_gain: float | None  # step-0 zh_loss minus this step's (nats/token); positive = learned
     reason: str
-
-
-def parse_budget(text: str | None) -> ForgettingBudget | None:
-    """Parse ``--forgetting_budget`` (None or empty: no budget).
-
-    Raises:
-        ConfigError: unknown metric, a ``ppl`` bound without ``%``, an ``acc`` bound with ``%``,
-            a negative or repeated bound.
-    """
-    if text is None or not text.strip():
-        return None
-    limits = []
-    for raw in text.split(","):
-        term = raw.strip().lower()
-        match = _TERM.match(term)
-        if not match:
-            raise ConfigError(f'--forgetting_budget: cannot read "{raw.strip()}". {_EXAMPLES}')
-        metric, number, percent = match["metric"], float(match["number"]), match["percent"]
-        if metric == "acc":
-            if percent:
-                raise ConfigError(
-                    f'--forgetting_budget "{raw.strip()}": accuracy bounds are in percentage points, written '
-                    f"without %: acc:{match['number']} allows a drop from e.g. 45.0% to {45 - number:.1f}%."
-                )
-            limit = number
-        elif metric == "ppl":
-            if not percent:
-                raise ConfigError(
-                    f'--forgetting_budget "{raw.strip()}": a perplexity bound is a relative rise; write it with %, '
-                    f"e.g. ppl:{match['number']}% (perplexity may grow by at most {match['number']}%)."
-                )
-            limit = number / 100.0
-        else:
-            raise ConfigError(f'--forgetting_budget: unknown metric "{metric}" in "{raw.strip()}". {_EXAMPLES}')
-        if any(existing.metric == metric for existing in limits):
-            raise ConfigError(f'--forgetting_budget "{text}": {metric} is bounded twice; keep one bound per metric.')
-        limits.append(BudgetLimit(metric, limit, f"{metric}:{match['number']}{percent}"))
-    return ForgettingBudget(tuple(limits), ",".join(limit.text for limit in limits))
 
 
 def violations(budget: ForgettingBudget | None, baseline: Mapping[str, float], values: Mapping[str, float]) -> list[Violation]:

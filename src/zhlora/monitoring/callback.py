@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 from zhlora.errors import ZhloraError
+from zhlora.forgetting_budget import ForgettingBudget
 from zhlora.io_utils import atomic_write_json, replace_folder
 from zhlora.monitoring.budget import (
-    ForgettingBudget,
     ProbePoint,
     Selection,
     limit_values,
@@ -46,12 +46,10 @@ from zhlora.monitoring.probes import ENGLISH_ACCURACY_PROBES, ProbeSuite, evalua
 from zhlora.monitoring.schedule import is_probe_due, should_probe, suggested_monitor_every
 from zhlora.training.checkpoint import ADAPTER_WEIGHTS_NAME, checkpoint_path, list_checkpoints
 from zhlora.training.loop import StepReport
+from zhlora.training.outputs import PROBE_SETS_NAME, SNAPSHOT_DIRNAME
 
 logger = logging.getLogger(__name__)
 
-SNAPSHOT_DIRNAME = "probe_snapshots"
-PROBE_SETS_NAME = "probe_sets.json"
-PROBE_CURVES_NAME = "probe_curves.png"
 _SNAPSHOT_RE = re.compile(r"^step-(\d+)$")
 
 

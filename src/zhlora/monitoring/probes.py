@@ -33,11 +33,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from zhlora.data.benchmarks import ChoiceSpec, GenerateSpec, resolve_spec
 from zhlora.errors import DataError, ZhloraError
 from zhlora.evaluation.items import ALL, BenchmarkItems, TextItem, load_benchmark_items
 from zhlora.evaluation.runner import BenchmarkResult, evaluate_benchmarks
 from zhlora.evaluation.scoring import item_ids_sha256
-from zhlora.evaluation.specs import ChoiceSpec, GenerateSpec, resolve_spec
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class ProbeSource:
     """Where a probe's items come from and which summary value it reports."""
 
     name: str  # the value's name in training_log.jsonl
-    benchmark: str  # spec name in zhlora.evaluation.specs
+    benchmark: str  # spec name in zhlora.data.benchmarks
     split: str  # the split probed (data/<source>/<split>.jsonl)
     language: str  # "zh" or "en"
     side: str  # "learning" or "forgetting"

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from zhlora.data.preprocess import IGNORE_INDEX
 from zhlora.training.checkpoint import save_checkpoint
 from zhlora.training.dataset import TokenRows
 from zhlora.training.logbook import TrainingLog
 from zhlora.training.loss import micro_batch_objective, token_loss_sum
 from zhlora.training.packing import (
-    IGNORE_INDEX,
     PackedBatch,
     block_causal_mask,
     collate_bins,

@@ -15,11 +15,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from zhlora.training.packing import IGNORE_INDEX
+from zhlora.data.preprocess import IGNORE_INDEX
 
 
-def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Sum of the cross-entropies (nats) of the scored positions, and how many there are.
+def token_nll(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    """Next-token negative log-likelihood (nats) of ``targets``: the one place zhlora computes it.
+
+    Training sums it over a step (:func:`token_loss_sum`); evaluation reads it per token
+    (held-out loss, perplexity windows, answer options: ``zhlora.evaluation.hf_model``), so the
+    held-out Chinese loss is the training loss on unseen rows by construction.
 
     Args:
         logits: ``[batch, tokens, vocab]`` scores of the next token at every position, or
@@ -27,14 +31,19 @@ def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
         targets: the next-token ids of the same positions (``[batch, tokens]`` or ``[positions]``),
             :data:`IGNORE_INDEX` where unscored (already shifted: ``targets[:, i]`` is the token
             that follows position ``i``).
+        reduction: ``none`` (one value per position, 0 where unscored, flattened) or ``sum``.
 
     The cross-entropy is computed in float32 whatever the logits' dtype (bf16 log-softmax
     over 32k classes loses digits).
     """
-    loss_sum = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction=reduction
     )
-    return loss_sum, int((targets != IGNORE_INDEX).sum())
+
+
+def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of the cross-entropies (nats) of the scored positions (:func:`token_nll`), and how many there are."""
+    return token_nll(logits, targets, reduction="sum"), int((targets != IGNORE_INDEX).sum())
 
 
 def micro_batch_objective(

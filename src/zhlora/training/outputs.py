@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
+from zhlora.models.adapter_files import ADAPTER_CONFIG
 from zhlora.training.checkpoint import (
     ADAPTER_WEIGHTS_NAME,
     newest_intact_checkpoint,
     read_trainer_state,
 )
+from zhlora.training.logbook import LOG_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +31,14 @@ MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "train_config.yaml"
 CURVE_NAME = "loss_curve.png"
 INITIAL_ADAPTER_DIR = "initial_adapter"  # PiSSA/OLoRA start point, for the conversion to plain LoRA
+# written by the forgetting monitor (zhlora.monitoring.callback) with --monitor_every
+PROBE_SETS_NAME = "probe_sets.json"
+PROBE_CURVES_NAME = "probe_curves.png"
+SNAPSHOT_DIRNAME = "probe_snapshots"
 # Files and folders zhlora writes into a run folder; --overwrite removes exactly these.
-RUN_ARTEFACTS = (ADAPTER_WEIGHTS_NAME, "adapter_config.json", "README.md", CONFIG_NAME, MANIFEST_NAME,
-                 "training_log.jsonl", "loss_curve.png", INITIAL_ADAPTER_DIR, "runs",
-                 "probe_curves.png", "probe_sets.json", "probe_snapshots")
+RUN_ARTEFACTS = (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG, "README.md", CONFIG_NAME, MANIFEST_NAME,
+                 LOG_NAME, CURVE_NAME, INITIAL_ADAPTER_DIR, "runs",
+                 PROBE_CURVES_NAME, PROBE_SETS_NAME, SNAPSHOT_DIRNAME)
 # Settings that change how a run reports or saves, never the adapter it produces...
 NON_IDENTITY_TRAIN_FIELDS = ("save_steps", "save_total_limit", "logging_steps", "report_to",
                              "monitor_every", "forgetting_budget", "budget_action", "probe_limit", "probe_overhead",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100  # label value of positions that are not scored (prompt, row end, pad)
+from zhlora.data.preprocess import IGNORE_INDEX  # also the value of positions that are not scored: row end, pad
 
 
 def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
