@@ -57,7 +57,7 @@ def packed_bin(model_dir: Path, work: Path, rows: int) -> list[tuple[np.ndarray,
 
 
 def build(model_dir: Path):
-    from zhlora.modeling import load_model
+    from zhlora.models.loading import load_model
     from zhlora.training.lora import apply_lora, build_lora_config
 
     torch.manual_seed(0)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from zhlora.training.packing import IGNORE_INDEX, collate_bins
+from zhlora.data.preprocess import IGNORE_INDEX
+from zhlora.training.packing import collate_bins
 from zhlora.training.segment_attention import SEGMENTS, row_bounds, use_segment_attention
 
 
@@ -22,7 +23,7 @@ def _rows(vocab: int, lengths, seed: int = 0):
 
 
 def _lora_model(model_dir):
-    from zhlora.modeling import load_model
+    from zhlora.models.loading import load_model
     from zhlora.training.lora import apply_lora, build_lora_config
 
     torch.manual_seed(0)
@@ -78,7 +79,7 @@ def test_segment_attention_gives_the_block_mask_loss_and_gradients(tiny_model_di
 
 def test_without_row_bounds_it_is_plain_sdpa(tiny_model_dir):
     """Evaluation on the training model (padded batches, 2-D mask, no boundaries) is unchanged."""
-    from zhlora.modeling import load_model
+    from zhlora.models.loading import load_model
 
     model = load_model(tiny_model_dir, torch_dtype="float32")
     model.set_attn_implementation("sdpa")
@@ -94,7 +95,7 @@ def test_without_row_bounds_it_is_plain_sdpa(tiny_model_dir):
 
 
 def test_segment_attention_takes_one_flattened_row(tiny_model_dir):
-    from zhlora.modeling import load_model
+    from zhlora.models.loading import load_model
 
     model = load_model(tiny_model_dir, torch_dtype="float32")
     use_segment_attention(model)
