@@ -60,7 +60,7 @@ def eval_round(model_dir: Path, tokenizer, benches, mode: str) -> dict:
 
 def train_round(model_dir: Path, tokenizer, text: str, mode: str, steps: int, seq_len: int) -> dict:
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraSettings, get_peft_model
 
     from zhlora.training.loss import token_loss_sum
 

@@ -19,13 +19,13 @@ PACKAGE_DIR = Path(zhlora.__file__).parent
 # (layer, module prefixes), lowest first; a module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("shared", ("zhlora", "zhlora.errors", "zhlora.io_utils", "zhlora.threads", "zhlora.locking", "zhlora.progress",
-                "zhlora.filenames", "zhlora.forgetting_budget")),
+                "zhlora.filenames", "zhlora.forgetting_budget", "zhlora.differences")),
     ("data", ("zhlora.data",)),
     ("config", ("zhlora.config",)),
     ("model", ("zhlora.models",)),
     ("training + evaluation", ("zhlora.training", "zhlora.evaluation")),
     ("monitoring + analysis", ("zhlora.monitoring", "zhlora.analysis")),
-    ("training recipe", ("zhlora.training.run",)),
+    ("recipes", ("zhlora.recipes",)),
     ("pipeline", ("zhlora.experiment",)),
     ("CLI", ("zhlora.cli", "zhlora.__main__", "zhlora.commands")),
 ]
@@ -114,7 +114,7 @@ def test_the_cycle_finder_finds_a_planted_circle():
 
 def test_the_graph_sees_lazy_imports_inside_functions(graph):
     # commands/train.py imports the recipe inside main() only
-    assert "zhlora.training.run" in graph["zhlora.commands.train"]
+    assert "zhlora.recipes.train" in graph["zhlora.commands.train"]
 
 
 def test_no_import_circle_between_modules(graph):
@@ -127,12 +127,63 @@ def test_every_module_is_in_a_layer(graph):
 
 
 def test_imports_point_down_the_layers(graph):
-    upward = sorted(
+    assert upward_arrows(graph) == []
+
+
+LIBRARY_FOLDERS = ("data", "models", "training", "evaluation", "monitoring", "analysis")
+
+
+def folder_of(module: str) -> str:
+    """``zhlora.training.loop`` -> ``training``; a top-level module is its own folder."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else module
+
+
+def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that points to a higher layer, as readable lines."""
+    return sorted(
         f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
         for module, targets in graph.items() for target in targets
         if layer_of(target) > layer_of(module)
     )
-    assert upward == []
+
+
+def library_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a library folder into recipes, the pipeline, the CLI, or a higher library layer."""
+    return [line for line in upward_arrows(graph) if folder_of(line.split(" ", 1)[0]) in LIBRARY_FOLDERS]
+
+
+def folder_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Circles between folders (a folder imports another that imports it back, directly or not)."""
+    folders: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        folders.setdefault(folder_of(module), set()).update(
+            folder_of(target) for target in targets if folder_of(target) != folder_of(module))
+    return find_cycles(folders)
+
+
+def test_recipes_are_the_layer_above_the_library():
+    assert layer_of("zhlora.recipes.train") > max(layer_of(f"zhlora.{name}.x") for name in LIBRARY_FOLDERS)
+    assert layer_of("zhlora.recipes.evaluate") < layer_of("zhlora.experiment.plan") < layer_of("zhlora.commands.train")
+
+
+def test_no_library_folder_imports_upward(graph):
+    assert library_violations(graph) == []
+
+
+def test_no_circle_between_folders(graph):
+    assert folder_cycles(graph) == []
+
+
+def test_a_planted_violation_is_caught(graph):
+    """The checks above fail when the library reaches up: planted in a copy of the real graph."""
+    planted = {module: set(targets) for module, targets in graph.items()}
+    planted["zhlora.training.loop"].add("zhlora.recipes.train")  # library -> recipe
+    planted["zhlora.evaluation.runner"].add("zhlora.monitoring.probes")  # lower library layer -> higher one
+    violations = library_violations(planted)
+    assert any("zhlora.training.loop (training + evaluation) imports zhlora.recipes.train" in line for line in violations)
+    assert any("zhlora.evaluation.runner" in line and "zhlora.monitoring.probes" in line for line in violations)
+    assert any({"evaluation", "monitoring"} <= set(cycle) for cycle in folder_cycles(planted))
 
 
 def test_config_imports_only_lower_layers(graph):

@@ -11,7 +11,7 @@ import pytest
 from data_release import BELLE_ROWS, EXPECTED_ROWS, write_release
 
 from zhlora.data.sampling import reservoir_sample, sample_train_heldout, train_heldout_sizes
-from zhlora.data.sources import download_data, parse_source, read_manifest, samples_dir
+from zhlora.data.sources import download_data, parse_source, read_data_manifest, samples_dir
 from zhlora.errors import DataError, ZhloraError
 from zhlora.io_utils import read_jsonl, sha256_file
 
@@ -32,7 +32,7 @@ def local_data(release, tmp_path_factory) -> Path:
 
 
 def test_local_release_gives_expected_rows_and_manifest(local_data, release):
-    manifest = read_manifest(local_data)
+    manifest = read_data_manifest(local_data)
     for name, splits in EXPECTED_ROWS.items():
         entry = manifest["sources"][name]
         assert {split: info["rows"] for split, info in entry["splits"].items()} == splits
@@ -141,7 +141,7 @@ def test_a_failing_source_leaves_no_output_that_looks_complete(release, tmp_path
     with pytest.raises(DataError, match=r"law_val\.csv, line 2: answer \"E\" is not one of A, B, C, D"):
         download_data(out, source=f"local:{broken}", datasets=["gsm8k", "ceval"])
     assert not (out / "ceval").exists() and not list(out.glob(".ceval*"))
-    manifest = read_manifest(out)
+    manifest = read_data_manifest(out)
     assert set(manifest["sources"]) == {"gsm8k"}  # the source before it is complete and recorded
 
 
@@ -194,7 +194,7 @@ def test_seed_script_accepts_output_dir_alias(release, tmp_path):
 
 @pytest.mark.skipif(not (samples_dir() / "ceval").is_dir(), reason="bundled samples not written yet")
 def test_bundled_samples_download_offline(sample_data_dir):
-    manifest = read_manifest(sample_data_dir)
+    manifest = read_data_manifest(sample_data_dir)
     assert set(manifest["sources"]) >= {"belle", "ceval", "cmmlu", "mmlu", "gsm8k", "english_text"}
     assert manifest["sources"]["ceval"]["origin"]["kind"] == "sample"
     for entry in manifest["sources"].values():

@@ -22,9 +22,10 @@ from hub_server import HubServer, _Handler
 
 from zhlora.cli import run_command
 from zhlora.errors import ZhloraError
+from zhlora.filenames import MODEL_MANIFEST
 from zhlora.models.download import download_model, select_model_files
 from zhlora.models.loading import load_model
-from zhlora.models.manifest import MANIFEST_NAME, model_fingerprint, read_manifest
+from zhlora.models.manifest import model_fingerprint, read_model_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET_TOKEN = "hf_do_not_log_me_1234567890"
@@ -60,7 +61,7 @@ class GatedHubServer(HubServer):
 
 def _repo_folder(model_dir: Path, target: Path, extra: dict[str, bytes] | None = None) -> Path:
     """A copy of ``model_dir`` (without zhlora's manifest) plus ``extra`` files, to serve as a repo."""
-    shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns(MODEL_MANIFEST))
     for name, data in (extra or {}).items():
         (target / name).write_bytes(data)
     return target
@@ -110,7 +111,7 @@ def test_select_model_files_refuses_pickle_only_and_weightless_repos():
 def test_download_tiny_writes_loadable_base_model_and_reruns_skip(tmp_path, capsys):
     assert run_command("download-model", ["--model_name_or_path", "tiny", "--output_dir", str(tmp_path / "models")]) == 0
     folder = tmp_path / "models" / "base_model"
-    manifest = read_manifest(folder)
+    manifest = read_model_manifest(folder)
     assert manifest["source"] == "tiny" and manifest["model_name_or_path"] == "tiny"
     assert manifest["weights_sha256"] in capsys.readouterr().out
     mtime = (folder / "model.safetensors").stat().st_mtime_ns
@@ -123,19 +124,19 @@ def test_download_tiny_writes_loadable_base_model_and_reruns_skip(tmp_path, caps
 def test_local_folder_is_copied_with_manifest_and_never_silently_replaced(tiny_model_dir, tmp_path):
     source = tmp_path / "my-llama"
     shutil.copytree(tiny_model_dir, source)
-    (source / MANIFEST_NAME).unlink()
+    (source / MODEL_MANIFEST).unlink()
     (source / "notes.txt").write_text("not part of a model")
     folder = download_model(str(source), tmp_path / "models", source="local")
-    manifest = read_manifest(folder)
+    manifest = read_model_manifest(folder)
     assert manifest["source"] == "local" and manifest["model_name_or_path"] == str(source.resolve())
     assert set(manifest["files"]) == {p.name for p in source.iterdir()} - {"notes.txt"}
     assert manifest["files"]["model.safetensors"] == hashlib.sha256((source / "model.safetensors").read_bytes()).hexdigest()
     assert model_fingerprint(folder) == model_fingerprint(tiny_model_dir)
     # a different model into the same folder: refused, then replaced with --force
     assert run_command("download-model", ["--model_name_or_path", "tiny", "--output_dir", str(tmp_path / "models")]) == 2
-    assert read_manifest(folder)["source"] == "local"
+    assert read_model_manifest(folder)["source"] == "local"
     assert run_command("download-model", ["--model_name_or_path", "tiny", "--output_dir", str(tmp_path / "models"), "--force"]) == 0
-    assert read_manifest(folder)["source"] == "tiny"
+    assert read_model_manifest(folder)["source"] == "tiny"
 
 
 def test_bad_local_folders_give_clear_errors(tmp_path, capsys):
@@ -175,7 +176,7 @@ def test_seed_script_accepts_the_seed_flags(tmp_path):
                           "--output_dir", "models"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
-    assert read_manifest(tmp_path / "models" / "base_model")["source"] == "tiny"
+    assert read_model_manifest(tmp_path / "models" / "base_model")["source"] == "tiny"
 
 
 # ---------------------------------------------------------------------------------------
@@ -197,11 +198,11 @@ def test_hub_download_fetches_safetensors_only_and_records_the_commit(tiny_model
     auth = [{k.lower(): v for k, v in r["headers"].items()}.get("authorization") for r in hub.requests]
     assert auth and set(auth) == {f"Bearer {SECRET_TOKEN}"}, "HF_TOKEN was not sent"
     folder = tmp_path / "models" / "base_model"
-    manifest = read_manifest(folder)
+    manifest = read_model_manifest(folder)
     assert manifest["source"] == "hf" and manifest["model_name_or_path"] == repo
     assert manifest["revision"] == commit and manifest["revision_requested"] == "main"
-    assert manifest["files"]["model.safetensors"] == read_manifest(tiny_model_dir)["files"]["model.safetensors"]
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*manifest["files"], MANIFEST_NAME])
+    assert manifest["files"]["model.safetensors"] == read_model_manifest(tiny_model_dir)["files"]["model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*manifest["files"], MODEL_MANIFEST])
     assert not (folder / "pytorch_model.bin").exists() and not leftover.parent.exists()
     assert model_fingerprint(folder) == model_fingerprint(tiny_model_dir)
     assert load_model(folder).num_parameters() == load_model(tiny_model_dir).num_parameters()
@@ -251,7 +252,7 @@ def test_corrupted_hub_download_is_rejected(tiny_model_dir, tmp_path, monkeypatc
 
     def fake_fill(repo_id, staging, revision, token):  # files arrive, but not with the hub's sha256
         for path in tiny_model_dir.iterdir():
-            if path.name != MANIFEST_NAME:
+            if path.name != MODEL_MANIFEST:
                 shutil.copy(path, staging)
         return "f" * 40, {"model.safetensors": "0" * 64}
 

@@ -192,7 +192,7 @@ def test_subjects_may_name_their_benchmark(capsys, caplog, tmp_path, tiny_model_
     """`marketing` is in CMMLU and MMLU: a bare name takes both and says so; cmmlu:marketing picks one."""
     import logging
 
-    from zhlora.commands.evaluate import split_subjects
+    from zhlora.recipes.evaluate import split_subjects
     from zhlora.errors import ConfigError
 
     assert split_subjects(["mmlu:marketing", "nutrition"], ["cmmlu", "mmlu"]) == ({"mmlu": ["marketing"]}, ["nutrition"])
@@ -200,7 +200,7 @@ def test_subjects_may_name_their_benchmark(capsys, caplog, tmp_path, tiny_model_
         split_subjects(["mmmlu:marketing"], ["cmmlu", "mmlu"])
     common = ["--model_path", tiny_model_dir, "--data_dir", sample_data_dir, "--benchmarks", "cmmlu,mmlu", "--limit", "1",
               "--shots", "0"]
-    with caplog.at_level(logging.INFO, logger="zhlora.commands.evaluate"):
+    with caplog.at_level(logging.INFO, logger="zhlora.recipes.evaluate"):
         code, err = _evaluate(capsys, *common, "--subjects", "marketing", "--results_dir", tmp_path / "both")
     assert code == 0, err
     assert "--subjects marketing: found in cmmlu and mmlu (write cmmlu:marketing to evaluate one of them)" in caplog.text

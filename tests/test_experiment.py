@@ -20,7 +20,7 @@ from zhlora.experiment import (
     plan_fingerprints,
     plan_run,
     processed_dirname,
-    read_record,
+    read_step_record,
     resolved_run_config,
     scale_results_name,
 )
@@ -161,7 +161,7 @@ def test_second_run_skips_everything(tmp_path):
     second = execute(_fake_plan(tmp_path), layout, verbs)
     assert [o.action for o in second.outcomes] == ["skipped"] * 3
     assert len(verbs.calls) == 3
-    record = read_record(layout, "train")
+    record = read_step_record(layout, "train")
     assert record["status"] == "complete" and record["command"].startswith("zhlora train --out ")
     assert record["fingerprint"] == first.fingerprints["train"]
 
@@ -195,7 +195,7 @@ def test_interrupted_step_resumes_without_redo_flags(tmp_path):
     with pytest.raises(StepFailed) as info:
         execute(_fake_plan(tmp_path), layout, verbs)
     assert info.value.exit_code == 130 and "continues where it stopped" in str(info.value)
-    assert read_record(layout, "train")["status"] == "running"
+    assert read_step_record(layout, "train")["status"] == "running"
     verbs.calls.clear()
     outcome = execute(_fake_plan(tmp_path), layout, verbs)
     assert [o.action for o in outcome.outcomes] == ["skipped", "skipped", "ran"]
@@ -258,7 +258,7 @@ def test_config_falls_back_to_the_shipped_file_of_that_name(tmp_path, monkeypatc
 
 def _kill_after_outputs(layout: WorkLayout, step_id: str) -> None:
     """The state a kill leaves between a verb's last write and its ``complete`` record."""
-    record = read_record(layout, step_id)
+    record = read_step_record(layout, step_id)
     record.update(status="running")
     for key in ("output_stamp", "finished_at", "seconds"):
         record.pop(key, None)
@@ -279,7 +279,7 @@ def test_kill_after_outputs_before_the_record_is_finished_not_a_dead_end(tmp_pat
     outcome = execute(_fake_plan(tmp_path), layout,
                       lambda verb, argv: accepted.append((verb, argv)) or 0)
     assert [argv for _, argv in accepted] == [["--out", str(tmp_path / step_id)]]  # no --force
-    assert read_record(layout, step_id)["status"] == "complete"
+    assert read_step_record(layout, step_id)["status"] == "complete"
     assert [o.action for o in outcome.outcomes].count("ran") == 1
 
 
@@ -290,7 +290,7 @@ def test_interrupted_redo_whose_old_outputs_are_untouched_redoes_again(tmp_path)
     verbs.fail_next["train"] = 130  # killed before it replaced anything
     with pytest.raises(StepFailed):
         execute(_fake_plan(tmp_path, train_setting=2), layout, verbs)
-    assert read_record(layout, "train")["redo"] is True
+    assert read_step_record(layout, "train")["redo"] is True
     verbs.calls.clear()
     execute(_fake_plan(tmp_path, train_setting=2), layout, verbs)
     assert verbs.calls == [("train", ["--out", str(tmp_path / "train"), "--force"])]

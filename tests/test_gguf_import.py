@@ -20,7 +20,7 @@ from zhlora.models.builtin import BUILTIN_GGUF_MODELS, builtin_gguf_file
 from zhlora.models.download import download_model
 from zhlora.models.gguf import import_gguf, read_gguf_header
 from zhlora.models.loading import load_model, load_tokenizer
-from zhlora.models.manifest import read_manifest
+from zhlora.models.manifest import read_model_manifest
 
 SMOLLM2 = BUILTIN_GGUF_MODELS["smollm2-135m"]
 
@@ -68,7 +68,7 @@ def test_smollm2_folder_is_a_normal_base_model(smollm2_model_dir, smollm2_gguf_f
     config = json.loads((smollm2_model_dir / "config.json").read_text())
     assert "quantization_config" not in config
     assert config["architectures"] == ["LlamaForCausalLM"] and config["tie_word_embeddings"] is True
-    manifest = read_manifest(smollm2_model_dir)
+    manifest = read_model_manifest(smollm2_model_dir)
     assert manifest["source"] == "gguf" and manifest["model_name_or_path"] == "smollm2-135m"
     gguf = manifest["gguf"]
     assert gguf["sha256"] == SMOLLM2.sha256 and gguf["file"] == SMOLLM2.filename
@@ -175,8 +175,8 @@ def test_download_model_cli_imports_a_gguf_path(smollm2_gguf_file, smollm2_model
     from zhlora.cli import main
 
     assert main(["download-model", "--model_name_or_path", str(smollm2_gguf_file), "--output_dir", str(tmp_path)]) == 0
-    manifest = read_manifest(tmp_path / "base_model")
+    manifest = read_model_manifest(tmp_path / "base_model")
     assert manifest["model_name_or_path"] == str(smollm2_gguf_file.resolve())
     assert manifest["gguf"]["origin"] == {"kind": "file", "path": str(smollm2_gguf_file.resolve())}
-    assert manifest["weights_sha256"] == read_manifest(smollm2_model_dir)["weights_sha256"]
+    assert manifest["weights_sha256"] == read_model_manifest(smollm2_model_dir)["weights_sha256"]
     assert "weights sha256" in capsys.readouterr().out

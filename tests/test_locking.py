@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from zhlora.locking import LOCK_FILENAME, FolderLockedError, folder_lock
+from zhlora.filenames import LOCK_FILENAME
+from zhlora.locking import FolderLockedError, folder_lock
 
 HOLD = """
 import sys, time

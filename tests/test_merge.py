@@ -11,7 +11,7 @@ import torch
 
 from zhlora.cli import run_command
 from zhlora.models.loading import load_model, load_tokenizer
-from zhlora.models.manifest import model_fingerprint, read_manifest
+from zhlora.models.manifest import model_fingerprint, read_model_manifest
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_merged_logits_equal_base_plus_adapter(tiny_model_dir, adapter_dir, tmp_
     torch.testing.assert_close(merged, with_adapter, atol=1e-5, rtol=0)
     # a complete model folder: tokenizer copied unchanged, manifest naming base and adapter
     assert (out / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
-    manifest = read_manifest(out)
+    manifest = read_model_manifest(out)
     assert manifest["source"] == "merge" and manifest["dtype"] == "float32"
     assert manifest["base_model"]["weights_sha256"] == model_fingerprint(tiny_model_dir)
     assert manifest["adapter"]["config"]["r"] == 8
@@ -65,7 +65,7 @@ def test_merge_refuses_non_empty_output_unless_overwrite(tiny_model_dir, adapter
     assert "--overwrite" in capsys.readouterr().err and (out / "precious.txt").exists()
     assert run_command("merge", [*argv, "--overwrite", "--save_dtype", "bfloat16"]) == 0
     assert not (out / "precious.txt").exists()
-    assert json.loads((out / "config.json").read_text())["dtype"] == read_manifest(out)["dtype"] == "bfloat16"
+    assert json.loads((out / "config.json").read_text())["dtype"] == read_model_manifest(out)["dtype"] == "bfloat16"
     assert load_model(out, torch_dtype="bfloat16").dtype is torch.bfloat16
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from zhlora.errors import ZhloraError
+from zhlora.filenames import MODEL_MANIFEST
 from zhlora.models.loading import load_model, load_tokenizer, resolve_dtype
-from zhlora.models.manifest import MANIFEST_NAME, model_fingerprint, read_manifest, weights_digest
+from zhlora.models.manifest import model_fingerprint, read_model_manifest, weights_digest
 from zhlora.models.tiny import build_tiny_model, corpus_texts
 
 LETTERS = "ABCD"
@@ -21,7 +22,7 @@ LETTERS = "ABCD"
 # ---------------------------------------------------------------------------------------
 def test_tiny_model_is_a_real_llama_saved_like_a_downloaded_one(tiny_model_dir):
     names = {p.name for p in tiny_model_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", MANIFEST_NAME} <= names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", MODEL_MANIFEST} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
@@ -30,7 +31,7 @@ def test_tiny_model_is_a_real_llama_saved_like_a_downloaded_one(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir)
     assert type(model).__name__ == "LlamaForCausalLM" and not model.training
     assert model.config.vocab_size == len(tokenizer)
-    manifest = read_manifest(tiny_model_dir)
+    manifest = read_model_manifest(tiny_model_dir)
     assert manifest["source"] == "tiny" and manifest["tiny"]["parameters"] == model.num_parameters()
     batch = tokenizer(["答案： A", "Answer: B is right"], return_tensors="pt", padding=True)
     logits = model(**batch).logits
@@ -40,12 +41,12 @@ def test_tiny_model_is_a_real_llama_saved_like_a_downloaded_one(tiny_model_dir):
 def test_tiny_build_is_deterministic_and_seeded(tiny_model_dir, tmp_path):
     again = build_tiny_model(tmp_path / "again", seed=0)
     other = build_tiny_model(tmp_path / "other", seed=1)
-    first, second = read_manifest(tiny_model_dir), read_manifest(again)
+    first, second = read_model_manifest(tiny_model_dir), read_model_manifest(again)
     assert first["files"]["model.safetensors"] == second["files"]["model.safetensors"]
     assert first["files"]["tokenizer.json"] == second["files"]["tokenizer.json"]
     assert model_fingerprint(again) == model_fingerprint(tiny_model_dir)
     assert model_fingerprint(other) != model_fingerprint(tiny_model_dir)
-    assert read_manifest(other)["files"]["tokenizer.json"] == first["files"]["tokenizer.json"]
+    assert read_model_manifest(other)["files"]["tokenizer.json"] == first["files"]["tokenizer.json"]
 
 
 def test_tiny_build_refuses_a_non_empty_folder(tmp_path):
@@ -186,11 +187,11 @@ def test_tokenizer_missing_from_a_folder(tmp_path):
 def test_fingerprint_reads_manifest_and_recomputes_when_files_changed(tiny_model_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)
-    manifest = read_manifest(copy)
+    manifest = read_model_manifest(copy)
     assert model_fingerprint(copy) == manifest["weights_sha256"] == weights_digest(manifest["files"])
-    (copy / MANIFEST_NAME).unlink()
+    (copy / MODEL_MANIFEST).unlink()
     assert model_fingerprint(copy) == manifest["weights_sha256"]  # same value without the manifest
-    shutil.copy(tiny_model_dir / MANIFEST_NAME, copy)
+    shutil.copy(tiny_model_dir / MODEL_MANIFEST, copy)
     with open(copy / "model.safetensors", "ab") as handle:
         handle.write(b"\0")  # size no longer matches the manifest: recomputed from the files
     tampered = model_fingerprint(copy)
@@ -219,7 +220,7 @@ def test_hub_ids_load_through_hf_endpoint_and_fail_clearly(tiny_model_dir, tmp_p
         out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     loaded, error = out.stdout.splitlines()[-2:]
-    manifest = read_manifest(tiny_model_dir)
+    manifest = read_model_manifest(tiny_model_dir)
     assert loaded == f"{manifest['tiny']['parameters']} {manifest['tiny']['vocab_size']}"
     assert error.startswith('ERROR Could not load the model "zhlora-test/missing": it is not a local folder')
     assert "zhlora download-model" in error

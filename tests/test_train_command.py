@@ -346,8 +346,8 @@ def test_train_config_written_is_the_resolved_config(reference_run):
 def test_a_callback_can_log_rows_and_stop_the_run(tmp_path, tiny_model_dir, processed):
     """The monitoring hook: on_step_end(step, model) -> StepReport(record, stop)."""
     from zhlora.config import config_from_dict
+    from zhlora.recipes.train import train
     from zhlora.training.loop import StepReport
-    from zhlora.training.run import train
 
     class StopAtTwo:
         def __init__(self):

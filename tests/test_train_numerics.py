@@ -135,10 +135,10 @@ def test_unknown_target_module_lists_the_available_ones():
 
 @pytest.mark.parametrize("field,value", [("lora_rank", 0), ("lora_alpha", -1), ("lora_dropout", 1.0), ("lora_dropout", -0.1)])
 def test_lora_config_validation(field, value):
-    from zhlora.config import LoraConfig
+    from zhlora.config import LoraSettings
 
     with pytest.raises(ConfigError, match=field):
-        LoraConfig(**{field: value})
+        LoraSettings(**{field: value})
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,12 +235,8 @@ def test_run_fingerprint_ignores_reporting_settings():
 
 
 def test_decide_start(tmp_path):
-    from zhlora.training.outputs import (
-        MANIFEST_NAME,
-        RunStart,
-        clear_run_artefacts,
-        decide_start,
-    )
+    from zhlora.filenames import RUN_MANIFEST
+    from zhlora.training.outputs import RunStart, clear_run_artefacts, decide_start
 
     out = tmp_path / "run"
     assert decide_start(out, "fp", resume=False, overwrite=False) == RunStart("fresh")
@@ -253,7 +249,7 @@ def test_decide_start(tmp_path):
     with pytest.raises(ZhloraError, match="checkpoints of a different run"):
         decide_start(out, "other", resume=False, overwrite=False)
     (out / "adapter_model.safetensors").write_bytes(b"x")
-    (out / MANIFEST_NAME).write_text(json.dumps({"run_fingerprint": "fp"}))
+    (out / RUN_MANIFEST).write_text(json.dumps({"run_fingerprint": "fp"}))
     assert decide_start(out, "fp", resume=False, overwrite=False) == RunStart("complete")
     with pytest.raises(ZhloraError, match="different run.*--overwrite"):
         decide_start(out, "other", resume=False, overwrite=False)

@@ -126,7 +126,7 @@ class ModelConfig:
 
 
 @dataclass
-class LoraConfig:
+class LoraSettings:
     """Step 5: the LoRA adapter (names follow PEFT's LoraConfig with a lora_ prefix)."""
 
     lora_rank: int = field(default=16, metadata=_help("LoRA rank r (4-128 typical); higher means more parameters."))
@@ -296,6 +296,19 @@ class EvalConfig:
         return getattr(self, benchmark_registry.get(benchmark).size_field)
 
 
+# The EvalConfig fields that decide an evaluation's numbers (its identity), declared once, the size
+# fields derived from the registry. results.json records them under "settings"; a finished or
+# cached evaluation is reused only when they match (zhlora.recipes.evaluate); the pipeline
+# fingerprints them (zhlora.experiment.plan). Speed knobs (batch_size) and paths are not among them.
+EVAL_IDENTITY_FIELDS = ("benchmarks", "protocol", "shots", "gsm8k_variant", *SIZE_FIELDS, "subjects", "max_new_tokens",
+                        "backend")
+# The results.json settings two evaluations must share for their items to be paired (zhlora.analysis.pairing):
+# the identity fields less the benchmark list (compared benchmark by benchmark) and the backend (same prompts,
+# other engine), plus how prompts were rendered (data.prompt_template and, for "chat", the template's sha256).
+PAIRED_SETTINGS = (*(name for name in EVAL_IDENTITY_FIELDS if name not in ("benchmarks", "backend")),
+                   "prompt_template", "chat_template_sha256")
+
+
 @dataclass
 class ReportConfig:
     """Step 6 (analysis): statistics and charts of the forgetting comparison."""
@@ -364,7 +377,7 @@ class ExperimentConfig:
     run_name: str = field(default="lora-chinese-llama", metadata=_help("Name of the LoRA run under results/."))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -374,7 +387,7 @@ class ExperimentConfig:
 GROUPS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
-    "lora": LoraConfig,
+    "lora": LoraSettings,
     "train": TrainConfig,
     "eval": EvalConfig,
     "report": ReportConfig,

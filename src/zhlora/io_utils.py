@@ -77,13 +77,6 @@ def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> Pat
     return target
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and return the path."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
 def dumps_json(obj: Any) -> str:
     """Serialise ``obj`` the one way zhlora writes JSON: UTF-8 text, indented, sorted keys.
 

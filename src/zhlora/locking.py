@@ -29,10 +29,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
+from zhlora.filenames import LOCK_FILENAME
 
 logger = logging.getLogger(__name__)
 
-LOCK_FILENAME = ".zhlora.lock"
 
 # Folders this process holds, with a nesting count: `zhlora run` holds the work folder while the
 # steps it calls in-process take their own locks, and a step may be called on a folder it holds.

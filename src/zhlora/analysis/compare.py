@@ -21,7 +21,6 @@ from zhlora.analysis import stats
 from zhlora.analysis.headline import headline
 from zhlora.analysis.pairing import (
     BENCHMARK_FIELDS_THAT_MUST_MATCH,
-    SETTINGS_THAT_MUST_MATCH,
     PairedItems,
     SettingsMismatchError,
     check_comparable,
@@ -37,6 +36,7 @@ from zhlora.analysis.results_io import (
     load_results,
     results_dir_of,
 )
+from zhlora.config import PAIRED_SETTINGS
 from zhlora.data.benchmarks import language_of, reading_order
 from zhlora.errors import ConfigError, DataError, ZhloraError
 from zhlora.evaluation.scoring import PERPLEXITY_UNITS
@@ -322,7 +322,7 @@ def build_forgetting(
         "base": {"model": base["model"]},
         "tuned": {"model": tuned["model"]},
         "settings": {
-            **{key: base["settings"].get(key) for key in SETTINGS_THAT_MUST_MATCH},
+            **{key: base["settings"].get(key) for key in PAIRED_SETTINGS},
             "benchmarks": {
                 name: {key: entry[key] for key in BENCHMARK_FIELDS_THAT_MUST_MATCH if key in entry}
                 for name, entry in sorted(base["benchmarks"].items())

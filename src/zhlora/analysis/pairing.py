@@ -11,13 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zhlora.config import PAIRED_SETTINGS
 from zhlora.errors import ZhloraError
 
-# Settings that change prompts, items or scoring: they must be equal for a paired comparison.
-SETTINGS_THAT_MUST_MATCH = (
-    "protocol", "shots", "limit", "gsm8k_limit", "ppl_zh_documents", "ppl_en_documents", "subjects", "gsm8k_variant",
-    "max_new_tokens", "prompt_template", "chat_template_sha256",
-)
 BENCHMARK_FIELDS_THAT_MUST_MATCH = (
     "data_sha256",
     "kind",
@@ -40,7 +36,7 @@ class SettingsMismatchError(ZhloraError):
 def settings_differences(base: dict, tuned: dict) -> list[str]:
     """Every evaluation setting in which two results.json objects differ, as readable phrases."""
     differences = []
-    for key in SETTINGS_THAT_MUST_MATCH:
+    for key in PAIRED_SETTINGS:
         if base["settings"].get(key) != tuned["settings"].get(key):
             differences.append(
                 f"settings.{key} (base {base['settings'].get(key)!r}, tuned {tuned['settings'].get(key)!r})"

@@ -22,13 +22,11 @@ from zhlora.analysis.fonts import resolve_chart_language
 from zhlora.analysis.generations import read_samples, samples_section
 from zhlora.analysis.sections import Section
 from zhlora.errors import DataError
-from zhlora.filenames import REPORT_HTML
+from zhlora.filenames import REPORT_HTML, REPORT_MD, RUN_MANIFEST
 from zhlora.io_utils import atomic_write_text, read_jsonl, utc_now
-from zhlora.training.outputs import MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
 
-REPORT_MD = "report.md"
 SIDE_BENCHMARKS = {"zh": ("ceval", "cmmlu"), "en": ("mmlu", "gsm8k")}
 
 
@@ -127,7 +125,7 @@ def training_charts(
 def _run_manifest(run_dir: Path) -> dict:
     """The LoRA run's ``manifest.json`` beside its training log, or {} when absent or unreadable."""
     try:
-        manifest = json.loads((run_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+        manifest = json.loads((run_dir / RUN_MANIFEST).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
     return manifest if isinstance(manifest, dict) else {}

@@ -16,7 +16,6 @@ from statistics import NormalDist
 
 import numpy as np
 
-VERDICTS = ("improved", "forgot", "no significant change")
 # A bootstrap over fewer documents than this says more about the documents drawn than about the
 # model: the perplexity change is then reported as "not resolved" instead of with an interval.
 MIN_DOCUMENTS = 20

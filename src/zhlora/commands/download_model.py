@@ -29,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
     """Download (or build) the model; the hub token comes from HF_TOKEN or the saved login."""
     from zhlora.locking import folder_lock
     from zhlora.models.download import download_model
-    from zhlora.models.manifest import read_manifest
+    from zhlora.models.manifest import read_model_manifest
 
     model = config_from_args(args).model
     with folder_lock(args.output_dir):  # base_model is swapped in whole, so its parent holds the lock
@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
             revision=model.revision,
             force=args.force,
         )
-    manifest = read_manifest(folder) or {}
+    manifest = read_model_manifest(folder) or {}
     print(f"{folder}: {manifest.get('model_name_or_path')} from {manifest.get('source')}"
           f" (revision {manifest.get('revision')}, weights sha256 {manifest.get('weights_sha256')})")
     return 0

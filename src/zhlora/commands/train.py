@@ -10,7 +10,7 @@ Examples::
 A run folder with checkpoints of the same run is resumed automatically (``--resume`` insists
 on it); one holding a different run is refused unless ``--overwrite``. Ctrl-C saves a
 checkpoint and exits with status 130. The recipe itself is the library function
-:func:`zhlora.training.run.train`; this module parses flags and prints.
+:func:`zhlora.recipes.train.train`; this module parses flags and prints.
 
 Writes ``adapter_model.safetensors``, ``adapter_config.json``, ``train_config.yaml``,
 ``training_log.jsonl``, ``loss_curve.png``, ``checkpoint-<step>/`` and, last, ``manifest.json``.
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Train; exit 0 when the adapter is written (or already was), 130 after Ctrl-C."""
-    from zhlora.training.run import train
+    from zhlora.recipes.train import train
 
     cfg = config_from_args(args)
     output_dir = Path(args.output_dir or Path("results") / cfg.run_name)
@@ -67,8 +67,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _monitoring_lines(summary: dict, last_step: int) -> str:
     """What the user reads about the probes: a crossed budget, the exported step and the overhead."""
+    from zhlora.filenames import PROBE_CURVES_NAME
     from zhlora.monitoring.callback import overhead_line
-    from zhlora.training.outputs import PROBE_CURVES_NAME
 
     lines = []
     exceeded = summary["budget_exceeded"]

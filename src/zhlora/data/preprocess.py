@@ -28,14 +28,12 @@ from typing import Any
 
 from zhlora.data.templates import CHAT_TEMPLATE, render_prompt, template_identity
 from zhlora.errors import DataError, ZhloraError
+from zhlora.filenames import PROCESSED_META, PROCESSED_STATS, TRAIN_DIRNAME
 from zhlora.io_utils import atomic_write_json, provenance, read_jsonl, replace_folder, sha256_file
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value PyTorch's cross-entropy skips
-META_NAME = "meta.json"
-STATS_NAME = "stats.json"
-TRAIN_DIRNAME = "train_dataset"
 TOKENIZE_BATCH_ROWS = 1000
 CHAR_RATIO_ROWS = 2000  # rows measured for tokens per Chinese character
 # What to do about each drop reason of tokenize_rows (formatted with the input file and the settings).
@@ -283,7 +281,7 @@ def _save_dataset(columns: dict[str, list], path: Path) -> None:
 def _write_outputs(output_dir: Path, datasets: dict[str, dict[str, list]], stats: dict, meta: dict) -> None:
     """Save the datasets, then stats.json, then meta.json (the completion marker)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / META_NAME).unlink(missing_ok=True)  # incomplete until meta.json is back
+    (output_dir / PROCESSED_META).unlink(missing_ok=True)  # incomplete until meta.json is back
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=output_dir))
     try:
         for dirname, columns in datasets.items():
@@ -291,8 +289,8 @@ def _write_outputs(output_dir: Path, datasets: dict[str, dict[str, list]], stats
             replace_folder(staging / dirname, output_dir / dirname)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    atomic_write_json(output_dir / STATS_NAME, stats)
-    atomic_write_json(output_dir / META_NAME, meta)
+    atomic_write_json(output_dir / PROCESSED_STATS, stats)
+    atomic_write_json(output_dir / PROCESSED_META, meta)
 
 
 def preprocess_data(
@@ -331,11 +329,11 @@ def preprocess_data(
         "seed": seed,
         "inputs_sha256": {key: sha256_file(path) for key, path in inputs.items()},
     }
-    meta_path = output_dir / META_NAME
+    meta_path = output_dir / PROCESSED_META
     if meta_path.is_file() and not force:
         if json.loads(meta_path.read_text(encoding="utf-8")).get("request") == request:
             logger.info("%s is complete for these inputs and settings; skipping (--force redoes it)", output_dir)
-            return json.loads((output_dir / STATS_NAME).read_text(encoding="utf-8"))
+            return json.loads((output_dir / PROCESSED_STATS).read_text(encoding="utf-8"))
         raise ZhloraError(
             f"{output_dir} already holds data preprocessed with other inputs or settings (see {meta_path}). "
             "Pass --force to replace it, or choose another --output_dir."

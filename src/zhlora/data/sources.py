@@ -25,12 +25,13 @@ from typing import Any
 from zhlora.data import builders, hub
 from zhlora.data.builders import SOURCE_SPLITS, BelleOptions, BuiltSource, RawFiles
 from zhlora.data.catalog import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
+from zhlora.differences import differences
 from zhlora.errors import DataError, ZhloraError, did_you_mean, unknown_name_error
+from zhlora.filenames import DATA_MANIFEST
 from zhlora.io_utils import atomic_write_json, atomic_write_jsonl, provenance, replace_folder, sha256_file, utc_now
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 SOURCE_KINDS = ("hf", "modelscope", "sample", "local:DIR")
 
@@ -121,14 +122,9 @@ def _request(name: str, spec: SourceSpec, belle: BelleOptions, belle_dataset: st
     return request
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(set(old) | set(new), key=lambda k: (k != "source", k))
-    return "; ".join(f"{k}: {old.get(k)} then, {new.get(k)} now" for k in keys if old.get(k) != new.get(k))
-
-
-def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
+def read_data_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     """Read ``data/manifest.json`` (an empty manifest when there is none yet)."""
-    path = Path(data_dir) / MANIFEST_NAME
+    path = Path(data_dir) / DATA_MANIFEST
     if not path.is_file():
         return {"schema_version": MANIFEST_SCHEMA_VERSION, "sources": {}}
     try:
@@ -209,14 +205,14 @@ def download_data(
     belle = BelleOptions(sample_size=belle_sample_size, heldout_size=belle_heldout_size, seed=seed)
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(data_dir)
+    manifest = read_data_manifest(data_dir)
     for name in names:
         request = _request(name, spec, belle, belle_dataset)
         entry = manifest["sources"].get(name)
         if not force and source_is_complete(data_dir, name, entry):
             if entry.get("request") != request:
                 raise DataError(
-                    f"{data_dir / name} was made with other settings ({_differences(entry.get('request') or {}, request)})."
+                    f"{data_dir / name} was made with other settings ({'; '.join(differences(entry.get('request') or {}, request))})."
                     " Pass --force to replace it, or choose another --data_dir."
                 )
             logger.info("%s: complete in %s, skipping (--force redoes it)", name, data_dir / name)
@@ -237,7 +233,7 @@ def download_data(
         }
         manifest["schema_version"] = MANIFEST_SCHEMA_VERSION
         manifest["provenance"] = provenance()
-        atomic_write_json(data_dir / MANIFEST_NAME, manifest)
+        atomic_write_json(data_dir / DATA_MANIFEST, manifest)
         counts = ", ".join(f"{split} {info['rows']:,}" for split, info in splits.items())
         logger.info("%s: wrote %s (%.1f s)", name, counts, manifest["sources"][name]["seconds"])
     return manifest

@@ -9,8 +9,9 @@ Library API (works on an in-memory model, e.g. during training)::
     items = {"mmlu": load_benchmark_items("data", resolve_spec("mmlu"), limit=5)}
     results = evaluate_benchmarks(model, tokenizer, items)   # {"mmlu": BenchmarkResult(summary, predictions, seconds)}
 
-``zhlora evaluate`` (:mod:`zhlora.commands.evaluate`) adds model/adapter loading, resume and
-the results folder. See docs/evaluation.md.
+The evaluation recipe, :func:`zhlora.recipes.evaluate.evaluate` (what ``zhlora evaluate`` calls),
+adds model/adapter loading, the identity and resume rules, and the results folder. See
+docs/evaluation.md.
 """
 
 from zhlora.data.benchmarks import benchmark_names, resolve_spec

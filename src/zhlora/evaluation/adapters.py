@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from zhlora.errors import ZhloraError
-from zhlora.models.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_folder
+from zhlora.filenames import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from zhlora.models.adapter_files import check_adapter_folder
 
 logger = logging.getLogger(__name__)
 

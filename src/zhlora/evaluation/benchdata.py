@@ -83,7 +83,7 @@ def data_file(data_dir: Path, source: str, split: str) -> Path:
     return path
 
 
-def read_record(cls, where: str, row: dict):
+def read_benchmark_record(cls, where: str, row: dict):
     """Build a record dataclass from a JSON row, naming the file and line of a missing field."""
     names = [f.name for f in dataclasses.fields(cls)]
     required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
@@ -98,7 +98,7 @@ def read_questions(path: Path) -> list[ChoiceQuestion]:
     """The multiple-choice questions of a data file (4 choices and an answer A-D each, checked)."""
     questions = []
     for where, row in iter_json_records(path):
-        question = read_record(ChoiceQuestion, where, row)
+        question = read_benchmark_record(ChoiceQuestion, where, row)
         if not isinstance(question.choices, list) or len(question.choices) != len(ANSWER_LETTERS) \
                 or question.answer not in ANSWER_LETTERS:
             raise DataError(f"{where}: a scored question needs a list of 4 choices and an answer A-D, got "

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from zhlora.evaluation.runner import BenchmarkResult
-from zhlora.filenames import RESULTS_FILE, RESULTS_MD, SAMPLES_NAME, TIMINGS_FILE
+from zhlora.filenames import PREDICTIONS_DIRNAME, RESULTS_FILE, RESULTS_MD, SAMPLES_NAME, TIMINGS_FILE
 from zhlora.io_utils import (
     atomic_write_json,
     atomic_write_jsonl,
@@ -26,7 +26,6 @@ INDEPENDENT_LABELS = {"bits_per_byte": "bits/byte", "bits_per_character": "bits/
                       "word_perplexity": "word perplexity"}
 SIZE_LABELS = {"limit": "items per subject", "gsm8k_limit": "GSM8K problems", "ppl_zh_documents": "ppl_zh documents",
                "ppl_en_documents": "ppl_en documents"}
-PREDICTIONS_DIRNAME = "predictions"
 
 
 def build_results(model: Mapping, settings: Mapping, benchmarks: Mapping[str, BenchmarkResult]) -> dict:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zhlora.data import benchmarks
+from zhlora.differences import differences
 from zhlora.errors import ZhloraError
 from zhlora.evaluation.benchdata import BenchmarkItems, Unit
 from zhlora.evaluation.distributed import EvalProcesses, assign_units
@@ -30,13 +31,12 @@ from zhlora.evaluation.hf_model import HFEvalModel
 from zhlora.evaluation.prefix import PrefixUse
 from zhlora.evaluation.scoring import item_ids_sha256
 from zhlora.evaluation.tasks import task_for
+from zhlora.filenames import CACHE_DIRNAME, CACHE_SETTINGS
 from zhlora.io_utils import atomic_write_json, atomic_write_text, dumps_json
 from zhlora.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-CACHE_DIRNAME = ".cache"
-SETTINGS_FILE = "settings.json"
 
 
 @dataclass
@@ -135,34 +135,21 @@ class PredictionCache:
 
     def save(self, benchmark: str, key: str, ids_sha256: str, rows: list[dict]) -> None:
         """Write a finished unit atomically (rows keep their key order, so resumed predictions files are identical)."""
-        if not (self.folder / SETTINGS_FILE).is_file():
-            atomic_write_json(self.folder / SETTINGS_FILE, {"fingerprint": self.fingerprint, "settings": self.settings})
+        if not (self.folder / CACHE_SETTINGS).is_file():
+            atomic_write_json(self.folder / CACHE_SETTINGS, {"fingerprint": self.fingerprint, "settings": self.settings})
         payload = {"fingerprint": self.fingerprint, "item_ids_sha256": ids_sha256, "rows": rows}
         atomic_write_text(self._path(benchmark, key), json.dumps(payload, ensure_ascii=False))
-
-
-def _differences(old: Mapping, new: Mapping, where: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested mappings."""
-    keys = sorted(set(old) | set(new))
-    out = []
-    for key in keys:
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out.extend(_differences(a, b, f"{where}{key}."))
-        elif a != b:
-            out.append(f"{where}{key} (cached {a!r}, now {b!r})")
-    return out
 
 
 def open_prediction_cache(results_dir: Path, settings: Mapping) -> PredictionCache:
     """The resume cache of ``results_dir`` for ``settings``; refuses a cache made with other settings."""
     folder = Path(results_dir) / CACHE_DIRNAME
     cache = PredictionCache(folder, settings)
-    settings_path = folder / SETTINGS_FILE
+    settings_path = folder / CACHE_SETTINGS
     if settings_path.is_file():
         previous = json.loads(settings_path.read_text(encoding="utf-8"))
         if previous.get("fingerprint") != cache.fingerprint:
-            changed = _differences(previous.get("settings", {}), settings)
+            changed = differences(previous.get("settings", {}), settings)
             raise ZhloraError(
                 f"{results_dir} holds a partial evaluation made with other settings ({'; '.join(changed[:5])}). "
                 "zhlora will not mix predictions of different settings: rerun with --overwrite to discard it, "

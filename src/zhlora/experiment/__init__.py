@@ -28,7 +28,7 @@ Layout of a work folder (the seed's, plus the pipeline's own state)::
     sweeps/<run_name>/                 (sweep summary)
     .zhlora/configs/<run>.yaml         the resolved config each run's verbs read
     .zhlora/steps/<step>.json          fingerprint, settings, command, output stamp, timings
-    .zhlora/locks/<step>.lock          held while a step runs (safe concurrent shards)
+    .zhlora/locks/<step>/.zhlora.lock  held while a step runs (safe concurrent shards)
 
 Several processes may share one work folder (``zhlora sweep --shard i/n`` on machines with
 a shared file system): a step is run by one process at a time, the others wait for its lock
@@ -40,17 +40,14 @@ from zhlora.experiment.execution import (
     StepFailed,
     StepOutcome,
     StepState,
-    changed_settings,
     decide_redo,
     execute,
-    read_record,
     read_records,
+    read_step_record,
     redo_reason,
     step_state,
 )
 from zhlora.experiment.layout import (
-    BASELINE_NAME,
-    STATE_DIRNAME,
     WorkLayout,
     check_run_name,
     default_config_path,
@@ -76,7 +73,7 @@ from zhlora.experiment.reports import (
     runs_overview,
     scale_curve,
     tradeoff_numbers,
-    write_run_report,
+    write_run_report_html,
     write_sweep_summary,
 )
 from zhlora.experiment.sweep import (
@@ -93,13 +90,14 @@ from zhlora.experiment.sweep import (
     trial_status,
     trial_steps,
 )
+from zhlora.filenames import BASELINE_NAME, STATE_DIRNAME
 
 __all__ = [
     "BASELINE_NAME", "STATE_DIRNAME", "Execution", "Step", "StepFailed", "StepOutcome", "StepState",
-    "Trial", "WorkLayout", "benchmark_sources", "changed_settings", "check_run_name", "decide_redo",
+    "Trial", "WorkLayout", "benchmark_sources", "check_run_name", "decide_redo",
     "default_config_path", "execute", "needed_sources", "number_tag", "parse_shard", "plan_fingerprints", "plan_run",
-    "plan_sweep", "processed_dirname", "read_record", "read_records", "redo_reason", "resolve_config_path",
+    "plan_sweep", "processed_dirname", "read_step_record", "read_records", "redo_reason", "resolve_config_path",
     "resolved_run_config", "run_steps", "runs_overview", "scale_curve", "scale_results_name", "shard_from_environment",
     "shard_trials", "shared_steps", "shared_sweep_steps", "shipped_configs_dir", "step_fingerprint", "step_state", "summarize_sweep", "sweep_trials",
-    "tradeoff_numbers", "trial_config", "trial_is_done", "trial_status", "trial_steps", "write_run_config", "write_run_report", "write_sweep_summary",
+    "tradeoff_numbers", "trial_config", "trial_is_done", "trial_status", "trial_steps", "write_run_config", "write_run_report_html", "write_sweep_summary",
 ]

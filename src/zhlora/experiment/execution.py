@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from zhlora.differences import differences
 from zhlora.errors import ZhloraError
 from zhlora.experiment.layout import WorkLayout
 from zhlora.experiment.plan import Step, plan_fingerprints
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 LOCK_POLL_SECONDS = 5.0  # how often a process waiting for another's step looks again
 
 
-def read_record(layout: WorkLayout, step_id: str) -> dict | None:
+def read_step_record(layout: WorkLayout, step_id: str) -> dict | None:
     """The record of a step's last attempt, or None (also for an unreadable record)."""
     path = layout.record_file(step_id)
     try:
@@ -37,7 +38,7 @@ def read_records(layout: WorkLayout) -> dict[str, dict]:
     folder = layout.state_dir / "steps"
     records = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        record = read_record(layout, path.stem)
+        record = read_step_record(layout, path.stem)
         if record is not None:
             records[path.stem] = record
     return records
@@ -71,28 +72,12 @@ class StepFailed(ZhloraError):
         self.exit_code = exit_code
 
 
-def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(values, dict):
-        flat: dict[str, Any] = {}
-        for key, value in values.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): values}
-
-
-def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``"key: old -> new"`` for every (dotted) setting that differs between two settings dicts."""
-    before, after = _flatten(old), _flatten(new)
-    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
-            if before.get(key) != after.get(key)]
-
-
 def redo_reason(record: dict | None, step: Step, fingerprint: str, inputs: dict[str, str], stamp: str | None) -> str:
     """Why a step runs, in one phrase for the log."""
     if record is None:
         return "not done yet" if stamp is None else "outputs not recorded by zhlora run; the step checks them itself"
     if record.get("fingerprint") != fingerprint:
-        changes = changed_settings(record.get("settings", {}), step.settings)
+        changes = differences(record.get("settings", {}), step.settings)
         redone_inputs = [i for i, fp in inputs.items() if record.get("inputs", {}).get(i) != fp]
         parts = []
         if changes:
@@ -149,7 +134,7 @@ class StepState:
 
 def step_state(step: Step, layout: WorkLayout, fingerprint: str, inputs: dict[str, str]) -> StepState:
     """Decide what to do with ``step`` from its record and the current state of its outputs."""
-    record = read_record(layout, step.id)
+    record = read_step_record(layout, step.id)
     stamp = step.stamp()
     if (record is not None and record.get("status") == "complete" and record.get("fingerprint") == fingerprint
             and stamp is not None and stamp == record.get("output_stamp")):
@@ -211,7 +196,7 @@ def execute(
 
     result = Execution(fingerprints=dict(fingerprints) if fingerprints is not None else plan_fingerprints(steps))
     history = {step.id: float(record["seconds"]) for step in steps
-               if (record := read_record(layout, step.id)) and isinstance(record.get("seconds"), (int, float))}
+               if (record := read_step_record(layout, step.id)) and isinstance(record.get("seconds"), (int, float))}
     measured: dict[str, list[float]] = {}
     started_all = time.perf_counter()
     for index, step in enumerate(steps, start=1):

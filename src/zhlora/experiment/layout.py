@@ -11,13 +11,12 @@ from pathlib import Path
 
 from zhlora.config import ExperimentConfig, dump_config_yaml
 from zhlora.errors import ConfigError
+from zhlora.filenames import BASELINE_NAME, STATE_DIRNAME
 from zhlora.io_utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 
-STATE_DIRNAME = ".zhlora"
-BASELINE_NAME = "baseline"
 DEFAULT_CONFIG = "demo.yaml"
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -85,7 +84,7 @@ class WorkLayout:
 
     @property
     def base_model(self) -> Path:
-        from zhlora.models.download import BASE_MODEL_DIRNAME
+        from zhlora.filenames import BASE_MODEL_DIRNAME
 
         return self.models_dir / BASE_MODEL_DIRNAME
 

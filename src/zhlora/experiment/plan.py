@@ -9,19 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zhlora.config import SIZE_FIELDS, ExperimentConfig, config_to_dict
-from zhlora.data.preprocess import META_NAME
+from zhlora.config import EVAL_IDENTITY_FIELDS, ExperimentConfig, config_to_dict
 from zhlora.errors import ConfigError
-from zhlora.experiment.layout import (
-    BASELINE_NAME,
-    WorkLayout,
-    check_run_name,
-    number_tag,
-    scale_results_name,
-    seed_configs,
-)
-from zhlora.experiment.reports import write_run_report
-from zhlora.filenames import FORGETTING_FILE, REPORT_HTML, RESULTS_FILE
+from zhlora.experiment.layout import WorkLayout, check_run_name, number_tag, scale_results_name, seed_configs
+from zhlora.experiment.reports import write_run_report_html
+from zhlora.filenames import BASELINE_NAME, FORGETTING_FILE, PROCESSED_META, REPORT_HTML, RESULTS_FILE
 from zhlora.io_utils import dumps_json, sha256_file
 
 
@@ -88,9 +80,9 @@ def _data_source_stamp(data_dir: Path, name: str) -> Callable[[], str | None]:
     """The sha256 of a source's split hashes in ``data/manifest.json``, when its files are all there."""
 
     def stamp() -> str | None:
-        from zhlora.data.sources import read_manifest, source_is_complete
+        from zhlora.data.sources import read_data_manifest, source_is_complete
 
-        entry = read_manifest(data_dir)["sources"].get(name)
+        entry = read_data_manifest(data_dir)["sources"].get(name)
         if not source_is_complete(data_dir, name, entry):
             return None
         return hashlib.sha256(dumps_json(entry["splits"]).encode("utf-8")).hexdigest()
@@ -102,25 +94,25 @@ def _model_stamp(folder: Path) -> Callable[[], str | None]:
     """The sha256 of ``zhlora_manifest.json`` when every file it lists is present."""
 
     def stamp() -> str | None:
-        from zhlora.models.manifest import MANIFEST_NAME, manifest_files_present, read_manifest
+        from zhlora.filenames import MODEL_MANIFEST
+        from zhlora.models.manifest import manifest_files_present, read_model_manifest
 
-        manifest = read_manifest(folder)
+        manifest = read_model_manifest(folder)
         if manifest is None or not manifest_files_present(folder, manifest):
             return None
-        return sha256_file(folder / MANIFEST_NAME)
+        return sha256_file(folder / MODEL_MANIFEST)
 
     return stamp
 
 
 def _adapter_stamp(run_dir: Path) -> Callable[[], str | None]:
     """The sha256 of the run's ``manifest.json`` (written last) when the adapter is there too."""
-    from zhlora.training.checkpoint import ADAPTER_WEIGHTS_NAME
-    from zhlora.training.outputs import MANIFEST_NAME
+    from zhlora.filenames import ADAPTER_WEIGHTS, RUN_MANIFEST
 
     def stamp() -> str | None:
-        if not (run_dir / ADAPTER_WEIGHTS_NAME).is_file():
+        if not (run_dir / ADAPTER_WEIGHTS).is_file():
             return None
-        return _file_stamp(run_dir / MANIFEST_NAME)()
+        return _file_stamp(run_dir / RUN_MANIFEST)()
 
     return stamp
 
@@ -160,7 +152,6 @@ BELLE_FIELDS = ("source", "belle_dataset", "belle_sample_size", "belle_heldout_s
 MODEL_SOURCE_FIELDS = ("model_name_or_path", "model_source", "revision")
 PREPROCESS_FIELDS = ("prompt_template", "overlong", "replay_ratio", "data_seed")  # + train.max_seq_length
 MODEL_LOAD_FIELDS = ("torch_dtype", "load_in_4bit", "trust_remote_code")
-EVAL_FIELDS = ("benchmarks", "protocol", "shots", "gsm8k_variant", *SIZE_FIELDS, "subjects", "max_new_tokens", "backend")
 COMPARE_FIELDS = ("bootstrap_samples", "confidence", "significance", "stats_seed")
 
 
@@ -204,7 +195,7 @@ def _evaluate_step(
     raw = config_to_dict(cfg)
     sources = benchmark_sources(cfg.eval.benchmarks, cfg.eval.protocol, cfg.eval.gsm8k_variant)
     settings = {
-        "eval": _pick(raw["eval"], EVAL_FIELDS),
+        "eval": _pick(raw["eval"], EVAL_IDENTITY_FIELDS),
         "spec_versions": benchmark_spec_versions(cfg.eval.benchmarks, cfg.eval.protocol, cfg.eval.gsm8k_variant),
         "model": _pick(raw["model"], MODEL_LOAD_FIELDS),
         "prompt_template": cfg.data.prompt_template,  # ppl_zh renders its prompts with the training template
@@ -241,7 +232,7 @@ def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[
         id=preprocess_id,
         settings={**_pick(raw["data"], PREPROCESS_FIELDS), "max_seq_length": cfg.train.max_seq_length,
                   "trust_remote_code": cfg.model.trust_remote_code},
-        inputs=tuple(preprocess_inputs), stamp=_file_stamp(processed / META_NAME), verb="preprocess",
+        inputs=tuple(preprocess_inputs), stamp=_file_stamp(processed / PROCESSED_META), verb="preprocess",
         argv=("--config", config_file, "--data_dir", str(layout.data_dir), "--processed_dir", str(processed),
               "--model_name_or_path", str(layout.base_model)),
         redo_flags=("--force",), writes=(processed,),
@@ -310,7 +301,7 @@ def run_steps(cfg: ExperimentConfig, layout: WorkLayout) -> list[Step]:
     steps.append(Step(
         id=f"report.{run}", settings=settings,
         inputs=(*compare_ids, *(f"train.{c.run_name}" for c in runs)), stamp=_file_stamp(report_dir / REPORT_HTML),
-        action=lambda: write_run_report(layout, run, scales, cfg.report.chart_language, cfg.report.confidence,
+        action=lambda: write_run_report_html(layout, run, scales, cfg.report.chart_language, cfg.report.confidence,
                                         processed_dir=processed, seed_runs=seed_runs),
         description=f"built in: like `zhlora report {report_dir}`"
         + (", plus the adapter-scale curve" if len(scales) > 1 else "")

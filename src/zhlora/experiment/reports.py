@@ -13,13 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zhlora.data.preprocess import STATS_NAME
 from zhlora.errors import ZhloraError
-from zhlora.experiment.layout import BASELINE_NAME, WorkLayout, number_tag, scale_results_name
-from zhlora.filenames import FORGETTING_FILE, REPORT_HTML, RESULTS_FILE
+from zhlora.experiment.layout import WorkLayout, number_tag, scale_results_name
+from zhlora.filenames import (
+    BASELINE_NAME,
+    FORGETTING_FILE,
+    PROCESSED_STATS,
+    REPORT_HTML,
+    RESULTS_FILE,
+    RUN_MANIFEST,
+    TRAINING_LOG,
+)
 from zhlora.io_utils import atomic_write_json, atomic_write_text, provenance
-from zhlora.training.logbook import LOG_NAME
-from zhlora.training.outputs import MANIFEST_NAME
 
 
 def tradeoff_numbers(forgetting: dict) -> dict:
@@ -139,7 +144,7 @@ def replay_section(stats_file: Path):
     return Section("Replay", f"## Replay\n\n{text}", f'<h2 id="replay">Replay</h2>\n<p>{html.escape(text)}</p>', "replay")
 
 
-def write_run_report(
+def write_run_report_html(
     layout: WorkLayout,
     run_name: str,
     scales: Sequence[float],
@@ -168,10 +173,10 @@ def write_run_report(
         rows = scale_curve(layout, run_name, scales)
         atomic_write_json(out_dir / "adapter_scales.json", {"provenance": provenance(), "rows": rows})
         extra.append(scale_curve_section(rows, out_dir, confidence, language))
-    replay = replay_section(processed_dir / STATS_NAME) if processed_dir is not None else None
+    replay = replay_section(processed_dir / PROCESSED_STATS) if processed_dir is not None else None
     if replay is not None:
         extra.append(replay)
-    training_log = layout.run_dir(run_name) / LOG_NAME
+    training_log = layout.run_dir(run_name) / TRAINING_LOG
     return write_report(out_dir, forgetting, base_dir=layout.eval_dir(BASELINE_NAME), tuned_dir=out_dir,
                         training_log=training_log if training_log.is_file() else None, extra_sections=extra,
                         language=language)
@@ -273,7 +278,7 @@ def runs_overview(work_dir: str | os.PathLike) -> list[dict]:
             row["status"] = "evaluated"
         elif eval_dir.is_dir():
             row["status"] = "evaluation incomplete"
-        elif (run_dir / MANIFEST_NAME).is_file():
+        elif (run_dir / RUN_MANIFEST).is_file():
             row["status"] = "trained, not evaluated"
         elif run_dir.is_dir():
             checkpoints = list_checkpoints(run_dir)

@@ -4,7 +4,7 @@ Import each function from its module (no re-exports, one name per function):
 
 - :mod:`zhlora.models.loading`: ``load_model``, ``load_tokenizer``, ``resolve_dtype``;
 - :mod:`zhlora.models.download`: ``download_model``, ``BASE_MODEL_DIRNAME``;
-- :mod:`zhlora.models.manifest`: ``model_fingerprint``, ``read_manifest``, ``MANIFEST_NAME``;
+- :mod:`zhlora.models.manifest`: ``model_fingerprint``, ``read_model_manifest``;
 - :mod:`zhlora.models.merge`: ``merge_adapter``; :mod:`zhlora.models.tiny`: ``build_tiny_model``;
 - :mod:`zhlora.models.gguf` and :mod:`zhlora.models.builtin`: ``.gguf`` imports, ``smollm2-135m``.
 

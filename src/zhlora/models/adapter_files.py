@@ -10,9 +10,7 @@ import json
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+from zhlora.filenames import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 
 def check_adapter_folder(adapter_dir: str | Path) -> Path:

@@ -20,16 +20,16 @@ import tempfile
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
+from zhlora.filenames import BASE_MODEL_DIRNAME
 from zhlora.io_utils import replace_folder
 from zhlora.models.builtin import BUILTIN_GGUF_MODELS, builtin_gguf_file
 from zhlora.models.gguf import import_gguf, is_gguf_path
 from zhlora.models.loading import looks_like_path, missing_path_hint
-from zhlora.models.manifest import manifest_files_present, read_manifest, write_manifest
+from zhlora.models.manifest import manifest_files_present, read_model_manifest, write_manifest
 from zhlora.models.tiny import TINY_MODEL_NAME, build_tiny_model
 
 logger = logging.getLogger(__name__)
 
-BASE_MODEL_DIRNAME = "base_model"
 SOURCES = ("hf", "modelscope", "local")
 # transformers reads exactly these weight names; other *.safetensors (e.g. Mistral's
 # consolidated.safetensors) would double the download for nothing.
@@ -266,7 +266,7 @@ def download_model(
     target = Path(output_dir) / BASE_MODEL_DIRNAME
     request = _request(kind, model_name_or_path, revision)
     if target.exists() and any(target.iterdir()) and not force:
-        manifest = read_manifest(target)
+        manifest = read_model_manifest(target)
         if manifest is not None and _matches(manifest, request) and manifest_files_present(target, manifest):
             logger.info("%s already holds %s (manifest matches); skipping. Pass --force to download again.", target, model_name_or_path)
             return target

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from zhlora.errors import ZhloraError
+from zhlora.filenames import MODEL_MANIFEST
 from zhlora.io_utils import atomic_write_json, provenance, sha256_file, utc_now
 
-MANIFEST_NAME = "zhlora_manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 
 
@@ -34,7 +34,7 @@ def hash_folder_files(folder: Path) -> tuple[dict[str, str], dict[str, int]]:
     sizes: dict[str, int] = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
-        if not path.is_file() or rel == MANIFEST_NAME or any(part.startswith(".") for part in rel.split("/")):
+        if not path.is_file() or rel == MODEL_MANIFEST or any(part.startswith(".") for part in rel.split("/")):
             continue
         hashes[rel] = sha256_file(path)
         sizes[rel] = path.stat().st_size
@@ -71,13 +71,13 @@ def write_manifest(folder: Path, source: str, model_name_or_path: str, revision:
         "provenance": provenance(),
         **extra,
     }
-    atomic_write_json(folder / MANIFEST_NAME, manifest)
+    atomic_write_json(folder / MODEL_MANIFEST, manifest)
     return manifest
 
 
-def read_manifest(folder: Path) -> dict | None:
+def read_model_manifest(folder: Path) -> dict | None:
     """The manifest of ``folder``, or None when it has none (or an unreadable one)."""
-    path = Path(folder) / MANIFEST_NAME
+    path = Path(folder) / MODEL_MANIFEST
     if not path.is_file():
         return None
     try:
@@ -106,7 +106,7 @@ def model_fingerprint(model_dir: str | Path) -> str:
     folder = Path(model_dir)
     if not folder.is_dir():
         raise ZhloraError(f"Model folder {folder} does not exist. Create it with `zhlora download-model`.")
-    manifest = read_manifest(folder)
+    manifest = read_model_manifest(folder)
     if manifest is not None and manifest_files_present(folder, manifest):
         return weights_digest(manifest["files"])
     weight_files = sorted(p for p in folder.iterdir() if p.is_file() and is_weight_file(p.name))

@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
+from zhlora.filenames import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from zhlora.io_utils import replace_folder, sha256_file
-from zhlora.models.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_folder
+from zhlora.models.adapter_files import check_adapter_folder
 
 logger = logging.getLogger(__name__)
 

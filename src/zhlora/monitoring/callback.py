@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from zhlora.errors import ZhloraError
+from zhlora.filenames import ADAPTER_WEIGHTS, PROBE_SETS_NAME, SNAPSHOT_DIRNAME
 from zhlora.forgetting_budget import ForgettingBudget
 from zhlora.io_utils import atomic_write_json, replace_folder
 from zhlora.monitoring.budget import (
@@ -44,9 +45,8 @@ from zhlora.monitoring.budget import (
 )
 from zhlora.monitoring.probes import ENGLISH_ACCURACY_PROBES, ProbeSuite, evaluate_probes, probe_manifest
 from zhlora.monitoring.schedule import is_probe_due, should_probe, suggested_monitor_every
-from zhlora.training.checkpoint import ADAPTER_WEIGHTS_NAME, checkpoint_path, list_checkpoints
+from zhlora.training.checkpoint import checkpoint_path, list_checkpoints
 from zhlora.training.loop import StepReport
-from zhlora.training.outputs import PROBE_SETS_NAME, SNAPSHOT_DIRNAME
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ class ForgettingMonitor:
         from safetensors.torch import load_file
 
         step = self.selection.step
-        candidates = [self._snapshot_dir(step) / ADAPTER_WEIGHTS_NAME, checkpoint_path(self.output_dir, step) / ADAPTER_WEIGHTS_NAME]
+        candidates = [self._snapshot_dir(step) / ADAPTER_WEIGHTS, checkpoint_path(self.output_dir, step) / ADAPTER_WEIGHTS]
         source = next((path for path in candidates if path.is_file()), None)
         if source is None:
             raise ZhloraError(

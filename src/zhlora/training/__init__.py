@@ -7,8 +7,9 @@
 - ``schedule``: steps per epoch and the learning-rate schedule;
 - ``lora``: PEFT's LoRA config and wrapping, with checked target modules;
 - ``loop``: the explicit training loop and its callback hook (``StepCallback``);
-- ``checkpoint``: atomic checkpoints and exact resume; ``outputs``: the run folder's identity and
-  file names; ``logbook``: ``training_log.jsonl``;
-- ``run``: the recipe that wires them together, :func:`zhlora.training.run.train`
-  (read inputs -> prepare -> fit -> finish), the library entry point ``zhlora train`` calls.
+- ``checkpoint``: atomic checkpoints and exact resume; ``outputs``: the run folder's identity;
+  ``logbook``: ``training_log.jsonl``.
+
+The recipe that wires them together (with monitoring and the loss chart) is
+:func:`zhlora.recipes.train.train`, one layer up.
 """

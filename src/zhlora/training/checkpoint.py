@@ -31,12 +31,11 @@ import shutil
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
+from zhlora.filenames import ADAPTER_WEIGHTS, TRAINER_STATE
 from zhlora.io_utils import atomic_write_json, replace_folder, sha256_file
-from zhlora.models.adapter_files import ADAPTER_WEIGHTS as ADAPTER_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STATE_NAME = "trainer_state.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -53,20 +52,14 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     found = []
     for child in folder.iterdir():
         match = _CHECKPOINT_RE.match(child.name)
-        if match and (child / TRAINER_STATE_NAME).is_file():
+        if match and (child / TRAINER_STATE).is_file():
             found.append((int(match.group(1)), child))
     return sorted(found)
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
-    checkpoints = list_checkpoints(output_dir)
-    return checkpoints[-1][1] if checkpoints else None
-
-
 def read_trainer_state(checkpoint: str | Path) -> dict:
     """The ``trainer_state.json`` of a checkpoint."""
-    path = Path(checkpoint) / TRAINER_STATE_NAME
+    path = Path(checkpoint) / TRAINER_STATE
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -80,9 +73,9 @@ def checkpoint_damage(checkpoint: str | Path) -> str | None:
     """
     checkpoint = Path(checkpoint)
     try:
-        files = json.loads((checkpoint / TRAINER_STATE_NAME).read_text(encoding="utf-8")).get("files")
+        files = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8")).get("files")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return f"{TRAINER_STATE_NAME} is unreadable"
+        return f"{TRAINER_STATE} is unreadable"
     problems = []
     for name, digest in sorted((files or {}).items()):
         path = checkpoint / name
@@ -182,7 +175,7 @@ def save_checkpoint(accelerator, model, output_dir: str | Path, step: int, train
 
         check_still_held(output_dir)  # a late save (SIGTERM) must not land in a folder another run took
         files = {path.relative_to(tmp).as_posix(): sha256_file(path) for path in sorted(tmp.rglob("*")) if path.is_file()}
-        atomic_write_json(tmp / TRAINER_STATE_NAME, {**trainer_state, "step": step, "files": files})
+        atomic_write_json(tmp / TRAINER_STATE, {**trainer_state, "step": step, "files": files})
         replace_folder(tmp, final)
         if keep > 0:
             for _, old in list_checkpoints(output_dir)[:-keep]:
@@ -219,7 +212,7 @@ def load_checkpoint(accelerator, model, checkpoint: str | Path) -> dict:
         raise ZhloraError(f"{checkpoint} is damaged ({problem}). Delete it and rerun to resume from the one before.")
     try:
         accelerator.load_state(str(checkpoint), **_engine_kwargs(accelerator, saving=False))
-        saved = None if _engine_holds_weights(accelerator) else load_file(str(checkpoint / ADAPTER_WEIGHTS_NAME))
+        saved = None if _engine_holds_weights(accelerator) else load_file(str(checkpoint / ADAPTER_WEIGHTS))
     except (OSError, RuntimeError, ValueError, EOFError) as exc:
         raise ZhloraError(
             f"Could not load {checkpoint} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zhlora.data.preprocess import IGNORE_INDEX, META_NAME
+from zhlora.data.preprocess import IGNORE_INDEX
 from zhlora.errors import DataError
+from zhlora.filenames import PROCESSED_META
 
 REQUIRED_COLUMNS = ("input_ids", "labels")
 _PREPROCESS_HINT = "Create it with `zhlora preprocess` (it writes processed_data/train_dataset and processed_data/meta.json)."
@@ -107,7 +108,7 @@ def load_token_rows(dataset_path: str | Path) -> TokenRows:
 
 def read_processed_meta(dataset_path: str | Path) -> tuple[dict, Path]:
     """``meta.json`` beside the dataset folder (``processed_data/meta.json``) and its path."""
-    meta_path = Path(dataset_path).parent / META_NAME
+    meta_path = Path(dataset_path).parent / PROCESSED_META
     if not meta_path.is_file():
         raise DataError(
             f"{meta_path} is missing, so the tokenizer that made {dataset_path} is unknown and training could "
@@ -178,7 +179,7 @@ def dataset_fingerprint(dataset_path: str | Path) -> str:
     path = Path(dataset_path)
     files = sorted(p for p in path.rglob("*") if p.is_file())
     lines = [f"{p.relative_to(path).as_posix()}:{sha256_file(p)}\n" for p in files]
-    meta = path.parent / META_NAME
+    meta = path.parent / PROCESSED_META
     if meta.is_file():
         lines.append(f"../meta.json:{sha256_file(meta)}\n")
     return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()

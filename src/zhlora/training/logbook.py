@@ -13,8 +13,6 @@ from pathlib import Path
 
 from zhlora.io_utils import atomic_write_text
 
-LOG_NAME = "training_log.jsonl"
-
 
 def read_log_rows(path: str | Path) -> list[dict]:
     """The rows of a training log; a torn last line (a killed run) is skipped, not an error."""

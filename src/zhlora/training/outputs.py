@@ -17,27 +17,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
-from zhlora.models.adapter_files import ADAPTER_CONFIG
-from zhlora.training.checkpoint import (
-    ADAPTER_WEIGHTS_NAME,
-    newest_intact_checkpoint,
-    read_trainer_state,
+from zhlora.filenames import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    INITIAL_ADAPTER_DIR,
+    LOSS_CURVE,
+    PROBE_CURVES_NAME,
+    PROBE_SETS_NAME,
+    RUN_CONFIG,
+    RUN_MANIFEST,
+    SNAPSHOT_DIRNAME,
+    TRAINING_LOG,
 )
-from zhlora.training.logbook import LOG_NAME
+from zhlora.training.checkpoint import newest_intact_checkpoint, read_trainer_state
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-CONFIG_NAME = "train_config.yaml"
-CURVE_NAME = "loss_curve.png"
-INITIAL_ADAPTER_DIR = "initial_adapter"  # PiSSA/OLoRA start point, for the conversion to plain LoRA
 # written by the forgetting monitor (zhlora.monitoring.callback) with --monitor_every
-PROBE_SETS_NAME = "probe_sets.json"
-PROBE_CURVES_NAME = "probe_curves.png"
-SNAPSHOT_DIRNAME = "probe_snapshots"
 # Files and folders zhlora writes into a run folder; --overwrite removes exactly these.
-RUN_ARTEFACTS = (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG, "README.md", CONFIG_NAME, MANIFEST_NAME,
-                 LOG_NAME, CURVE_NAME, INITIAL_ADAPTER_DIR, "runs",
+RUN_ARTEFACTS = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, "README.md", RUN_CONFIG, RUN_MANIFEST,
+                 TRAINING_LOG, LOSS_CURVE, INITIAL_ADAPTER_DIR, "runs",
                  PROBE_CURVES_NAME, PROBE_SETS_NAME, SNAPSHOT_DIRNAME)
 # Settings that change how a run reports or saves, never the adapter it produces...
 NON_IDENTITY_TRAIN_FIELDS = ("save_steps", "save_total_limit", "logging_steps", "report_to",
@@ -98,8 +97,8 @@ def decide_start(output_dir: str | Path, fingerprint: str, resume: bool, overwri
         f"Use another --output_dir, or pass --overwrite to delete that run's adapter, checkpoints and logs "
         f"in {folder}."
     )
-    manifest = folder / MANIFEST_NAME
-    if (folder / ADAPTER_WEIGHTS_NAME).is_file():
+    manifest = folder / RUN_MANIFEST
+    if (folder / ADAPTER_WEIGHTS).is_file():
         recorded = _recorded_fingerprint(manifest) if manifest.is_file() else None
         if recorded == fingerprint:
             return RunStart("complete")
@@ -108,10 +107,10 @@ def decide_start(output_dir: str | Path, fingerprint: str, resume: bool, overwri
             # Killed after writing the adapter but before manifest.json (the completion marker):
             # finish from this run's newest checkpoint, which rewrites both.
             logger.info("%s has an adapter but no %s: the run stopped while writing its final files; finishing it "
-                        "from %s.", folder, MANIFEST_NAME, newest[1].name)
+                        "from %s.", folder, RUN_MANIFEST, newest[1].name)
             return RunStart("resume", newest[1])
         what = "a different run (other settings, base model or data)" if recorded else "an adapter zhlora did not record"
-        raise ZhloraError(f"{folder} already holds {what}: {folder / ADAPTER_WEIGHTS_NAME}. {refuse}")
+        raise ZhloraError(f"{folder} already holds {what}: {folder / ADAPTER_WEIGHTS}. {refuse}")
     newest = newest_intact_checkpoint(folder)
     if newest is not None:
         step, latest = newest

@@ -17,7 +17,7 @@ from pathlib import Path
 from zhlora.data.benchmarks import GenerateSpec
 from zhlora.data.readers import iter_json_records
 from zhlora.data.records import MathProblem
-from zhlora.evaluation.benchdata import ALL, BenchmarkItems, Unit, chunked_units, data_file, read_record
+from zhlora.evaluation.benchdata import ALL, BenchmarkItems, Unit, chunked_units, data_file, read_benchmark_record
 from zhlora.evaluation.engine import EvalEngine
 from zhlora.evaluation.prefix import PrefixUse
 from zhlora.evaluation.prompts import fewshot_prompt
@@ -100,12 +100,12 @@ class GenerationTask:
              limit: int | None, prompt_template: str, tokenizer) -> BenchmarkItems:
         """The first ``limit`` problems and, for drawn shots, the few-shot pool (``shots`` is the spec's)."""
         eval_path = data_file(data_dir, spec.source, spec.eval_split)
-        items = [read_record(MathProblem, where, row) for where, row in iter_json_records(eval_path)][:limit]
+        items = [read_benchmark_record(MathProblem, where, row) for where, row in iter_json_records(eval_path)][:limit]
         files = {f"{spec.source}/{eval_path.name}": sha256_file(eval_path)}
         fewshot: dict[str, list] = {}
         if not spec.fewshot_samples and spec.default_shots > 0:
             pool_path = data_file(data_dir, spec.source, spec.fewshot_split)
-            fewshot[ALL] = [read_record(MathProblem, where, row) for where, row in iter_json_records(pool_path)]
+            fewshot[ALL] = [read_benchmark_record(MathProblem, where, row) for where, row in iter_json_records(pool_path)]
             files[f"{spec.source}/{pool_path.name}"] = sha256_file(pool_path)
         return BenchmarkItems(spec=spec, groups={ALL: items}, shots=spec.default_shots, fewshot=fewshot, files_sha256=files)
 

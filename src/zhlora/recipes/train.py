@@ -86,7 +86,7 @@ class TrainRun:
     @property
     def initial_adapter(self) -> Path:
         """The PiSSA/OLoRA start point, kept to convert the result to plain LoRA."""
-        from zhlora.training.outputs import INITIAL_ADAPTER_DIR
+        from zhlora.filenames import INITIAL_ADAPTER_DIR
 
         return self.inputs.output_dir / INITIAL_ADAPTER_DIR
 
@@ -159,10 +159,11 @@ def prepare(inputs: TrainInputs, probe_data_dir: Path | None = None) -> TrainRun
     import torch
     from accelerate.utils import set_seed
 
+    from zhlora.filenames import RUN_CONFIG, TRAINING_LOG
     from zhlora.io_utils import atomic_write_text
     from zhlora.training import checkpoint as ckpt
     from zhlora.training import outputs
-    from zhlora.training.logbook import LOG_NAME, TrainingLog
+    from zhlora.training.logbook import TrainingLog
     from zhlora.training.packing import pack_rows
     from zhlora.training.schedule import build_lr_scheduler, plan_steps
 
@@ -172,7 +173,7 @@ def prepare(inputs: TrainInputs, probe_data_dir: Path | None = None) -> TrainRun
         if inputs.overwrite:
             outputs.clear_run_artefacts(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output_dir / outputs.CONFIG_NAME, dump_config_yaml(cfg))
+        atomic_write_text(output_dir / RUN_CONFIG, dump_config_yaml(cfg))
     accelerator.wait_for_everyone()
 
     set_seed(tcfg.seed)
@@ -201,7 +202,7 @@ def prepare(inputs: TrainInputs, probe_data_dir: Path | None = None) -> TrainRun
         start_step = int(ckpt.load_checkpoint(accelerator, model, inputs.start.checkpoint)["step"])
     else:
         set_seed(tcfg.seed, device_specific=True)  # dropout differs between processes
-    log = TrainingLog(output_dir / LOG_NAME, resume_step=start_step if resuming else None,
+    log = TrainingLog(output_dir / TRAINING_LOG, resume_step=start_step if resuming else None,
                       enabled=accelerator.is_main_process)
     if tcfg.report_to != "none":
         accelerator.init_trackers(cfg.run_name, config=_tracker_config(cfg))
@@ -251,7 +252,7 @@ def finish(run: TrainRun, result) -> TrainOutcome:
     monitoring = None
     if accelerator.is_main_process:
         monitoring = None if monitor is None else monitor.summary()
-        write_run_report(run, result, adapter_step, monitoring)
+        write_run_manifest(run, result, adapter_step, monitoring)
     accelerator.end_training()  # closes the trackers and the process group: last
     return TrainOutcome(result.status, output_dir, result.step, result.last_loss, accelerator.is_main_process,
                         monitoring=monitoring)
@@ -285,7 +286,7 @@ def _build_model(inputs: TrainInputs) -> tuple[Any, int, int]:
                                          lcfg.use_rslora, lcfg.use_dora, init_weights)
     model = lora.apply_lora(model, lora_config)
     if lora.is_mutating_init(init_weights):
-        from zhlora.training.outputs import INITIAL_ADAPTER_DIR
+        from zhlora.filenames import INITIAL_ADAPTER_DIR
 
         # PiSSA/OLoRA rewrite the base weights; keep the start point to convert the result to plain LoRA.
         initial_adapter = inputs.output_dir / INITIAL_ADAPTER_DIR
@@ -360,10 +361,11 @@ def _start_monitor(run: TrainRun, probe_data_dir: Path | None):
     """
     from accelerate.utils import DistributedType
 
+    from zhlora.filenames import TRAINING_LOG
     from zhlora.forgetting_budget import parse_budget
     from zhlora.monitoring.callback import ForgettingMonitor
     from zhlora.monitoring.probes import ProbeSizes, select_probe_sets
-    from zhlora.training.logbook import LOG_NAME, read_log_rows
+    from zhlora.training.logbook import read_log_rows
 
     inputs = run.inputs
     cfg, accelerator, meta, output_dir = inputs.cfg, inputs.accelerator, inputs.meta, inputs.output_dir
@@ -390,7 +392,7 @@ def _start_monitor(run: TrainRun, probe_data_dir: Path | None):
         save_steps=tcfg.save_steps, total_steps=run.plan.total_steps, probe_overhead=tcfg.probe_overhead,
         output_dir=output_dir, is_main_process=accelerator.is_main_process, log_metrics=log_metrics,
     )
-    record = monitor.start(accelerator.unwrap_model(run.model), run.start_step, read_log_rows(output_dir / LOG_NAME))
+    record = monitor.start(accelerator.unwrap_model(run.model), run.start_step, read_log_rows(output_dir / TRAINING_LOG))
     if record is not None:
         run.log.append({"step": 0, **record})
     return monitor
@@ -398,8 +400,8 @@ def _start_monitor(run: TrainRun, probe_data_dir: Path | None):
 
 def _write_final_adapter(accelerator, model, output_dir: Path, initial_adapter: Path | None) -> None:
     """Save the adapter beside the run files, moving each file into place once fully written."""
-    from zhlora.models.adapter_files import ADAPTER_CONFIG
-    from zhlora.training.checkpoint import ADAPTER_WEIGHTS_NAME, save_adapter
+    from zhlora.filenames import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+    from zhlora.training.checkpoint import save_adapter
 
     tmp = output_dir / ".adapter.tmp"
     if accelerator.is_main_process:
@@ -408,27 +410,25 @@ def _write_final_adapter(accelerator, model, output_dir: Path, initial_adapter: 
     kwargs = {"path_initial_model_for_weight_conversion": str(initial_adapter)} if initial_adapter else {}
     save_adapter(accelerator, model, tmp, **kwargs)
     if accelerator.is_main_process:
-        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS_NAME, "README.md"):
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md"):
             if (tmp / name).exists():
                 os.replace(tmp / name, output_dir / name)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_run_report(run: TrainRun, result, adapter_step: int, monitoring: dict | None) -> None:
+def write_run_manifest(run: TrainRun, result, adapter_step: int, monitoring: dict | None) -> None:
     """The loss (and probe) curves, then ``manifest.json``: the run's record, written last (main process)."""
     from zhlora.analysis.charts import plot_loss_curve
+    from zhlora.filenames import ADAPTER_WEIGHTS, LOSS_CURVE, PROBE_CURVES_NAME, RUN_MANIFEST, TRAINING_LOG
     from zhlora.io_utils import atomic_write_json, provenance, sha256_file
-    from zhlora.training.checkpoint import ADAPTER_WEIGHTS_NAME
-    from zhlora.training.logbook import LOG_NAME
-    from zhlora.training.outputs import CURVE_NAME, MANIFEST_NAME, PROBE_CURVES_NAME
 
     inputs, plan = run.inputs, run.plan
     output_dir, rows, meta = inputs.output_dir, inputs.rows, inputs.meta
-    plot_loss_curve(output_dir / LOG_NAME, output_dir / CURVE_NAME)
+    plot_loss_curve(output_dir / TRAINING_LOG, output_dir / LOSS_CURVE)
     if monitoring is not None:
         from zhlora.analysis.charts import plot_probe_curves, probe_chart_marks
 
-        plot_probe_curves(output_dir / LOG_NAME, output_dir / PROBE_CURVES_NAME, **probe_chart_marks(monitoring))
+        plot_probe_curves(output_dir / TRAINING_LOG, output_dir / PROBE_CURVES_NAME, **probe_chart_marks(monitoring))
     manifest = {
         "schema_version": 1,
         "provenance": provenance(),
@@ -443,7 +443,7 @@ def write_run_report(run: TrainRun, result, adapter_step: int, monitoring: dict 
             "template": meta.get("template_identity") or {"name": meta.get("template", "alpaca"), "chat_template_sha256": None},
         },
         "adapter": {
-            "file": ADAPTER_WEIGHTS_NAME, "sha256": sha256_file(output_dir / ADAPTER_WEIGHTS_NAME),
+            "file": ADAPTER_WEIGHTS, "sha256": sha256_file(output_dir / ADAPTER_WEIGHTS),
             "trainable_parameters": run.trainable, "total_parameters": run.total,
             "step": adapter_step,  # the last step, unless a forgetting budget chose an earlier one
         },
@@ -460,4 +460,4 @@ def write_run_report(run: TrainRun, result, adapter_step: int, monitoring: dict 
             },
         },
     }
-    atomic_write_json(output_dir / MANIFEST_NAME, manifest)
+    atomic_write_json(output_dir / RUN_MANIFEST, manifest)
