@@ -145,7 +145,7 @@ def test_existing_results_and_foreign_cache_are_not_mixed(capsys, monkeypatch, t
     assert code == 130 and len(list((tmp_path / "partial" / ".cache" / "ceval").glob("*.json"))) == 1
     monkeypatch.setattr(runner, "run_unit", real_run_unit)
     code, err = _evaluate(capsys, *common, tmp_path / "partial", "--shots", "1")
-    assert code == 2 and "other settings (settings.shots (cached 0, now 1)" in err and "--overwrite" in err
+    assert code == 2 and "other settings (settings.shots: 0 -> 1" in err and "--overwrite" in err
     code, err = _evaluate(capsys, *common, tmp_path / "partial", "--shots", "1", "--overwrite")
     assert code == 0 and (tmp_path / "partial" / "results.json").is_file()
 
@@ -192,8 +192,8 @@ def test_subjects_may_name_their_benchmark(capsys, caplog, tmp_path, tiny_model_
     """`marketing` is in CMMLU and MMLU: a bare name takes both and says so; cmmlu:marketing picks one."""
     import logging
 
-    from zhlora.recipes.evaluate import split_subjects
     from zhlora.errors import ConfigError
+    from zhlora.recipes.evaluate import split_subjects
 
     assert split_subjects(["mmlu:marketing", "nutrition"], ["cmmlu", "mmlu"]) == ({"mmlu": ["marketing"]}, ["nutrition"])
     with pytest.raises(ConfigError, match='"mmmlu" is not one of the evaluated benchmarks.*Did you mean "mmlu"'):

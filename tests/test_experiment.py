@@ -14,7 +14,6 @@ from zhlora.experiment import (
     Step,
     StepFailed,
     WorkLayout,
-    changed_settings,
     check_run_name,
     execute,
     plan_fingerprints,
@@ -112,9 +111,14 @@ def test_bad_run_names_are_refused(name):
         check_run_name(name)
 
 
-def test_changed_settings_names_the_dotted_keys():
+def test_differences_names_the_dotted_keys():
+    from zhlora.differences import differences
+
     old, new = {"lora": {"lora_rank": 16, "x": 1}}, {"lora": {"lora_rank": 8, "x": 1}}
-    assert changed_settings(old, new) == ["lora.lora_rank: 16 -> 8"]
+    assert differences(old, new) == ["lora.lora_rank: 16 -> 8"]
+    assert differences({"a": 1}, {"b": {"c": 2}}) == ["a: 1 -> None", "b.c: None -> 2"]
+    assert differences({"s": {}}, {"s": {"k": 1}}) == ["s: {} -> None", "s.k: None -> 1"]
+    assert differences({"x": [1, 2]}, {"x": [1, 2]}) == []
 
 
 # ---------------------------------------------------------------------------------------

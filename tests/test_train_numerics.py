@@ -93,6 +93,21 @@ def test_plan_steps_counts_epochs_and_max_steps():
     assert plan_steps(100, 4, 2, 2, 3.0, max_steps=5, warmup_ratio=0.0).total_steps == 5
 
 
+def test_the_repeated_sequences_of_an_epoch_are_counted():
+    """The wrapped last step trains 7 x 16 - 100 = 12 sequences twice; micro_batch_bins agrees."""
+    import numpy as np
+
+    from zhlora.training.packing import micro_batch_bins
+
+    plan = plan_steps(100, 4, 2, 2, 1.0, max_steps=-1, warmup_ratio=0.0)
+    assert plan.repeated_per_epoch == 12
+    order = np.arange(100)
+    seen = [b for step in range(plan.steps_per_epoch) for micro in range(2) for rank in range(2)
+            for b in micro_batch_bins(order, step, micro, rank, 2, 4, 2)]
+    assert len(seen) - len(set(seen)) == plan.repeated_per_epoch and set(seen) == set(range(100))
+    assert plan_steps(96, 4, 2, 2, 1.0, max_steps=-1, warmup_ratio=0.0).repeated_per_epoch == 0
+
+
 def test_scheduler_warms_up_then_decays_to_zero():
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([param], lr=1.0)

@@ -4,7 +4,7 @@ torch starts one OpenMP thread per core. On a machine where other processes alre
 busy, those threads wait for each other at every operator (each waits for the slowest, and one
 of them is always descheduled): on 2 cores with one other busy process, the demo's training was
 reported (issue 14) at 3 s per step with 2 threads and 10-30x faster with 1. So the default is the
-number of cores not already busy (1-minute load average), at least 1; see benchmarks/README.md,
+number of cores not already busy (1-minute load average), at least 1; see perf/README.md,
 "CPU threads and the demo", for what was and was not measured.
 """
 

@@ -38,8 +38,8 @@ from zhlora.analysis.results_io import (
 )
 from zhlora.config import PAIRED_SETTINGS
 from zhlora.data.benchmarks import language_of, reading_order
+from zhlora.data.benchmarks.kinds import PERPLEXITY_UNITS
 from zhlora.errors import ConfigError, DataError, ZhloraError
-from zhlora.evaluation.scoring import PERPLEXITY_UNITS
 from zhlora.filenames import FORGETTING_FILE, FORGETTING_MD, RESULTS_FILE
 from zhlora.io_utils import atomic_write_json, atomic_write_text, provenance
 

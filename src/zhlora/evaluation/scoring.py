@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+from zhlora.data.benchmarks.kinds import PERPLEXITY_UNITS
 from zhlora.data.categories import SubjectInfo
 
 DIGITS = 6  # scores are rounded to 1e-6 so results files are short and stable
@@ -98,14 +99,6 @@ def text_units(text: str) -> dict:
     ``len(re.split(r"\\s+", text))``), bytes as its ``count_bytes`` (``len(text.encode("utf-8"))``).
     """
     return {"n_bytes": len(text.encode("utf-8")), "n_characters": len(text), "n_words": len(re.split(r"\s+", text))}
-
-
-# unit -> (count field of a prediction row, summary field, how the summary is formed from nats per unit)
-PERPLEXITY_UNITS = {
-    "bytes": ("n_bytes", "bits_per_byte", "bits"),
-    "characters": ("n_characters", "bits_per_character", "bits"),
-    "words": ("n_words", "word_perplexity", "perplexity"),
-}
 
 
 def per_unit(nats_per_unit: float, form: str) -> float:

@@ -31,7 +31,7 @@ def resolve_dtype(name: str):
 
     ``auto`` resolves to bfloat16 when a CUDA GPU supports it (Ampere or newer) and to
     float32 everywhere else. On CPUs float32 was chosen by measurement
-    (``benchmarks/cpu_dtype.py``, benchmarks/README.md "CPU dtype"): on the AVX2 machine zhlora is
+    (``perf/cpu_dtype.py``, perf/README.md "CPU dtype"): on the AVX2 machine zhlora is
     built on, a bfloat16 matmul ran ~70x slower than float32 (no native bf16 instructions), and
     bfloat16 training and evaluation of the tiny model 2.5-11x slower, with no prediction changed.
     """

@@ -188,6 +188,10 @@ def prepare(inputs: TrainInputs, probe_data_dir: Path | None = None) -> TrainRun
                 int(rows.scored_tokens_per_row().sum()), len(bins), tcfg.max_seq_length,
                 100 * lengths.sum() / (len(bins) * tcfg.max_seq_length), plan.bins_per_step,
                 plan.steps_per_epoch, plan.total_steps)
+    if plan.repeated_per_epoch:
+        logger.info("The last step of each epoch tops up with %d sequence(s) from the epoch's start (%.1f%% of an "
+                    "epoch's sequences trained twice), so every step has the same shape on every process",
+                    plan.repeated_per_epoch, 100 * plan.repeated_per_epoch / len(bins))
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.learning_rate,
                                   weight_decay=tcfg.weight_decay)
@@ -452,9 +456,12 @@ def write_run_manifest(run: TrainRun, result, adapter_step: int, monitoring: dic
             "status": result.status, "steps": result.step, "planned_steps": plan.total_steps,
             "epochs": round(plan.epoch_of(result.step), 4), "last_logged_loss": result.last_loss,
             "packed_sequences": len(run.bins), "world_size": inputs.accelerator.num_processes,
+            "sequences_per_step": plan.bins_per_step, "steps_per_epoch": plan.steps_per_epoch,
+            "repeated_sequences_per_epoch": plan.repeated_per_epoch,
             "attention": _attention_implementation(), "resumed_from_step": run.start_step or None,
             "this_session": {
-                "seconds": round(result.seconds, 2), "real_tokens": result.real_tokens,
+                "seconds": round(result.seconds, 2), "cpu_seconds": round(result.cpu_seconds, 2),
+                "real_tokens": result.real_tokens,
                 "pad_fraction": round(result.pad_fraction, 5),
                 "tokens_per_second": round(result.real_tokens / max(result.seconds, 1e-9), 1),
             },

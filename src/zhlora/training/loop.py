@@ -92,8 +92,9 @@ class LoopResult:
     last_loss: float | None
     real_tokens: int  # non-pad tokens processed by all processes in this session
     total_tokens: int  # positions computed, padding included
-    seconds: float
+    seconds: float  # wall seconds of this session's loop
     checkpoint: Path | None = None
+    cpu_seconds: float = 0.0  # CPU seconds of this process (all its threads) over the same span
 
     @property
     def pad_fraction(self) -> float:
@@ -116,7 +117,7 @@ def training_layout(model, device) -> str:
     """The model's :func:`attention_layout`, except that sdpa on a CPU becomes ``segments``.
 
     CPU sdpa kernels compute every pair of a block-diagonal mask, masked or not; segment
-    attention computes only the pairs within each row (same loss, benchmarks/README.md).
+    attention computes only the pairs within each row (same loss, perf/README.md).
     """
     layout = attention_layout(model.config._attn_implementation)
     if layout == "sdpa" and torch.device(device).type == "cpu":
@@ -169,9 +170,18 @@ def packed_forward(model, batch: PackedBatch, layout: str, mask_dtype: torch.dty
 @functools.cache
 def _masked_logits_supported() -> bool:
     """Whether this transformers takes a boolean ``(batch, sequence)`` mask as ``logits_to_keep``."""
+    import transformers
     from transformers import modeling_utils
 
-    return hasattr(modeling_utils, "slice_logits_to_keep")
+    supported = hasattr(modeling_utils, "slice_logits_to_keep")
+    if supported:
+        logger.info("Logits only at scored positions (transformers %s takes a boolean logits_to_keep)",
+                    transformers.__version__)
+    else:
+        logger.warning("transformers %s has no boolean logits_to_keep (slice_logits_to_keep): every position's logits "
+                       "are computed and the scored ones picked after (same loss, ~25%% slower on instruction data). "
+                       "A newer transformers (5.25 has it) trains faster.", transformers.__version__)
+    return supported
 
 
 class StopSignals:
@@ -242,6 +252,7 @@ def train_loop(
     window = torch.zeros(4, dtype=torch.float64, device=device)
     totals = torch.zeros(4, dtype=torch.float64, device=device)
     window_start = session_start = time.perf_counter()
+    session_cpu_start = time.process_time()
     last_loss: float | None = None
     order, order_epoch = None, -1
     status, checkpoint = "completed", None
@@ -336,5 +347,6 @@ def train_loop(
         total_tokens=int(totals[3]),
         seconds=time.perf_counter() - session_start,
         checkpoint=checkpoint,
+        cpu_seconds=time.process_time() - session_cpu_start,
     )
 

@@ -17,6 +17,10 @@ class StepPlan:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    # Sequences the last step of each epoch takes again from the epoch's start, to keep every step the
+    # same shape on every process (0 when the sequences fill the steps exactly): 1 epoch trains
+    # these twice. Recorded in the run's manifest and logged.
+    repeated_per_epoch: int = 0
 
     def epoch_of(self, step: int) -> float:
         """Fractional epochs completed after ``step`` optimizer steps."""
@@ -29,8 +33,9 @@ def plan_steps(
 ) -> StepPlan:
     """Count the optimizer steps of a run.
 
-    An epoch is ``ceil(n_bins / bins_per_step)`` steps (its last step wraps around to the
-    epoch's first bins, see :func:`zhlora.training.packing.micro_batch_bins`). ``max_steps > 0``
+    An epoch is ``ceil(n_bins / bins_per_step)`` steps; its last step wraps around to the
+    epoch's first bins (:func:`zhlora.training.packing.micro_batch_bins`), which are then trained
+    twice in that epoch: ``repeated_per_epoch`` counts them. ``max_steps > 0``
     overrides ``num_train_epochs``; otherwise the run is ``ceil(epochs x steps_per_epoch)``
     steps. Warm-up lasts ``ceil(warmup_ratio x total_steps)`` steps, as in transformers.
     """
@@ -44,6 +49,7 @@ def plan_steps(
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
         warmup_steps=math.ceil(warmup_ratio * total),
+        repeated_per_epoch=steps_per_epoch * bins_per_step - n_bins,
     )
 
 

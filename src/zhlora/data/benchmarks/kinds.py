@@ -99,6 +99,15 @@ class GenerateSpec:
     kind: str = field(default="generate", init=False)
 
 
+# The tokenizer-independent units a PerplexitySpec may report (its ``units``):
+# unit -> (count field of a prediction row, summary field, how the summary is formed from nats per unit)
+PERPLEXITY_UNITS = {
+    "bytes": ("n_bytes", "bits_per_byte", "bits"),
+    "characters": ("n_characters", "bits_per_character", "bits"),
+    "words": ("n_words", "word_perplexity", "perplexity"),
+}
+
+
 @dataclass(frozen=True)
 class PerplexitySpec:
     """A loss/perplexity probe over held-out text (nats per predicted token).

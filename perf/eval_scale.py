@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """zhlora's evaluation of whole MMLU subjects on a real model: items/s, prompt tokens/s, share of the matmul peak.
 
-    python benchmarks/eval_scale.py --model_dir /tmp/smol/model \
+    python perf/eval_scale.py --model_dir /tmp/smol/model \
         --subjects abstract_algebra,college_chemistry,computer_security,econometrics
 
 Each subject is evaluated whole (5-shot, lm-eval protocol) through
@@ -26,23 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ZHLORA_SHARED_DATA", REPO.parent / "shared" / "data"))
+from harness import SHARED, load_average, matmul_gflops, write_summary  # noqa: E402
+
 # test items of the full benchmarks zhlora evaluates by default (C-Eval val, CMMLU test, MMLU test)
 FULL_ITEMS = {"ceval": 1346, "cmmlu": 11582, "mmlu": 14042}
-
-
-def matmul_peak(size: int = 2048) -> float:
-    """Best-of-five float32 matmul FLOP/s with the current thread count."""
-    import torch
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
 
 
 def main() -> int:
@@ -77,7 +64,7 @@ def main() -> int:
             forward_seconds["value"] += time.perf_counter() - started
 
     HFEvalModel._hidden_states = timed
-    peak = matmul_peak()
+    peak = matmul_gflops("float32", 2048) * 1e9
     rows = []
     with tempfile.TemporaryDirectory(prefix="zhlora_eval_scale_") as tmp:
         data = Path(tmp) / "data"
@@ -86,7 +73,7 @@ def main() -> int:
             bench = load_benchmark_items(data, resolve_spec("mmlu"), shots=5, subjects=[subject])
             requests = choice_requests(tokenizer, bench, subject, bench.groups[subject])
             prompt_tokens = sum(len(ids) for ids in tokenizer([r.prompt.text for r in requests])["input_ids"])
-            load_before = os.getloadavg()[0]
+            load_before = load_average()
             forward_seconds["value"] = 0.0
             started = time.perf_counter()
             result = evaluate_benchmarks(model, tokenizer, {"mmlu": bench}, batch_size=args.batch_size)["mmlu"]
@@ -101,7 +88,7 @@ def main() -> int:
                 "computed_tokens_per_second": round(computed / seconds, 1),
                 "forward_share": round(forward_seconds["value"] / seconds, 3),
                 "fraction_of_matmul_peak": round(flops / seconds / peak, 3),
-                "shared_prefix": use.as_dict(), "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                "shared_prefix": use.as_dict(), "load_average_1min": [round(load_before, 2), load_average()],
             })
             print(json.dumps(rows[-1]), flush=True)
     cumulative = []
@@ -114,9 +101,7 @@ def main() -> int:
     summary = {"matmul_peak_gflops": round(peak / 1e9, 1), "threads": os.environ["OMP_NUM_THREADS"], "subjects": rows,
                "cumulative": cumulative,
                "extrapolated_hours_at_mmlu_rate": {k: round(v / rate / 3600, 2) for k, v in FULL_ITEMS.items()}}
-    print(json.dumps(summary, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_summary(summary, args.out)
     return 0
 
 

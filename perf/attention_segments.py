@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One SmolLM2-shaped attention layer over a packed sequence: block-diagonal mask vs each row alone.
 
-    OMP_NUM_THREADS=1 python benchmarks/attention_segments.py
+    OMP_NUM_THREADS=1 python perf/attention_segments.py
 
 9 query / 3 key-value heads, head_dim 64, 1,024 tokens in five rows (300/250/200/150/124),
 forward + backward, one thread: sdpa with the boolean block-diagonal causal mask (what zhlora's
@@ -13,11 +13,11 @@ then milliseconds per layer for three interleaved rounds with the 1-minute load.
 
 from __future__ import annotations
 
-import os
 import time
 
 import torch
 import torch.nn.functional as F
+from harness import load_average  # noqa: E402
 
 LENGTHS = [300, 250, 200, 150, 124]
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
@@ -69,7 +69,7 @@ def main() -> None:
                     t.grad = None
                 fn(q, k, v).backward(upstream)
             print(index, name, f"{(time.perf_counter() - started) / 5 * 1000:.1f} ms per layer (forward + backward)",
-                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+                  f"load {load_average():.2f}", flush=True)
 
 
 if __name__ == "__main__":

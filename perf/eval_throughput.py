@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Questions per second of zhlora's evaluation engine vs lm-evaluation-harness, same model, same items.
 
-    python benchmarks/eval_throughput.py                       # defaults below, ~2-5 min on a CPU
-    python benchmarks/eval_throughput.py --items_per_subject 20 --batch_size 16 --out /tmp/eval_throughput.json
-    python benchmarks/eval_throughput.py --model smollm2      # the real SmolLM2-135M (byte-level BPE tokenizer)
+    python perf/eval_throughput.py                       # defaults below, ~2-5 min on a CPU
+    python perf/eval_throughput.py --items_per_subject 20 --batch_size 16 --out /tmp/eval_throughput.json
+    python perf/eval_throughput.py --model smollm2      # the real SmolLM2-135M (byte-level BPE tokenizer)
 
 What it does (nothing is downloaded except the lm-eval package from PyPI):
 
@@ -12,7 +12,7 @@ What it does (nothing is downloaded except the lm-eval package from PyPI):
 2. Builds a Llama-shaped model with random weights (``--hidden_size`` 384, 6 layers, the
    Llama-2 tokenizer of ``../shared/data/tokenizers/llama2``: ~36M parameters) in a temp folder.
 3. Runs lm-evaluation-harness (``lm_eval.simple_evaluate``, HF backend, the same batch size) in
-   its own virtual environment (``benchmarks/.venv``, created with ``--system-site-packages``
+   its own virtual environment (``perf/.venv``, created with ``--system-site-packages``
    and ``pip install lm-eval``) on the same items, through task YAMLs that reproduce its
    ``mmlu`` / ``cmmlu`` prompts over the local files.
 4. Runs ``zhlora.evaluation.evaluate_benchmarks`` on the same items in this process.
@@ -34,9 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from lmeval_side import SHARED, argmax, ensure_lm_eval_venv, load_model, run_lm_eval, worker_env, write_subset  # noqa: E402
+from harness import SHARED, load_average, load_model  # noqa: E402
+from lmeval_side import argmax, ensure_lm_eval_venv, run_lm_eval, worker_env, write_subset  # noqa: E402
 
 SUBJECTS = {
     "mmlu": ["abstract_algebra", "astronomy", "college_biology", "high_school_geography"],
@@ -151,7 +150,7 @@ def main() -> int:
                         help="CPU threads of each tool (default 1: on a shared 2-core machine, 2 threads mostly wait "
                              "for each other; set OMP_NUM_THREADS to override).")
     parser.add_argument("--rounds", type=int, default=1, help="Interleaved rounds (lm-eval then zhlora, each round).")
-    parser.add_argument("--lm_eval_python", default=None, help="A python with lm-eval installed (default: create benchmarks/.venv).")
+    parser.add_argument("--lm_eval_python", default=None, help="A python with lm-eval installed (default: create perf/.venv).")
     parser.add_argument("--out", default=None, help="Write the figures as JSON here.")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "SUBSET", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -180,14 +179,14 @@ def main() -> int:
         rounds = []
         for index in range(args.rounds):  # interleaved: lm-eval, zhlora, lm-eval, zhlora, ...
             lm_eval_out = work / f"lm_eval_{index}.json"
-            load_before = os.getloadavg()[0]
+            load_before = load_average()
             subprocess.run([str(python), __file__, "--worker", str(model_dir), str(work / "subset"), str(lm_eval_out),
                             "--batch_size", str(args.batch_size), "--torch_dtype", args.torch_dtype, "--device", args.device],
                            check=True, env=worker_env())
             lm_eval = json.loads(lm_eval_out.read_text(encoding="utf-8"))
             ours = run_zhlora(model_dir, data, args.items_per_subject, args.batch_size, args.torch_dtype, args.device)
             figures = compare(ours, lm_eval)
-            figures.update(load_average_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)],
+            figures.update(load_average_1min=[round(load_before, 2), load_average()],
                            shared_prefix=ours["shared_prefix"])
             print(json.dumps(figures, ensure_ascii=False))
             rounds.append(figures)

@@ -3,23 +3,23 @@
 vs a fused chunked one that never keeps the logits (the gradient w.r.t. the hidden states is
 computed chunk by chunk during the forward pass, as Liger's fused linear cross-entropy does).
 
-    python benchmarks/linear_ce.py --positions 700 --hidden 576 --vocab 49152 --rounds 3
+    python perf/linear_ce.py --positions 700 --hidden 576 --vocab 49152 --rounds 3
 
 SmolLM2-135M's shapes by default (576 x 49,152 tied output layer, frozen; ~700 scored positions
 of a 1,024-token bin). One thread, float32, forward + backward to the hidden states, interleaved
 rounds with the load; prints seconds per path, the loss difference and the gradient difference.
-Not used by zhlora (see benchmarks/README.md: it does not pay on this CPU).
+Not used by zhlora (see perf/README.md: it does not pay on this CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import torch
 import torch.nn.functional as F
+from harness import load_average  # noqa: E402
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -79,13 +79,13 @@ def main() -> int:
                       "max_grad": float(results["standard"][1].abs().max())}), flush=True)
     for index in range(args.rounds):
         for name, fn in (("standard", standard), ("fused", fused)):
-            before = os.getloadavg()[0]
+            before = load_average()
             started = time.perf_counter()
             hidden.grad = None
             fn().backward()
             seconds = time.perf_counter() - started
             print(json.dumps({"round": index, "path": name, "seconds": round(seconds, 3),
-                              "load_average_1min": [round(before, 2), round(os.getloadavg()[0], 2)]}), flush=True)
+                              "load_average_1min": [round(before, 2), load_average()]}), flush=True)
     return 0
 
 

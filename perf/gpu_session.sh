@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of benchmarks/README.md in one prepared script, sized for a ~9-minute lease of
+# Every GPU measurement of perf/README.md in one prepared script, sized for a ~9-minute lease of
 # one H100/H200-class GPU (7B-shaped model with random weights; no weights or network needed):
 #
 #   1. the bf16 and fp32 matmul peak of this GPU (the MFU denominator) — inside step 2;
@@ -7,7 +7,7 @@
 #   3. zhlora alone without gradient checkpointing (its memory allows it on a 141 GB card);
 #   4. gpu_eval.sh: zhlora vs lm-evaluation-harness, 5-shot MMLU + CMMLU subsets.
 #
-#   bash benchmarks/gpu_session.sh [OUTPUT_FOLDER]      # results and logs go to OUTPUT_FOLDER (default benchmarks/gpu_out)
+#   bash perf/gpu_session.sh [OUTPUT_FOLDER]      # results and logs go to OUTPUT_FOLDER (default perf/gpu_out)
 #
 # Offline machines: wheels in .whl/ (lm-eval and the packages the machine lacks) are installed into
 # /tmp/site first, and a copy of the data folder in .gpudata/ (mmlu, cmmlu, tokenizers/llama2,
@@ -15,7 +15,7 @@
 # still leaves the others' results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT_DIR="${1:-benchmarks/gpu_out}"
+OUT_DIR="${1:-perf/gpu_out}"
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
@@ -38,9 +38,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT_DIR/
 }
 
 step train_checkpointing "${TRAIN_LIMIT:-210}" env STEPS="${STEPS:-8}" STANDARD_BATCH="${STANDARD_BATCH:-8}" \
-  bash benchmarks/gpu_train.sh --output "$OUT_DIR/gpu_train_result.json"
-step train_zhlora_no_checkpointing "${NOCKPT_LIMIT:-100}" "$PY" benchmarks/train_throughput.py --preset llama2-7b \
+  bash perf/gpu_train.sh --output "$OUT_DIR/gpu_train_result.json"
+step train_zhlora_no_checkpointing "${NOCKPT_LIMIT:-100}" "$PY" perf/train_throughput.py --preset llama2-7b \
   --device cuda --dtype bfloat16 --max_seq_length 2048 --steps "${STEPS:-8}" --zhlora_batch 2 --rows 20000 --only zhlora
 step eval "${EVAL_LIMIT:-240}" env ITEMS="${ITEMS:-25}" BATCH="${BATCH:-16}" \
-  bash benchmarks/gpu_eval.sh --lm_eval_python "$PY" --out "$OUT_DIR/gpu_eval_result.json"
+  bash perf/gpu_eval.sh --lm_eval_python "$PY" --out "$OUT_DIR/gpu_eval_result.json"
 ls -la "$OUT_DIR"

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """float32 vs bfloat16 vs bfloat16 autocast on this CPU: evaluation and LoRA training, same model, same items.
 
-    python benchmarks/cpu_dtype.py --model_dir /tmp/smol/model          # a saved model folder (e.g. SmolLM2-135M)
-    python benchmarks/cpu_dtype.py --model_dir tiny                     # the built-in tiny Llama
+    python perf/cpu_dtype.py --model_dir /tmp/smol/model          # a saved model folder (e.g. SmolLM2-135M)
+    python perf/cpu_dtype.py --model_dir tiny                     # the built-in tiny Llama
 
 Modes: ``fp32`` (float32 weights and compute), ``bf16`` (bfloat16 weights, LoRA adapter in
 float32 as PEFT keeps it), ``autocast`` (float32 weights, matmuls in bfloat16 under
@@ -29,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ZHLORA_SHARED_DATA", REPO.parent / "shared" / "data"))
+from harness import SHARED, load_average, matmul_gflops, write_summary  # noqa: E402
+
 MODES = ("fp32", "bf16", "autocast")
 
 
@@ -60,7 +60,7 @@ def eval_round(model_dir: Path, tokenizer, benches, mode: str) -> dict:
 
 def train_round(model_dir: Path, tokenizer, text: str, mode: str, steps: int, seq_len: int) -> dict:
     import torch
-    from peft import LoraSettings, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     from zhlora.training.loss import token_loss_sum
 
@@ -82,20 +82,6 @@ def train_round(model_dir: Path, tokenizer, text: str, mode: str, steps: int, se
         losses.append(round(loss_sum.item() / count, 5))
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "tokens_per_second": steps * seq_len / seconds, "losses": losses}
-
-
-def matmul_gflops(dtype_name: str, size: int = 1024) -> float:
-    """Best-of-five ``torch.matmul`` of two ``size`` x ``size`` matrices, GFLOP/s (this CPU, current threads)."""
-    import torch
-
-    a = torch.randn(size, size, dtype=getattr(torch, dtype_name))
-    b = torch.randn(size, size, dtype=getattr(torch, dtype_name))
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
 
 
 def _argmax(values):
@@ -140,7 +126,7 @@ def main() -> int:
     torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
     peaks = {name: round(matmul_gflops(name), 2) for name in ("float32", "bfloat16")}
     print(json.dumps({"cpu_capability": torch.backends.cpu.get_cpu_capability(), "matmul_gflops": peaks,
-                      "load": round(os.getloadavg()[0], 2)}), flush=True)
+                      "load": load_average()}), flush=True)
     if args.skip == "eval,train":
         return 0
     with tempfile.TemporaryDirectory(prefix="zhlora_cpu_dtype_") as tmp:
@@ -155,12 +141,12 @@ def main() -> int:
         rounds = []
         for index in range(args.rounds):
             for mode in MODES:
-                entry = {"round": index, "mode": mode, "load_before": round(os.getloadavg()[0], 2)}
+                entry = {"round": index, "mode": mode, "load_before": load_average()}
                 if "eval" not in args.skip:
                     entry["eval"] = eval_round(model_dir, tokenizer, benches, mode)
                 if "train" not in args.skip:
                     entry["train"] = train_round(model_dir, tokenizer, text, mode, args.steps, args.seq_len)
-                entry["load_after"] = round(os.getloadavg()[0], 2)
+                entry["load_after"] = load_average()
                 rounds.append(entry)
                 brief = {k: v for k, v in entry.items() if k not in ("eval", "train")}
                 if "eval" in entry:
@@ -186,9 +172,7 @@ def main() -> int:
             row["train_speedup_vs_fp32"] = round(reference["train"]["seconds"] / entry["train"]["seconds"], 2)
             row["train_losses"] = entry["train"]["losses"]
         summary["rounds"].append(row)
-    print(json.dumps(summary, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_summary(summary, args.out)
     return 0
 
 

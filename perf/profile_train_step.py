@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where one zhlora LoRA training step's time goes, and the A/B of its CPU attention layouts.
 
-    python benchmarks/profile_train_step.py --model_dir /tmp/smol/base_model --rounds 3
+    python perf/profile_train_step.py --model_dir /tmp/smol/base_model --rounds 3
 
 One thread, float32, the model's LoRA exactly as ``zhlora train`` builds it (r 16, alpha 32,
 dropout 0.05, all linear layers, AdamW 2e-4), one packed 1,024-token bin of real BELLE
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -30,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from harness import load_average  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 CATEGORIES = ("attention", "output layer matmul", "cross-entropy", "LoRA matmuls", "base matmuls", "other ops")
 
 
@@ -171,9 +169,9 @@ def main() -> int:
     compiled = torch.compile(model) if "compiled" in layouts else None
     step(model, optimizer, rows, layouts[0], compiled=compiled)  # warm-up (allocator, first-call overheads)
     if compiled is not None:
-        before = os.getloadavg()[0]
+        before = load_average()
         result["compile_step"] = step(model, optimizer, rows, "compiled", compiled=compiled)  # compiles
-        result["compile_step"]["load_average_1min"] = [round(before, 2), round(os.getloadavg()[0], 2)]
+        result["compile_step"]["load_average_1min"] = [round(before, 2), load_average()]
         print("first compiled step", json.dumps(result["compile_step"]), flush=True)
     if not args.no_profile:
         for layout in layouts:
@@ -181,9 +179,9 @@ def main() -> int:
             print(layout, json.dumps(result["profiles"][layout]), flush=True)
     for index in range(args.rounds):
         for layout in layouts:
-            before = os.getloadavg()[0]
+            before = load_average()
             timed = step(model, optimizer, rows, layout, compiled=compiled)
-            timed.update(round=index, layout=layout, load_average_1min=[round(before, 2), round(os.getloadavg()[0], 2)])
+            timed.update(round=index, layout=layout, load_average_1min=[round(before, 2), load_average()])
             print(json.dumps(timed), flush=True)
             result["rounds"].append(timed)
     if args.out:

@@ -15,8 +15,8 @@ memory is its own. Reported per trainer:
   within each row, forward and backward), divided by the loop's time and by this machine's
   measured matmul peak (a large ``torch.matmul`` timed here, fp32 and bf16).
 
-    python benchmarks/train_throughput.py                     # CPU, ~35M-parameter Llama, a few minutes
-    python benchmarks/train_throughput.py --preset llama2-7b --device cuda --max_seq_length 2048 ...
+    python perf/train_throughput.py                     # CPU, ~35M-parameter Llama, a few minutes
+    python perf/train_throughput.py --preset llama2-7b --device cuda --max_seq_length 2048 ...
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import resource
 import subprocess
 import sys
 import time
+
+from harness import load_average  # noqa: E402
 
 PRESETS = {
     # Llama-2 proportions and vocabulary, small enough for a CPU: ~35M parameters (12M of them in lm_head)
@@ -280,7 +282,7 @@ def main() -> None:
             if done.returncode != 0 or not line:
                 sys.exit(f"{which} failed:\n{done.stderr[-4000:]}")
             result = json.loads(line[0][len("RESULT "):])
-            result["load_average_after"] = os.getloadavg()[0]
+            result["load_average_after"] = load_average()
             runs.append(result)
     peak = peaks[args.dtype]
     for runs in rounds.values():

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """LoRA training speed: zhlora vs LLaMA-Factory (packing off / packing / neat_packing), same model, same rows.
 
-    python benchmarks/peer_llamafactory.py --model random --rows 100 --rounds 2
-    python benchmarks/peer_llamafactory.py --model smollm2 --model_dir /tmp/smol/model --rows 60
+    python perf/peer_llamafactory.py --model random --rows 100 --rounds 2
+    python perf/peer_llamafactory.py --model smollm2 --model_dir /tmp/smol/model --rows 60
 
 Both tools train the same model (``random``: a Llama-2-shaped model with random weights and the
 Llama-2 tokenizer, hidden 384, 6 layers, ~35M parameters; ``smollm2``: SmolLM2-135M-Instruct from
@@ -14,7 +14,7 @@ epoch, one CPU thread each. Rows per optimizer step: zhlora and LF with packing 
 ``--accumulation`` packed 1,024-token sequences per step; LF without packing gets
 ``--accumulation`` x ``--rows_per_batch`` rows per step (about the same tokens).
 
-LLaMA-Factory is installed by the script into ``benchmarks/.venv-llamafactory`` (torch 2.13.0,
+LLaMA-Factory is installed by the script into ``perf/.venv-llamafactory`` (torch 2.13.0,
 the CPU wheel, first, and pinned, so that pip does not replace it with a multi-GB CUDA build;
 torchvision/torchaudio removed, and an empty ``torchaudio`` module in its place because LF imports
 it for audio inputs and no torchaudio wheel matches torch 2.13.0). Runs are
@@ -39,10 +39,9 @@ import venv
 from pathlib import Path
 
 import numpy as np
+from harness import REPO, SHARED, load_average, write_summary  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ZHLORA_SHARED_DATA", REPO.parent / "shared" / "data"))
-VENV = REPO / "benchmarks" / ".venv-llamafactory"
+VENV = REPO / "perf" / ".venv-llamafactory"
 TORCH = "torch==2.13.0"
 LLAMAFACTORY = "llamafactory==0.9.5"
 CUTOFF = 1024
@@ -195,7 +194,6 @@ def main() -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO / "src"),
            "DISABLE_VERSION_CHECK": "1", "USE_V1": "0"}
-    sys.path.insert(0, str(REPO / "benchmarks"))
     import eval_throughput
 
     rounds = []
@@ -210,12 +208,12 @@ def main() -> int:
         data, lf_data = prepare_rows(work, args.rows)
         for index in range(args.rounds):
             for name in args.only.split(","):
-                load_before = os.getloadavg()[0]
+                load_before = load_average()
                 if name in ("zhlora", "zhlora-mask"):
                     figures = run_zhlora(model_dir, data, work, str(index), args, env, mask=name == "zhlora-mask")
                 else:
                     figures = run_lf(python, model_dir, lf_data, work, name, str(index), args, env)
-                figures.update(round=index, run=name, load_average_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)])
+                figures.update(round=index, run=name, load_average_1min=[round(load_before, 2), load_average()])
                 print(json.dumps(figures), flush=True)
                 rounds.append(figures)
     summary = {"model": args.model, "rows": args.rows, "accumulation": args.accumulation,
@@ -231,9 +229,7 @@ def main() -> int:
     for key in ("zhlora_vs_best_contamination_free_lf", "segments_vs_mask"):
         if summary.get(key):
             summary[key + "_median"] = float(np.median(summary[key]))
-    print(json.dumps(summary, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_summary(summary, args.out)
     return 0
 
 

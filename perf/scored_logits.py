@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Logits at every position vs only at the scored ones (zhlora's packed_forward), one packed row, LoRA forward+backward.
 
-    python benchmarks/scored_logits.py 3      # rounds, interleaved; prints seconds, loss sum and load per step
+    python perf/scored_logits.py 3      # rounds, interleaved; prints seconds, loss sum and load per step
 
 The ~35M-parameter Llama-shaped model of train_throughput.py (random weights, 32,000-token vocabulary), one
 thread, BELLE-like rows (30% prompt) packed into one sequence of up to 1,024 tokens.
@@ -10,15 +10,13 @@ thread, BELLE-like rows (30% prompt) packed into one sequence of up to 1,024 tok
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import numpy as np
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_throughput  # noqa: E402
+from harness import load_average  # noqa: E402
 
 from zhlora.data.preprocess import IGNORE_INDEX  # noqa: E402
 from zhlora.training.loop import packed_inputs  # noqa: E402
@@ -56,7 +54,7 @@ def main() -> int:
     for _ in range(rounds):
         for name in ("full", "selected"):
             seconds, loss = step(name == "selected")
-            results[name].append((round(seconds, 2), round(loss, 4), round(os.getloadavg()[0], 1)))
+            results[name].append((round(seconds, 2), round(loss, 4), round(load_average(), 1)))
             print(name, results[name][-1], flush=True)
     print(json.dumps({"tokens": total, "scored": int((batch.targets != IGNORE_INDEX).sum()), **results}))
     return 0

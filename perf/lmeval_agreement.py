@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Agreement of zhlora's lm-eval protocol with lm-evaluation-harness on a real model with a byte-level BPE.
 
-    python benchmarks/lmeval_agreement.py --model_dir zhlora_work/models/base_model   # a SmolLM2-135M base_model
-    python benchmarks/lmeval_agreement.py --model_dir DIR --items_per_subject 10 --out /tmp/agreement.json
-    benchmarks/.venv/bin/python benchmarks/lmeval_agreement.py --model_dir DIR --tokenization_only   # ids only, minutes
+    python perf/lmeval_agreement.py --model_dir zhlora_work/models/base_model   # a SmolLM2-135M base_model
+    python perf/lmeval_agreement.py --model_dir DIR --items_per_subject 10 --out /tmp/agreement.json
+    perf/.venv/bin/python perf/lmeval_agreement.py --model_dir DIR --tokenization_only   # ids only, minutes
 
-The sibling of ``eval_throughput.py`` (same lm-eval venv, ``benchmarks/.venv``), for correctness
+The sibling of ``eval_throughput.py`` (same lm-eval venv, ``perf/.venv``), for correctness
 rather than speed: the real SmolLM2-135M-Instruct (Llama architecture, 49,152-token byte-level
 BPE, imported from its GGUF by ``zhlora download-model --model_name_or_path smollm2-135m``) scores
 real 5-shot C-Eval, CMMLU and MMLU items of ``../shared/data`` with both tools, float32 on the CPU.
@@ -36,9 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from lmeval_side import SHARED, argmax, ensure_lm_eval_venv, load_model, run_lm_eval, worker_env, write_subset  # noqa: E402
+from harness import SHARED, load_model  # noqa: E402
+from lmeval_side import argmax, ensure_lm_eval_venv, run_lm_eval, worker_env, write_subset  # noqa: E402
 
 # 8 subjects per benchmark across STEM, humanities and social science; the first N scored items of each.
 SUBJECTS = {
@@ -146,7 +145,7 @@ def main() -> int:
     parser.add_argument("--items_per_subject", type=int, default=10, help="Scored items per subject (24 subjects).")
     parser.add_argument("--batch_size", type=int, default=8, help="Same fixed batch size for both tools.")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each tool (OMP_NUM_THREADS overrides).")
-    parser.add_argument("--lm_eval_python", default=None, help="A python with lm-eval installed (default: benchmarks/.venv).")
+    parser.add_argument("--lm_eval_python", default=None, help="A python with lm-eval installed (default: perf/.venv).")
     parser.add_argument("--out", default=None,
                         help="Write the figures as JSON here (and lm-eval's per-item output beside it, <out>.lm_eval.json).")
     parser.add_argument("--lm_eval_results", default=None,

@@ -14,9 +14,9 @@ import time
 import venv
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ZHLORA_SHARED_DATA", REPO.parent / "shared" / "data"))
-VENV = REPO / "benchmarks" / ".venv"
+from harness import REPO, SHARED, load_model  # noqa: E402
+
+VENV = REPO / "perf" / ".venv"
 LM_EVAL_VERSION = "0.4.13"
 LETTERS = ["A", "B", "C", "D"]
 
@@ -72,15 +72,6 @@ def task_config(benchmark: str, subject: str, subset: Path) -> dict:
     }
 
 
-def load_model(model_dir: Path, torch_dtype: str, device: str):
-    """The model and tokenizer exactly as zhlora loads them; lm-eval is handed the same objects."""
-    from zhlora.models.loading import load_model as zhlora_load_model
-    from zhlora.models.loading import load_tokenizer
-
-    model = zhlora_load_model(model_dir, torch_dtype=torch_dtype, device_map={"": 0} if device == "cuda" else None)
-    return model, load_tokenizer(model_dir)
-
-
 def run_lm_eval(model_dir: Path, subset: Path, subjects: dict[str, list[str]], batch_size: int, torch_dtype: str,
                 device: str, with_token_ids: bool) -> dict:
     """Inside a python with lm-eval: 5-shot ``simple_evaluate`` over every subject task. Per item the
@@ -132,7 +123,7 @@ def run_lm_eval(model_dir: Path, subset: Path, subjects: dict[str, list[str]], b
 
 
 def ensure_lm_eval_venv() -> Path:
-    """``benchmarks/.venv`` with lm-eval installed on top of this interpreter's packages."""
+    """``perf/.venv`` with lm-eval installed on top of this interpreter's packages."""
     python = VENV / "bin" / "python"
     if not python.exists():
         print(f"creating {VENV} (--system-site-packages) and installing lm-eval=={LM_EVAL_VERSION} ...")
