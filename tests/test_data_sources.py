@@ -123,7 +123,7 @@ def test_rerun_skips_complete_sources_and_refuses_other_settings(release, tmp_pa
         download_data(out, source=f"local:{release}", datasets=["gsm8k", "belle"], belle_sample_size=10, belle_heldout_size=2)
     assert "skipping" in caplog.text
     assert (out / "gsm8k" / "test.jsonl").stat().st_mtime_ns == stamp
-    with pytest.raises(DataError, match="other settings.*sample_size: 10 then, 12 now.*--force"):
+    with pytest.raises(DataError, match="other settings.*sample_size: 10 -> 12.*--force"):
         download_data(out, source=f"local:{release}", datasets=["belle"], belle_sample_size=12, belle_heldout_size=2)
     download_data(out, source=f"local:{release}", datasets=["belle"], belle_sample_size=12, belle_heldout_size=2, force=True)
     assert len(read_jsonl(out / "belle" / "train.jsonl")) == 12

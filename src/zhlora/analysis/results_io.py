@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from zhlora.errors import DataError
-from zhlora.filenames import RESULTS_FILE, TIMINGS_FILE, TRAINING_LOG
+from zhlora.filenames import RESULTS_FILE, RUNS_DIRNAME, TIMINGS_FILE, TRAINING_LOG
 from zhlora.io_utils import read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def load_question_texts(data_dir: str | os.PathLike, benchmark: str, split: str,
 def default_training_log(results_dir: str | os.PathLike) -> Path | None:
     """``<work>/results/<run>/training_log.jsonl`` for ``<work>/evaluation_results/<run>``, if present."""
     results_dir = Path(results_dir)
-    candidate = results_dir.parent.parent / "results" / results_dir.name / TRAINING_LOG
+    candidate = results_dir.parent.parent / RUNS_DIRNAME / results_dir.name / TRAINING_LOG
     return candidate if candidate.is_file() else None
 
 

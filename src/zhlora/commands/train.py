@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from zhlora.config import add_config_flags, config_from_args
+from zhlora.filenames import RUNS_DIRNAME
 from zhlora.models.loading import check_model_argument
 
 
@@ -45,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     from zhlora.recipes.train import train
 
     cfg = config_from_args(args)
-    output_dir = Path(args.output_dir or Path("results") / cfg.run_name)
+    output_dir = Path(args.output_dir or Path(RUNS_DIRNAME) / cfg.run_name)
     check_model_argument(args.model_path, "--model_path")
     outcome = train(cfg, Path(args.model_path), Path(args.dataset_path), output_dir, resume=args.resume,
                     overwrite=args.overwrite, probe_data_dir=Path(args.probe_data_dir) if args.probe_data_dir else None)

@@ -11,7 +11,15 @@ from pathlib import Path
 
 from zhlora.config import ExperimentConfig, dump_config_yaml
 from zhlora.errors import ConfigError
-from zhlora.filenames import BASELINE_NAME, STATE_DIRNAME
+from zhlora.filenames import (
+    BASELINE_NAME,
+    EVAL_DIRNAME,
+    MODELS_DIRNAME,
+    PROCESSED_DIRNAME,
+    RUNS_DIRNAME,
+    STATE_DIRNAME,
+    SWEEPS_DIRNAME,
+)
 from zhlora.io_utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -57,7 +65,7 @@ def number_tag(value: float) -> str:
 
 def processed_dirname(replay_ratio: float) -> str:
     """``processed_data`` without replay, ``processed_data-replay<r>`` with (one folder per ratio)."""
-    return "processed_data" if replay_ratio == 0 else f"processed_data-replay{number_tag(replay_ratio)}"
+    return PROCESSED_DIRNAME if replay_ratio == 0 else f"{PROCESSED_DIRNAME}-replay{number_tag(replay_ratio)}"
 
 
 def scale_results_name(run_name: str, scale: float) -> str:
@@ -80,7 +88,7 @@ class WorkLayout:
 
     @property
     def models_dir(self) -> Path:
-        return self.root / "models"
+        return self.root / MODELS_DIRNAME
 
     @property
     def base_model(self) -> Path:
@@ -92,13 +100,13 @@ class WorkLayout:
         return self.root / processed_dirname(replay_ratio)
 
     def run_dir(self, run_name: str) -> Path:
-        return self.root / "results" / run_name
+        return self.root / RUNS_DIRNAME / run_name
 
     def eval_dir(self, name: str) -> Path:
-        return self.root / "evaluation_results" / name
+        return self.root / EVAL_DIRNAME / name
 
     def sweep_dir(self, run_name: str) -> Path:
-        return self.root / "sweeps" / run_name
+        return self.root / SWEEPS_DIRNAME / run_name
 
     @property
     def state_dir(self) -> Path:

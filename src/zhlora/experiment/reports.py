@@ -17,11 +17,14 @@ from zhlora.errors import ZhloraError
 from zhlora.experiment.layout import WorkLayout, number_tag, scale_results_name
 from zhlora.filenames import (
     BASELINE_NAME,
+    DATA_DIRNAME,
+    EVAL_DIRNAME,
     FORGETTING_FILE,
     PROCESSED_STATS,
     REPORT_HTML,
     RESULTS_FILE,
     RUN_MANIFEST,
+    RUNS_DIRNAME,
     TRAINING_LOG,
 )
 from zhlora.io_utils import atomic_write_json, atomic_write_text, provenance
@@ -259,11 +262,11 @@ def runs_overview(work_dir: str | os.PathLike) -> list[dict]:
     """
     from zhlora.training.checkpoint import list_checkpoints
 
-    layout = WorkLayout(root=Path(work_dir), data_dir=Path(work_dir) / "data")
+    layout = WorkLayout(root=Path(work_dir), data_dir=Path(work_dir) / DATA_DIRNAME)
     if not layout.root.is_dir():
         raise ZhloraError(f"{layout.root} is not a folder. Pass a work folder made by `zhlora run` (default: zhlora_work).")
-    names = sorted({p.name for p in (layout.root / "results").glob("*") if p.is_dir()}
-                   | {p.name for p in (layout.root / "evaluation_results").glob("*") if p.is_dir()})
+    names = sorted({p.name for p in (layout.root / RUNS_DIRNAME).glob("*") if p.is_dir()}
+                   | {p.name for p in (layout.root / EVAL_DIRNAME).glob("*") if p.is_dir()})
     rows = []
     for name in names:
         run_dir, eval_dir = layout.run_dir(name), layout.eval_dir(name)

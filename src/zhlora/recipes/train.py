@@ -443,7 +443,7 @@ def write_run_manifest(run: TrainRun, result, adapter_step: int, monitoring: dic
             "path": str(inputs.dataset_path), "sha256": inputs.data_sha, "rows": len(rows),
             "tokens": int(rows.lengths.sum()), "scored_tokens": int(rows.scored_tokens_per_row().sum()),
             "tokenizer": {k: (meta.get("tokenizer") or {}).get(k) for k in ("name_or_path", "vocab_size", "vocab_sha256")},
-            # how the prompts were rendered: evaluation renders ppl_zh the same way (commands/evaluate.py checks)
+            # how the prompts were rendered: evaluation renders ppl_zh the same way (recipes/evaluate.py checks)
             "template": meta.get("template_identity") or {"name": meta.get("template", "alpaca"), "chat_template_sha256": None},
         },
         "adapter": {
