@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import SHARED, load_average, matmul_gflops, write_summary  # noqa: E402
+from harness import SHARED, clock_calls, load_average, matmul_gflops, write_summary  # noqa: E402
 
 # test items of the full benchmarks zhlora evaluates by default (C-Eval val, CMMLU test, MMLU test)
 FULL_ITEMS = {"ceval": 1346, "cmmlu": 11582, "mmlu": 14042}
@@ -53,17 +53,7 @@ def main() -> int:
     config = model.config
     embedding = config.vocab_size * config.hidden_size
     body_weights = sum(p.numel() for p in model.parameters()) - embedding * (1 if config.tie_word_embeddings else 2)
-    forward_seconds = {"value": 0.0}
-    original = HFEvalModel._hidden_states
-
-    def timed(self, *a, **k):
-        started = time.perf_counter()
-        try:
-            return original(self, *a, **k)
-        finally:
-            forward_seconds["value"] += time.perf_counter() - started
-
-    HFEvalModel._hidden_states = timed
+    forward = clock_calls(HFEvalModel, "_hidden_states")  # an unbound function: self is its first argument
     peak = matmul_gflops("float32", 2048) * 1e9
     rows = []
     with tempfile.TemporaryDirectory(prefix="zhlora_eval_scale_") as tmp:
@@ -74,7 +64,7 @@ def main() -> int:
             requests = choice_requests(tokenizer, bench, subject, bench.groups[subject])
             prompt_tokens = sum(len(ids) for ids in tokenizer([r.prompt.text for r in requests])["input_ids"])
             load_before = load_average()
-            forward_seconds["value"] = 0.0
+            forward["seconds"] = 0.0
             started = time.perf_counter()
             result = evaluate_benchmarks(model, tokenizer, {"mmlu": bench}, batch_size=args.batch_size)["mmlu"]
             seconds = time.perf_counter() - started
@@ -86,7 +76,7 @@ def main() -> int:
                 "items_per_second": round(len(requests) / seconds, 3),
                 "prompt_tokens_per_second": round(prompt_tokens / seconds, 1),
                 "computed_tokens_per_second": round(computed / seconds, 1),
-                "forward_share": round(forward_seconds["value"] / seconds, 3),
+                "forward_share": round(forward["seconds"] / seconds, 3),
                 "fraction_of_matmul_peak": round(flops / seconds / peak, 3),
                 "shared_prefix": use.as_dict(), "load_average_1min": [round(load_before, 2), load_average()],
             })

@@ -31,10 +31,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from harness import SHARED, load_average, load_model  # noqa: E402
+from harness import SHARED, load_average, need_shared_data, score_choice_subjects  # noqa: E402
 from lmeval_side import argmax, ensure_lm_eval_venv, run_lm_eval, worker_env, write_subset  # noqa: E402
 
 SUBJECTS = {
@@ -86,22 +85,10 @@ def build_random_llama(folder: Path, hidden_size: int, layers: int, intermediate
 # ---------------------------------------------------------------------------------------
 def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: int, torch_dtype: str, device: str):
     """Per-item log-likelihoods, prompts and seconds of zhlora's engine on the same subset."""
-    import torch
-
-    from zhlora.evaluation import (
-        evaluate_benchmarks,
-        load_benchmark_items,
-        resolve_spec,
-    )
     from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    model, tokenizer = load_model(model_dir, torch_dtype, device)
-    benches = {name: load_benchmark_items(data, resolve_spec(name), shots=5, subjects=subjects, limit=items_per_subject)
-               for name, subjects in SUBJECTS.items()}
-    started = time.perf_counter()
-    results = evaluate_benchmarks(model, tokenizer, benches, batch_size=batch_size)
-    seconds = time.perf_counter() - started
+    tokenizer, benches, results, seconds = score_choice_subjects(model_dir, data, SUBJECTS, items_per_subject, batch_size,
+                                                                 torch_dtype, device)
     items = {}
     for name, bench in benches.items():
         contexts = {q.id: r.prompt.text for subject, questions in bench.groups.items()
@@ -160,8 +147,7 @@ def main() -> int:
                               with_token_ids=False)
         Path(out).write_text(json.dumps(figures, ensure_ascii=False), encoding="utf-8")
         return 0
-    if not (SHARED / "README.md").is_file():
-        print(f"{SHARED} is absent: this benchmark needs the real data folder.", file=sys.stderr)
+    if not need_shared_data():
         return 2
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

@@ -128,3 +128,41 @@ def need_shared_data() -> bool:
         return True
     print(f"{SHARED} is absent: this benchmark needs the real data folder (ZHLORA_SHARED_DATA=...).", file=sys.stderr)
     return False
+
+
+def score_choice_subjects(model_dir: Path, data: Path, subjects: dict[str, list[str]], items_per_subject: int,
+                          batch_size: int, torch_dtype: str = "float32", device: str = "cpu"):
+    """zhlora's engine on the first ``items_per_subject`` 5-shot items of each ``{benchmark: [subject]}``.
+
+    Returns ``(tokenizer, benches, results, seconds)``: the loaded items, ``evaluate_benchmarks``'
+    results and its wall seconds (model loading excluded).
+    """
+    from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items, resolve_spec
+
+    set_threads()
+    model, tokenizer = load_model(model_dir, torch_dtype, device)
+    benches = {name: load_benchmark_items(data, resolve_spec(name), shots=5, subjects=names, limit=items_per_subject)
+               for name, names in subjects.items()}
+    started = time.perf_counter()
+    results = evaluate_benchmarks(model, tokenizer, benches, batch_size=batch_size)
+    return tokenizer, benches, results, time.perf_counter() - started
+
+
+def clock_calls(owner, name: str) -> dict:
+    """Wrap ``owner.name`` so every call adds its wall seconds to the returned ``{"seconds": ...}``.
+
+    For the share of a run spent inside one function (the forward pass, a peer's scoring call);
+    reset the count by assigning ``0.0`` to ``"seconds"``.
+    """
+    spent = {"seconds": 0.0}
+    original = getattr(owner, name)
+
+    def clocked(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent["seconds"] += time.perf_counter() - started
+
+    setattr(owner, name, clocked)
+    return spent

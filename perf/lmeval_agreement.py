@@ -33,10 +33,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from harness import SHARED, load_model  # noqa: E402
+from harness import load_model, need_shared_data, score_choice_subjects  # noqa: E402
 from lmeval_side import argmax, ensure_lm_eval_venv, run_lm_eval, worker_env, write_subset  # noqa: E402
 
 # 8 subjects per benchmark across STEM, humanities and social science; the first N scored items of each.
@@ -53,19 +52,10 @@ EVAL_SPLIT = {"ceval": "val", "cmmlu": "test", "mmlu": "test"}
 
 def run_zhlora(model_dir: Path, data: Path, items_per_subject: int, batch_size: int) -> dict:
     """zhlora's engine on the same items: prompts, token ids (``encode_choice``) and log-likelihoods."""
-    import torch
-
-    from zhlora.evaluation import evaluate_benchmarks, load_benchmark_items, resolve_spec
     from zhlora.evaluation.requests import encode_choice
     from zhlora.evaluation.tasks.multiple_choice import choice_requests
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    model, tokenizer = load_model(model_dir, "float32", "cpu")
-    benches = {name: load_benchmark_items(data, resolve_spec(name), shots=5, subjects=subjects, limit=items_per_subject)
-               for name, subjects in SUBJECTS.items()}
-    started = time.perf_counter()
-    results = evaluate_benchmarks(model, tokenizer, benches, batch_size=batch_size)
-    seconds = time.perf_counter() - started
+    tokenizer, benches, results, seconds = score_choice_subjects(model_dir, data, SUBJECTS, items_per_subject, batch_size)
     items = {}
     for name, bench in benches.items():
         requests = {q.id: r for subject, questions in bench.groups.items()
@@ -165,8 +155,7 @@ def main() -> int:
                               with_token_ids=True)
         Path(args.worker[1]).write_text(json.dumps(figures, ensure_ascii=False), encoding="utf-8")
         return 0
-    if not (SHARED / "README.md").is_file():
-        print(f"{SHARED} is absent: this benchmark needs the real data folder.", file=sys.stderr)
+    if not need_shared_data():
         return 2
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

@@ -14,7 +14,7 @@ import time
 import venv
 from pathlib import Path
 
-from harness import REPO, SHARED, load_model  # noqa: E402
+from harness import REPO, SHARED, clock_calls, load_model  # noqa: E402
 
 VENV = REPO / "perf" / ".venv"
 LM_EVAL_VERSION = "0.4.13"
@@ -92,17 +92,7 @@ def run_lm_eval(model_dir: Path, subset: Path, subjects: dict[str, list[str]], b
             names.append(config["task"])
     model, tokenizer = load_model(model_dir, torch_dtype, device)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    scoring = {"seconds": 0.0}
-    loglikelihood = lm.loglikelihood
-
-    def timed_loglikelihood(requests, *args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return loglikelihood(requests, *args, **kwargs)
-        finally:
-            scoring["seconds"] += time.perf_counter() - started
-
-    lm.loglikelihood = timed_loglikelihood
+    scoring = clock_calls(lm, "loglikelihood")
     manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
     started = time.perf_counter()
     results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=5, task_manager=manager, log_samples=True,
