@@ -1,9 +1,11 @@
 """``--forgetting_budget``: its syntax and parsed form, below every layer that uses it.
 
-The config validates the flag with :func:`parse_budget`; the monitor
-(:mod:`zhlora.monitoring.budget`) tests probe values against the parsed
-:class:`ForgettingBudget`. Both read this one module, so the config layer never imports the
-monitoring layer. Syntax:
+One budget serves twice. During training (with ``--monitor_every``) the monitor
+(:mod:`zhlora.monitoring.budget`) tests probe values against it and can stop or pick an
+earlier step; after training the forgetting analysis (:mod:`zhlora.analysis.verdicts`) uses it
+as the non-inferiority margin of every English row, :data:`DEFAULT_FORGETTING_BUDGET` when none
+is given. The config validates the flag with :func:`parse_budget`, so the config layer never
+imports the monitoring or analysis layers. Syntax:
 
 - ``acc:2`` — English probe accuracy (``en_acc``) may drop by at most 2 percentage points;
 - ``ppl:5%`` — English perplexity (``en_ppl``) may rise by at most 5 %;
@@ -17,6 +19,9 @@ from dataclasses import dataclass
 
 from zhlora.errors import ConfigError
 
+# The analysis margin when --forgetting_budget is not given: English accuracy may fall by at most
+# 2 points and English perplexity rise by at most 5% (docs/analysis.md, "Verdicts").
+DEFAULT_FORGETTING_BUDGET = "acc:2,ppl:5%"
 ENGLISH_ACCURACY = "en_acc"
 ENGLISH_PERPLEXITY = "en_ppl"
 _TERM = re.compile(r"^(?P<metric>[a-z]+)\s*:\s*(?P<number>[0-9]*\.?[0-9]+)\s*(?P<percent>%?)$")
@@ -86,3 +91,10 @@ def parse_budget(text: str | None) -> ForgettingBudget | None:
             raise ConfigError(f'--forgetting_budget "{text}": {metric} is bounded twice; keep one bound per metric.')
         limits.append(BudgetLimit(metric, limit, f"{metric}:{match['number']}{percent}"))
     return ForgettingBudget(tuple(limits), ",".join(limit.text for limit in limits))
+
+
+def analysis_budget(text: str | None) -> ForgettingBudget:
+    """The budget the forgetting analysis tests against: ``text``, or the default when it is empty."""
+    budget = parse_budget(text) or parse_budget(DEFAULT_FORGETTING_BUDGET)
+    assert budget is not None
+    return budget

@@ -36,11 +36,13 @@ from zhlora.analysis.results_io import (
     load_results,
     results_dir_of,
 )
+from zhlora.analysis.verdicts import hypotheses
 from zhlora.config import PAIRED_SETTINGS
 from zhlora.data.benchmarks import language_of, reading_order
 from zhlora.data.benchmarks.kinds import PERPLEXITY_UNITS
 from zhlora.errors import ConfigError, DataError, ZhloraError
 from zhlora.filenames import FORGETTING_FILE, FORGETTING_MD, RESULTS_FILE
+from zhlora.forgetting_budget import DEFAULT_FORGETTING_BUDGET, analysis_budget
 from zhlora.io_utils import atomic_write_json, atomic_write_text, provenance
 
 if TYPE_CHECKING:
@@ -211,6 +213,7 @@ def perplexity_row(
         "relative_change": tuned_entry["perplexity"] / base_entry["perplexity"] - 1.0,
         "ci_low": None,
         "ci_high": None,
+        "p_value": None,
         "resolved": base_entry["n_documents"] >= stats.MIN_DOCUMENTS,
         "units": {},
     }
@@ -240,6 +243,7 @@ def perplexity_row(
     totals = stats.bootstrap_document_totals(columns, bootstrap_samples, stats.stable_rng(seed, f"{name}/perplexity"))
     difference = totals["tuned"] - totals["base"]
     row["ci_low"], row["ci_high"] = stats.percentile_interval(np.expm1(difference / totals["n_tokens"]), confidence)
+    row["p_value"] = stats.bootstrap_p_value(difference)
     for count_field, field, form in PERPLEXITY_UNITS.values():
         entry = row["units"].get(field)
         if entry is None or count_field not in totals:
@@ -293,8 +297,12 @@ def build_forgetting(
     significance: float,
     seed: int,
     questions: dict[str, dict[str, dict]] | None = None,
+    budget: str | None = None,
 ) -> dict:
     """The forgetting analysis of two checked results objects and their prediction rows.
+
+    ``budget`` is ``--forgetting_budget`` (None: the documented default), the margin of the
+    English non-inferiority verdicts behind H2.
 
     ``*_predictions`` map each accuracy benchmark to its prediction rows (and each perplexity
     probe to its per-document losses, when saved); ``questions`` maps a benchmark to
@@ -316,6 +324,8 @@ def build_forgetting(
         rows += benchmark_rows(name, base_entry, tuned_entry, paired, **options)
         flipped[name] = flipped_items(paired, (questions or {}).get(name, {}))
     apply_holm(rows, significance)
+    parsed_budget = analysis_budget(budget)
+    answers = hypotheses(rows, list(perplexity.values()), parsed_budget, confidence=confidence, significance=significance)
     return {
         "schema_version": FORGETTING_SCHEMA_VERSION,
         "provenance": provenance(),
@@ -339,8 +349,15 @@ def build_forgetting(
             "power": f"smallest change detected with {POWER:.0%} power by a two-sided McNemar test at alpha "
             f"{POWER_SIGNIFICANCE}, assuming the observed share of flipped items (at least the change itself)",
             "test": "McNemar exact, two-sided",
-            "correction": "Holm within each family (benchmarks; <benchmark>:categories; <benchmark>:subjects)",
+            "correction": "Holm within each family (benchmarks; <benchmark>:categories; <benchmark>:subjects); "
+            "H1: Holm over the Chinese rows (accuracy: McNemar; loss: bootstrap); H2: intersection-union over the "
+            "English rows' non-inferiority tests against the budget",
+            "noninferiority": "accuracy: Tango score test at -margin (one-sided, alpha (1-confidence)/2), i.e. the "
+            "interval's lower end above -margin; loss: the bootstrap interval's upper end below the margin",
         },
+        "budget": {"text": parsed_budget.text, "given": budget is not None and bool(budget.strip()),
+                   "default": DEFAULT_FORGETTING_BUDGET},
+        "hypotheses": answers,
         "headline": headline(
             {row["benchmark"]: row for row in rows if row["level"] == "benchmark"}, perplexity, confidence=confidence
         ),
@@ -361,6 +378,7 @@ def compare_results(
     seed: int,
     data_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    budget: str | None = None,
 ) -> dict:
     """Compare two ``evaluate`` folders; write ``forgetting.json`` and ``forgetting.md`` to ``out_dir``.
 
@@ -414,6 +432,7 @@ def compare_results(
         significance=significance,
         seed=seed,
         questions=questions,
+        budget=budget,
     )
     for side, folder in (("base", base_dir), ("tuned", tuned_dir)):
         forgetting[side].update(dir=str(folder), created_at=evaluated_at(folder))
@@ -432,6 +451,7 @@ def compare_and_report(
     overwrite: bool = False,
     training_log: str | os.PathLike | None = None,
     write_html: bool = True,
+    budget: str | None = None,
 ) -> tuple[dict, Path | None]:
     """:func:`compare_results` with the statistics of ``report``, then (unless ``write_html`` is
     False) :func:`zhlora.analysis.report.write_report`: what ``zhlora compare`` and ``zhlora evaluate``
@@ -441,7 +461,7 @@ def compare_and_report(
 
     forgetting = compare_results(
         base_dir, tuned_dir, out_dir, bootstrap_samples=report.bootstrap_samples, confidence=report.confidence,
-        significance=report.significance, seed=report.stats_seed, data_dir=data_dir, overwrite=overwrite,
+        significance=report.significance, seed=report.stats_seed, data_dir=data_dir, overwrite=overwrite, budget=budget,
     )
     if not write_html:
         return forgetting, None

@@ -180,7 +180,8 @@ def write_report(
         "tuned": {**forgetting["tuned"], "dir": str(tuned_dir)},
     }
     chart_list = comparison_charts(forgetting, out_dir, language=language)
-    parts = [sections.headline_section(forgetting)]
+    parts = [*([sections.verdicts_section(forgetting)] if "hypotheses" in forgetting else []),
+             sections.headline_section(forgetting)]
     samples = samples_section(read_samples(base_dir), read_samples(tuned_dir))
     if samples is not None:
         parts.append(samples)

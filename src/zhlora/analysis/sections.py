@@ -15,6 +15,7 @@ from pathlib import Path
 
 from zhlora.analysis.labels import benchmark_label
 from zhlora.analysis.stats import MIN_DOCUMENTS
+from zhlora.analysis.verdicts import verdict_lines
 
 FLIPPED_SHOWN = 10  # per benchmark and direction; forgetting.json has them all
 VERDICT_MARK = {"improved": "▲ improved", "forgot": "▼ forgot", "no significant change": "– no significant change"}
@@ -129,13 +130,36 @@ def table_section(title: str, intro: str, tables: Sequence[tuple[str, Table]], a
     return Section(title, "\n".join(md), "\n".join(htm), anchor)
 
 
+def verdicts_section(forgetting: dict) -> Section:
+    """The report's first lines: H1 and H2 answered (中文, English), then the rows each rests on."""
+    answers = forgetting["hypotheses"]
+    lines = verdict_lines(answers)
+    rows, classes = [], []
+    for key in ("H1", "H2"):
+        entry = answers[key]
+        rows.append([key, entry["claim"], entry["verdict"], entry["evidence"]])
+        classes.append({"supported": "improved", "rejected": "forgot", "contradicted": "forgot"}.get(entry["verdict"], ""))
+    table = Table(["", "hypothesis", "verdict", "evidence (what it rests on)"], rows, classes)
+    intro = (f"H1 is a superiority question: Holm-corrected tests over the Chinese rows. H2 is a non-inferiority "
+             f"question against the forgetting budget ({answers['budget']}"
+             f"{'' if forgetting['budget']['given'] else ', the default'}): every English row's interval must lie "
+             "within the margin (intersection-union); 'inconclusive' names the items that would decide it.")
+    return Section(
+        "Verdicts",
+        "\n".join(f"**{text}**\n" for text in lines) + "\n" + intro + "\n\n" + table.markdown(),
+        '<div class="headline verdicts" id="verdicts">' + "".join(f"<p>{html.escape(t)}</p>" for t in lines)
+        + "</div>" + f"<p class=\"meta\">{html.escape(intro)}</p>" + f'<div class="verdict-table">{table.html()}</div>',
+        "verdicts",
+    )
+
+
 def headline_section(forgetting: dict) -> Section:
-    """The one-sentence result, with the side-level numbers behind it."""
+    """The numbers behind the verdicts: each side's change with its uncertainty, one sentence per language."""
     sentences = [forgetting["headline"]["text_zh"], forgetting["headline"]["text"]]
     return Section(
-        "Headline",
-        "\n".join(f"**{text}**\n" for text in sentences),
-        '<div class="headline" id="headline">' + "".join(f"<p>{html.escape(t)}</p>" for t in sentences) + "</div>",
+        "Numbers",
+        "\n".join(f"{text}\n" for text in sentences),
+        '<div class="numbers" id="headline">' + "".join(f"<p>{html.escape(t)}</p>" for t in sentences) + "</div>",
         "headline",
     )
 
@@ -341,6 +365,7 @@ def charts_section(title: str, charts: Sequence[tuple[str, Path]], base_dir: Pat
 def forgetting_sections(forgetting: dict) -> list[Section]:
     """The sections of forgetting.md (everything but charts), in reading order."""
     return [
+        *([verdicts_section(forgetting)] if "hypotheses" in forgetting else []),
         headline_section(forgetting),
         benchmarks_section(forgetting),
         perplexity_section(forgetting),

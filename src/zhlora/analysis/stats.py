@@ -232,3 +232,88 @@ def bootstrap_document_totals(
         for name, values in arrays.items():
             totals[name].append(values[index].sum(axis=1))
     return {name: np.concatenate(parts) for name, parts in totals.items()}
+
+
+def tango_noninferiority_p(counts: PairedCounts, margin_points: float) -> float:
+    """One-sided p-value of Tango's score test of H0: tuned − base ≤ −``margin_points`` (accuracy fell
+    by the margin or more) against H1: it fell by less (non-inferiority; Tango 1998, the test the
+    paired score interval inverts). p < (1 − confidence)/2 exactly when the interval's lower end
+    lies above −margin.
+    """
+    if counts.n == 0:
+        raise ValueError("cannot test over no items")
+    statistic = tango_score(counts.b, counts.c, counts.n, -margin_points / 100.0)
+    return 1.0 - NormalDist().cdf(statistic)
+
+
+def margin_verdict(harm_low: float, harm_high: float, margin: float) -> str:
+    """Where an interval of *harm* (forgetting, larger = worse) lies against the allowed ``margin``.
+
+    ``"within"`` when its worst end stays inside the margin (harm_high < margin: non-inferiority
+    shown), ``"beyond"`` when all of it lies past the margin (harm_low > margin: forgetting beyond
+    the budget shown), else ``"inconclusive"``.
+    """
+    if harm_high < margin:
+        return "within"
+    if harm_low > margin:
+        return "beyond"
+    return "inconclusive"
+
+
+def noninferiority_items_needed(delta: float, discordant: float, margin: float, confidence: float,
+                                power: float = 0.8) -> int | None:
+    """Paired items Tango's non-inferiority test at this margin needs to decide with ``power``, if the
+    true change and share of flipped items were the observed ones.
+
+    ``delta`` (tuned − base), ``margin`` and ``discordant`` (ψ, the share of flipped items) are
+    fractions. The one-sided test at α = (1 − confidence)/2 decides "within" when δ > −m and
+    "beyond" when δ < −m. Nam (1997, Biometrics 53:1422-1430), for the score test:
+    n = (z_{1−α} sqrt(V0) + z_{power} sqrt(V1))² / (δ + m)², with V1 = ψ − δ² the per-item variance
+    at the truth and V0 = 2q̃ + δ0(1 − δ0) the score test's variance at δ0 = −m, q̃ the limit of the
+    restricted maximum-likelihood P(right→wrong) (:func:`tango_score`'s root with shares for
+    counts). With no flips observed (ψ = 0) this is the n whose interval, ±z²/(n + z²), fits inside
+    the margin. None when δ = −m: no number of items decides a change that sits on the margin.
+    """
+    null = -margin
+    distance = abs(delta - null)
+    if distance < 1e-12:
+        return None
+    psi = max(discordant, abs(delta))
+    p10, p01 = (psi - delta) / 2.0, (psi + delta) / 2.0  # right->wrong, wrong->right shares
+    w = (2.0 - p01 + p10) * null - (p10 + p01)
+    q = (-w + math.sqrt(max(w * w + 8.0 * p10 * null * (1.0 - null), 0.0))) / 4.0
+    variance_null = max(2.0 * q + null * (1.0 - null), 0.0)
+    variance_truth = max(psi - delta * delta, 0.0)
+    z_alpha = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+    z_power = NormalDist().inv_cdf(power)
+    root = z_alpha * math.sqrt(variance_null) + z_power * math.sqrt(variance_truth)
+    return max(1, math.ceil(root * root / (distance * distance)))
+
+
+def documents_needed(n_documents: int, estimate: float, ci_low: float, ci_high: float, margin: float,
+                     confidence: float, power: float = 0.8) -> int | None:
+    """Documents a bootstrap interval of the same spread per document needs to decide against ``margin``
+    with ``power``, if the true change were ``estimate``.
+
+    The interval's half-width gives the standard error, ``se = (high − low) / (2 z)``, which shrinks
+    as 1/sqrt(documents): n = n_now (z_{1−α} + z_{power})² se² / (estimate − margin)². None when the
+    estimate sits on the margin.
+    """
+    distance = abs(estimate - margin)
+    if distance < 1e-12:
+        return None
+    z_interval = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    se = (ci_high - ci_low) / (2.0 * z_interval)
+    z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0) + NormalDist().inv_cdf(power)
+    return max(1, math.ceil(n_documents * (z * se / distance) ** 2))
+
+
+def bootstrap_p_value(replicates: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of "no change" from replicates of a difference (e.g. summed loss).
+
+    p = min(1, 2 min(#{≤ 0} + 1, #{≥ 0} + 1) / (B + 1)): the share of replicates on the far side of
+    zero, doubled, with the +1 that keeps p above 0 for a finite B (Davison & Hinkley 1997, §4.4).
+    """
+    values = np.asarray(replicates, dtype=float)
+    below, above = int(np.sum(values <= 0.0)), int(np.sum(values >= 0.0))
+    return min(1.0, 2.0 * (min(below, above) + 1) / (values.size + 1))

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing forgetting.json.")
     parser.add_argument("--quiet", action="store_true",
                         help="Leave the headline out of the output (zhlora run prints it once, at its end).")
+    parser.add_argument("--forgetting_budget", dest="cfg__train__forgetting_budget", default=argparse.SUPPRESS,
+                        metavar="BUDGET", help="Margin of the English non-inferiority verdicts (H2), e.g. acc:2,ppl:5%% "
+                        "(default: acc:2,ppl:5%%, or the config's train.forgetting_budget).")
     add_config_flags(parser, ["report"])
 
 
@@ -52,16 +55,19 @@ def main(args: argparse.Namespace) -> int:
     """Compare, write the artefacts, print the headline."""
     from zhlora.analysis.compare import compare_and_report
     from zhlora.analysis.results_io import default_training_log, results_dir_of
+    from zhlora.analysis.verdicts import row_verdict, verdict_lines
     from zhlora.config import config_from_args
     from zhlora.filenames import FORGETTING_FILE
     from zhlora.locking import folder_lock
 
-    report = config_from_args(args).report
+    cfg = config_from_args(args)
+    report = cfg.report
     out_dir = args.output_dir or results_dir_of(args.tuned)
     with folder_lock(out_dir):  # one writer per results folder
         forgetting, html = compare_and_report(
             args.base, args.tuned, out_dir, report, data_dir=args.data_dir, overwrite=args.overwrite,
             training_log=args.training_log or default_training_log(results_dir_of(args.tuned)), write_html=args.report,
+            budget=cfg.train.forgetting_budget,
         )
         print(f"{out_dir}/{FORGETTING_FILE}" + ("" if args.quiet else f": {forgetting['headline']['text']}"))
         for row in forgetting["rows"]:
@@ -69,8 +75,10 @@ def main(args: argparse.Namespace) -> int:
                 interval = f"[{row['ci_low_points']:+.1f}, {row['ci_high_points']:+.1f}]"
                 print(
                     f"  {row['name']:<8} {row['base_pct']:5.1f} -> {row['tuned_pct']:5.1f}  {row['delta_points']:+5.1f} "
-                    f"{interval}  p_holm={row['p_holm']:.2g}  {row['verdict']}"
+                    f"{interval}  p_holm={row['p_holm']:.2g}  {row_verdict(row)}"
                 )
         if html is not None:
             print(f"{html}: report")
+        for line in verdict_lines(forgetting["hypotheses"]):
+            print(line)
     return 0

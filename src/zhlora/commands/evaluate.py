@@ -130,7 +130,7 @@ def _compare_with_baseline(args: argparse.Namespace, cfg, results_dir: Path) -> 
     training_log = Path(args.lora_model_path) / TRAINING_LOG
     forgetting, html = compare_and_report(
         baseline, results_dir, results_dir, cfg.report, data_dir=args.data_dir, overwrite=True,
-        training_log=training_log if training_log.is_file() else None,
+        training_log=training_log if training_log.is_file() else None, budget=cfg.train.forgetting_budget,
     )
     print(f"  forgetting: {forgetting['headline']['text']} ({results_dir / FORGETTING_MD})")
     print(f"  report: {html}")

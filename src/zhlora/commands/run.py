@@ -69,4 +69,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"Report: {report_dir / REPORT_HTML}")
     print(f"Steps: {counts['ran']} ran, {counts['redone']} redone, {counts['skipped']} skipped; "
           f"{time.perf_counter() - started:.0f} s. Step records: {layout.state_dir / 'steps'}")
+    if "hypotheses" in forgetting:
+        from zhlora.analysis.verdicts import verdict_lines
+
+        print("\n" + "\n".join(verdict_lines(forgetting["hypotheses"])))
     return 0

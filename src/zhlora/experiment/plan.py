@@ -14,6 +14,7 @@ from zhlora.errors import ConfigError
 from zhlora.experiment.layout import WorkLayout, check_run_name, number_tag, scale_results_name, seed_configs
 from zhlora.experiment.reports import write_run_report_html
 from zhlora.filenames import BASELINE_NAME, FORGETTING_FILE, PROCESSED_META, REPORT_HTML, RESULTS_FILE
+from zhlora.forgetting_budget import analysis_budget
 from zhlora.io_utils import dumps_json, sha256_file
 
 
@@ -259,7 +260,9 @@ def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[
         # forgetting.json is computed from the two results alone (``zhlora evaluate`` of an adapter may
         # already have written it beside them), so this step always replaces it.
         steps.append(Step(
-            id=f"compare.{name}", settings=_pick(raw["report"], COMPARE_FIELDS),
+            id=f"compare.{name}",
+            settings={**_pick(raw["report"], COMPARE_FIELDS),
+                      "forgetting_budget": analysis_budget(cfg.train.forgetting_budget).text},
             inputs=(f"evaluate.{BASELINE_NAME}", f"evaluate.{name}"),
             stamp=_file_stamp(layout.eval_dir(name) / FORGETTING_FILE), verb="compare",
             argv=(str(layout.eval_dir(BASELINE_NAME)), str(layout.eval_dir(name)), "--config", config_file,

@@ -213,6 +213,9 @@ def prepare(inputs: TrainInputs, probe_data_dir: Path | None = None) -> TrainRun
     run = TrainRun(inputs, model, optimizer, scheduler, bins, plan, trainable, total, start_step, log)
     if tcfg.monitor_every:
         run.monitor = _start_monitor(run, probe_data_dir)
+    elif tcfg.forgetting_budget:
+        logger.info("--forgetting_budget %s is the analysis margin; training is not probed against it "
+                    "(add --monitor_every N to stop or choose a step within it)", tcfg.forgetting_budget)
     return run
 
 
