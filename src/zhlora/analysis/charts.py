@@ -54,7 +54,8 @@ def _canvas(out_png: str | os.PathLike, language: str, figsize: tuple[float, flo
         yield _Canvas(figure, figure.subplots(**subplots), resolved)
         # Text is laid out while saving, so the fonts above must still be active here.
         with atomic_path(out_png) as tmp:
-            figure.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+            # "tight": the saved area grows to hold every label and legend (radar spokes, outside legends)
+            figure.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.08)
         boxed = boxed_characters(figure)
         if boxed:
             logger.warning("%s: these characters have no glyph in the chart's fonts and show as boxes: %s. Install a "
@@ -488,4 +489,87 @@ def plot_adapter_scale_curve(rows: Sequence[dict], out_png: str | os.PathLike, *
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
+    return Path(out_png)
+
+
+METHOD_MARKERS = {"lora": "o", "dora": "s", "rslora": "^", "pissa": "D", "full": "X"}
+
+
+def plot_learning_forgetting(
+    series: Sequence[dict],
+    out_png: str | os.PathLike,
+    *,
+    budget_pct: float | None = None,
+    language: str = "auto",
+) -> Path:
+    """Learning (x) vs forgetting (y) trajectories, in % change of bits per byte (see
+    :mod:`zhlora.analysis.trajectories`).
+
+    ``series``: ``{"name", "method", "points": [{learning_pct, forgetting_pct, step}], "final":
+    {learning_pct, forgetting_pct} | None}``; a trajectory joins one run's monitored evaluations in
+    step order, its final evaluation is a star. Methods get their own markers, the Pareto front over
+    every point (most learning for the least forgetting) is drawn, and ``budget_pct`` shades the
+    region beyond the forgetting budget.
+    """
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab10"]
+    with _canvas(out_png, language, (6.4, 4.6)) as canvas:
+        lang, ax = canvas.language, canvas.axes
+        everything = []
+        for index, run in enumerate(series):
+            color = colors(index % 10)
+            marker = METHOD_MARKERS.get(run.get("method", "lora"), "o")
+            xs = [p["learning_pct"] for p in run["points"]]
+            ys = [p["forgetting_pct"] for p in run["points"]]
+            if xs:
+                ax.plot(xs, ys, color=color, marker=marker, markersize=4, linewidth=1.2,
+                        label=labels.safe_label(run["name"], lang, "run"))
+            if run.get("final"):
+                ax.scatter([run["final"]["learning_pct"]], [run["final"]["forgetting_pct"]], color=color, marker="*",
+                           s=110, zorder=5, edgecolors="black", linewidths=0.4,
+                           label=None if xs else labels.safe_label(run["name"], lang, "run"))
+            everything += list(zip(xs, ys, strict=True))
+        if everything:
+            front = sorted((everything[i] for i in pareto_front([(x, -y) for x, y in everything])), key=lambda p: p[0])
+            ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linestyle="--", linewidth=1,
+                    label=labels.text("pareto", lang), zorder=2)
+        ax.axhline(0.0, color=BASE_COLOR, linewidth=0.6)
+        ax.axvline(0.0, color=BASE_COLOR, linewidth=0.6)
+        if budget_pct is not None:
+            top = max([budget_pct * 1.5] + [p[1] for p in everything] +
+                      [r["final"]["forgetting_pct"] for r in series if r.get("final")])
+            ax.axhspan(budget_pct, top * 1.05 if top > 0 else budget_pct + 1, color=TUNED_COLOR, alpha=0.08,
+                       label=labels.text("budget_band", lang))
+            ax.axhline(budget_pct, color=TUNED_COLOR, linewidth=0.8, linestyle=":")
+        ax.scatter([], [], marker="*", color="grey", s=80, label=labels.text("final_evaluation", lang))
+        ax.set_xlabel(labels.text("learning_bpb_axis", lang), fontsize=9)
+        ax.set_ylabel(labels.text("forgetting_bpb_axis", lang), fontsize=9)
+        ax.set_title(labels.text("trajectory_title", lang), fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return Path(out_png)
+
+
+def plot_weight_change(summary: dict, out_png: str | os.PathLike, *, language: str = "auto") -> Path:
+    """Rank at 90% of ‖ΔW‖² (median and max over layers) and mean ‖ΔW‖/‖W‖, per module type."""
+    kinds = list(summary["by_type"])
+    with _canvas(out_png, language, (10.0, 3.8), ncols=2) as canvas:
+        lang, (left, right) = canvas.language, canvas.axes
+        positions = np.arange(len(kinds))
+        medians = [summary["by_type"][k]["rank90_median"] for k in kinds]
+        maxima = [summary["by_type"][k]["rank90_max"] for k in kinds]
+        left.bar(positions, medians, color=TUNED_COLOR, alpha=0.8, label=labels.text("median", lang))
+        left.scatter(positions, maxima, color="black", marker="_", s=200, zorder=3, label=labels.text("maximum", lang))
+        if summary.get("lora_rank"):
+            left.axhline(summary["lora_rank"], color=BASE_COLOR, linestyle=":", label=f"LoRA r = {summary['lora_rank']}")
+        left.set_xticks(positions, [k.removesuffix("_proj") for k in kinds], fontsize=8)
+        left.set_title(labels.text("rank90_title", lang), fontsize=11)
+        left.legend(fontsize=8)
+        norms = [summary["by_type"][k]["relative_norm_mean"] or 0.0 for k in kinds]
+        right.bar(positions, norms, color=BASE_COLOR)
+        right.set_xticks(positions, [k.removesuffix("_proj") for k in kinds], fontsize=8)
+        right.set_title(labels.text("relative_norm_title", lang), fontsize=11)
+        for ax in (left, right):
+            ax.grid(axis="y", alpha=0.3)
     return Path(out_png)

@@ -17,12 +17,13 @@ from importlib import resources
 from pathlib import Path
 
 from zhlora import __version__
-from zhlora.analysis import charts, labels, sections
+from zhlora.analysis import charts, labels, sections, trajectories
 from zhlora.analysis.fonts import resolve_chart_language
 from zhlora.analysis.generations import read_samples, samples_section
 from zhlora.analysis.sections import Section
 from zhlora.errors import DataError
-from zhlora.filenames import REPORT_HTML, REPORT_MD, RUN_MANIFEST
+from zhlora.filenames import REPORT_HTML, REPORT_MD, RUN_MANIFEST, WEIGHT_CHANGE, WEIGHT_CHANGE_CHART
+from zhlora.forgetting_budget import analysis_budget
 from zhlora.io_utils import atomic_write_text, read_jsonl, utc_now
 
 logger = logging.getLogger(__name__)
@@ -99,9 +100,10 @@ def comparison_charts(
 
 
 def training_charts(
-    training_log: str | os.PathLike, out_dir: str | os.PathLike, *, language: str = "auto"
+    training_log: str | os.PathLike, out_dir: str | os.PathLike, *, language: str = "auto", forgetting: dict | None = None
 ) -> list[tuple[str, Path]]:
-    """Loss curve (and probe curves when the log has probe rows) of a training log."""
+    """Loss curve (and, when the log has probe rows, the probe curves and the learning–forgetting
+    trajectory, with ``forgetting``'s final evaluation and budget) of a training log."""
     training_log, out_dir = Path(training_log), Path(out_dir)
     if not training_log.is_file():
         raise DataError(f"Training log {training_log} does not exist; pass the training_log.jsonl of the LoRA run.")
@@ -119,6 +121,14 @@ def training_charts(
                 charts.plot_probe_curves(training_log, out_dir / "report_probes.png", language=language, **marks),
             )
         )
+        series = trajectories.run_series(training_log.parent.name, training_log, forgetting)
+        if series["points"]:
+            budget = analysis_budget((forgetting or {}).get("budget", {}).get("text"))
+            drawn.append((
+                "Learning vs forgetting at each monitored step (bits per byte, % change from step 0; star: final evaluation)",
+                charts.plot_learning_forgetting([series], out_dir / "report_trajectory.png", language=language,
+                                                budget_pct=trajectories.budget_line_pct(budget, training_log)),
+            ))
     return drawn
 
 
@@ -189,9 +199,13 @@ def write_report(
         parts.append(sections.charts_section("Charts", chart_list, out_dir))
     parts += [sections.benchmarks_section(forgetting), sections.perplexity_section(forgetting)]
     if training_log is not None:
-        training = training_charts(training_log, out_dir, language=language)
+        training = training_charts(training_log, out_dir, language=language, forgetting=forgetting)
         if training:
             parts.append(sections.charts_section("Training", training, out_dir, anchor="training"))
+        spectrum = Path(training_log).parent / WEIGHT_CHANGE
+        if spectrum.is_file():
+            parts.append(sections.weight_change_section(json.loads(spectrum.read_text(encoding="utf-8")),
+                                                        Path(training_log).parent / WEIGHT_CHANGE_CHART, out_dir))
     parts += [
         sections.breakdown_section(forgetting, "category"),
         sections.breakdown_section(forgetting, "subject"),

@@ -379,3 +379,21 @@ def forgetting_sections(forgetting: dict) -> list[Section]:
 def forgetting_markdown(forgetting: dict) -> str:
     """The text of forgetting.md."""
     return "# Forgetting analysis\n\n" + "\n".join(section.markdown for section in forgetting_sections(forgetting))
+
+
+def weight_change_section(summary: dict, chart: Path | None, base_dir: Path) -> Section:
+    """The spectrum of the update ΔW per module type (``weight_change.json`` of the run)."""
+    rows = [[kind.removesuffix("_proj"), str(entry["matrices"]), f"{entry['rank90_median']:g}", str(entry["rank90_max"]),
+             "—" if entry["relative_norm_mean"] is None else f"{entry['relative_norm_mean']:.2e}"]
+            for kind, entry in summary["by_type"].items()]
+    limit = f" of at most {summary['lora_rank']} (the LoRA rank)" if summary.get("lora_rank") else ""
+    intro = (f"Method {summary['method']}: for each adapted matrix, the fewest singular directions holding "
+             f"{summary['energy']:.0%} of ‖ΔW‖²{limit}, and ‖ΔW‖/‖W‖. Median over all {summary['matrices']} matrices: "
+             f"{summary['rank90_median']:g}. Biderman et al. (2024) find full fine-tuning's ΔW needs 10-100x the rank "
+             "of typical LoRA configurations.")
+    table = Table(["module", "matrices", "rank at 90% (median)", "max", "‖ΔW‖/‖W‖ (mean)"], rows)
+    charts = charts_section("Weight change", [("Rank and size of the update per module type", chart)], base_dir,
+                            anchor="weight-change") if chart is not None and chart.is_file() else None
+    md = (charts.markdown if charts else "## Weight change\n") + f"\n{intro}\n\n{table.markdown()}"
+    htm = (charts.html if charts else '<h2 id="weight-change">Weight change</h2>') + f"\n<p>{html.escape(intro)}</p>\n{table.html()}"
+    return Section("Weight change", md, htm, "weight-change")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from zhlora.analysis.trajectories import final_point
 from zhlora.errors import ZhloraError
 from zhlora.experiment.layout import WorkLayout, number_tag, scale_results_name
 from zhlora.filenames import (
@@ -52,7 +53,30 @@ def tradeoff_numbers(forgetting: dict) -> dict:
         else:
             out[name] = bpb[name]["relative_change"] if per_byte else by_name[name]["relative_change"]
     out["ppl_unit"] = PER_BYTE if per_byte else PER_TOKEN
+    out["accuracy_at_chance"] = accuracy_at_chance(forgetting)
+    final = final_point(forgetting)
+    out["learning_pct"], out["forgetting_pct"] = (final["learning_pct"], final["forgetting_pct"]) if final else (None, None)
+    out["budget"] = (forgetting.get("budget") or {}).get("text")
     return out
+
+
+# How close to guessing a benchmark's accuracy must stay to count as "at chance": within this many
+# points of 1 / choices (4-choice: 25%; generation: 0%).
+CHANCE_BAND_POINTS = 5.0
+
+
+def accuracy_at_chance(forgetting: dict) -> bool:
+    """Whether every benchmark's base and tuned accuracy sit within :data:`CHANCE_BAND_POINTS` of guessing:
+    then accuracy changes are noise and bits per byte is the measure to compare trials by."""
+    specs = forgetting.get("settings", {}).get("benchmarks", {})
+    rows = [row for row in forgetting.get("rows", []) if row["level"] == "benchmark"]
+    if not rows:
+        return False
+    for row in rows:
+        chance = 25.0 if specs.get(row["benchmark"], {}).get("kind") == "multiple_choice" else 0.0
+        if max(row["base_pct"], row["tuned_pct"]) > chance + CHANCE_BAND_POINTS:
+            return False
+    return True
 
 
 PER_BYTE, PER_TOKEN = "bits per byte", "perplexity per token"
@@ -212,6 +236,25 @@ def _heatmaps(summary: dict, done: list[dict], out_dir: Path, language: str) -> 
     return charts
 
 
+def learning_forgetting_chart(summary: dict, rows: list[dict], out_dir: Path, language: str) -> tuple[str, Path]:
+    """Every trial's trajectory through its monitored steps (and its final evaluation) in bits per byte."""
+    import math
+
+    from zhlora.analysis.charts import plot_learning_forgetting
+    from zhlora.forgetting_budget import analysis_budget
+
+    series = [{"name": row["name"].removeprefix(f"{summary['run_name']}-"), "method": row.get("method", "lora"),
+               "points": row.get("trajectory") or [],
+               "final": {"learning_pct": row["learning_pct"], "forgetting_pct": row["forgetting_pct"]}} for row in rows]
+    budget = analysis_budget(rows[0].get("budget"))
+    limit = next((limit.limit for limit in budget.limits if limit.metric == "ppl"), None)
+    start = [row["en_ppl_start"] for row in rows if row.get("en_ppl_start")]
+    budget_pct = 100.0 * math.log1p(limit) / math.log(start[0]) if limit is not None and start and start[0] > 1 else None
+    path = plot_learning_forgetting(series, out_dir / "learning_forgetting.png", budget_pct=budget_pct, language=language)
+    return ("Learning vs forgetting, bits per byte: each trial's monitored steps joined, its final evaluation a star; "
+            "the Pareto front over every point; shaded: beyond the forgetting budget", path)
+
+
 def write_sweep_summary(summary: dict, out_dir: Path, language: str = "auto") -> Path:
     """Write ``summary.json``, ``summary.md``, ``report.html`` and charts of a sweep; return the HTML path.
 
@@ -228,8 +271,12 @@ def write_sweep_summary(summary: dict, out_dir: Path, language: str = "auto") ->
     points = [(row["zh_delta_points"], -row["en_delta_points"]) for row in plotted]
     front = {plotted[i]["name"] for i in pareto_front(points)}
     charts = []
-    if plotted:
-        charts.append(("Learning vs forgetting of every complete trial (Pareto front joined)",
+    by_bytes = [row for row in done if row.get("learning_pct") is not None]
+    at_chance = bool(done) and all(row.get("accuracy_at_chance") for row in done)
+    if by_bytes:
+        charts.append(learning_forgetting_chart(summary, by_bytes, out_dir, language))
+    if plotted and not (at_chance and by_bytes):  # accuracy at chance is noise: the bits-per-byte chart replaces it
+        charts.append(("Learning vs forgetting of every complete trial, accuracy points (Pareto front joined)",
                        plot_tradeoff_scatter(points, [row["name"].removeprefix(f"{summary['run_name']}-") for row in plotted],
                                              out_dir / "tradeoff.png", language=language)))
     charts += _heatmaps(summary, done, out_dir, language)

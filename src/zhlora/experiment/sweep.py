@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from zhlora.config import ExperimentConfig, config_to_dict
 from zhlora.errors import ConfigError, DataError
@@ -155,6 +156,16 @@ def trial_status(layout: WorkLayout, trial_name: str, planned: str | None, recor
     return "not started"
 
 
+def _start_en_ppl(training_log: Path) -> float | None:
+    """The English perplexity probe at step 0 of a monitored run (None without monitoring)."""
+    from zhlora.io_utils import read_jsonl
+
+    if not training_log.is_file():
+        return None
+    return next((row["probes"].get("en_ppl") for row in read_jsonl(training_log)
+                 if row.get("step") == 0 and row.get("probes")), None)
+
+
 def summarize_sweep(cfg: ExperimentConfig) -> dict:
     """The state of every trial of ``cfg``'s grid in its work folder, with learning/forgetting of complete ones.
 
@@ -162,7 +173,8 @@ def summarize_sweep(cfg: ExperimentConfig) -> dict:
     and left out of the charts.
     """
     from zhlora.analysis.results_io import load_forgetting
-    from zhlora.filenames import FORGETTING_FILE
+    from zhlora.analysis.trajectories import method_of, probe_trajectory
+    from zhlora.filenames import FORGETTING_FILE, TRAINING_LOG
 
     trials = sweep_trials(cfg)
     layout, steps, _ = plan_sweep(cfg, trials)
@@ -180,6 +192,10 @@ def summarize_sweep(cfg: ExperimentConfig) -> dict:
                 row.update(seed_mean_and_spread([tradeoff_numbers(f) for f in seeds]) if len(seeds) > 1
                            else tradeoff_numbers(seeds[0]))
                 row["seeds_compared"] = len(seeds)
+                log = layout.run_dir(trial.name) / TRAINING_LOG
+                row["trajectory"] = probe_trajectory(log)
+                row["en_ppl_start"] = _start_en_ppl(log)
+                row["method"] = method_of(config_to_dict(trial_config(cfg, trial))["lora"])
             except DataError as exc:
                 logger.warning("%s", exc)
                 row["status"] = "unreadable forgetting.json (rerun the trial)"

@@ -259,6 +259,7 @@ def finish(run: TrainRun, result) -> TrainOutcome:
     monitoring = None
     if accelerator.is_main_process:
         monitoring = None if monitor is None else monitor.summary()
+        write_weight_change(inputs)
         write_run_manifest(run, result, adapter_step, monitoring)
     accelerator.end_training()  # closes the trackers and the process group: last
     return TrainOutcome(result.status, output_dir, result.step, result.last_loss, accelerator.is_main_process,
@@ -421,6 +422,29 @@ def _write_final_adapter(accelerator, model, output_dir: Path, initial_adapter: 
             if (tmp / name).exists():
                 os.replace(tmp / name, output_dir / name)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_weight_change(inputs: TrainInputs) -> None:
+    """The spectrum of the update (``weight_change.json`` + chart; :mod:`zhlora.models.weight_change`), before the manifest."""
+    import time
+
+    from zhlora.analysis.charts import plot_weight_change
+    from zhlora.errors import ZhloraError
+    from zhlora.filenames import WEIGHT_CHANGE, WEIGHT_CHANGE_CHART
+    from zhlora.io_utils import atomic_write_json
+    from zhlora.models import weight_change
+
+    started = time.perf_counter()
+    try:
+        rows = weight_change.lora_weight_change(inputs.model_path, inputs.output_dir)
+    except ZhloraError as exc:
+        logger.info("No weight-change spectrum: %s", exc)
+        return
+    summary = weight_change.summarize(rows, "lora", inputs.cfg.lora.lora_rank)
+    atomic_write_json(inputs.output_dir / WEIGHT_CHANGE, summary)
+    plot_weight_change(summary, inputs.output_dir / WEIGHT_CHANGE_CHART)
+    logger.info("Weight change: the median matrix needs rank %s of %d for 90%% of its update (%.1f s; %s)",
+                summary["rank90_median"], inputs.cfg.lora.lora_rank, time.perf_counter() - started, WEIGHT_CHANGE)
 
 
 def write_run_manifest(run: TrainRun, result, adapter_step: int, monitoring: dict | None) -> None:

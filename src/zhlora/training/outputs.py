@@ -28,6 +28,8 @@ from zhlora.filenames import (
     RUN_MANIFEST,
     SNAPSHOT_DIRNAME,
     TRAINING_LOG,
+    WEIGHT_CHANGE,
+    WEIGHT_CHANGE_CHART,
 )
 from zhlora.training.checkpoint import newest_intact_checkpoint, read_trainer_state
 
@@ -37,7 +39,7 @@ logger = logging.getLogger(__name__)
 # Files and folders zhlora writes into a run folder; --overwrite removes exactly these.
 RUN_ARTEFACTS = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, "README.md", RUN_CONFIG, RUN_MANIFEST,
                  TRAINING_LOG, LOSS_CURVE, INITIAL_ADAPTER_DIR, "runs",
-                 PROBE_CURVES_NAME, PROBE_SETS_NAME, SNAPSHOT_DIRNAME)
+                 PROBE_CURVES_NAME, PROBE_SETS_NAME, SNAPSHOT_DIRNAME, WEIGHT_CHANGE, WEIGHT_CHANGE_CHART)
 # Settings that change how a run reports or saves, never the adapter it produces...
 NON_IDENTITY_TRAIN_FIELDS = ("save_steps", "save_total_limit", "logging_steps", "report_to",
                              "monitor_every", "forgetting_budget", "budget_action", "probe_limit", "probe_overhead",
