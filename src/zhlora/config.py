@@ -35,6 +35,13 @@ ALL_BENCHMARKS = benchmark_registry.benchmark_names(default_only=True)
 # How many items each benchmark scores (None = all): set independently, recorded in results.json.
 # One EvalConfig field per distinct size_field of the registry, in registry order.
 SIZE_FIELDS = tuple(dict.fromkeys(bench.size_field for bench in benchmark_registry.BENCHMARKS.values()))
+# --finetuning_type and the default peak learning rate of each: LoRA's (Hu et al. 2021; LLaMA-Factory's
+# LoRA examples use 1e-4-2e-4) and full fine-tuning's (LLaMA-Factory's full-SFT examples and
+# Biderman et al. 2024 use 1e-5-2e-5): a LoRA rate would wreck a full fine-tune.
+FINETUNING_TYPES = ("lora", "full")
+DEFAULT_LEARNING_RATES = {"lora": 2e-4, "full": 1e-5}
+# The sweep's method axis: LoRA variants by PEFT option, and full fine-tuning (one trial whatever the rank).
+SWEEP_METHODS = ("lora", "dora", "rslora", "pissa", "full")
 LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -157,7 +164,11 @@ class LoraSettings:
 class TrainConfig:
     """Step 5: the optimisation recipe. The defaults suit Llama-2-7B on one 24-80 GB GPU."""
 
-    learning_rate: float = field(default=2e-4, metadata=_help("Peak learning rate of AdamW."))
+    finetuning_type: str = field(default="lora", metadata=_help(
+        "lora (an adapter; the lora settings apply) or full (every weight is trained: the control that shows what "
+        "LoRA spares; LLaMA-Factory's name for the same choice)."))
+    learning_rate: float | None = field(default=None, metadata=_help(
+        "Peak learning rate of AdamW (default: 2e-4 for LoRA, 1e-5 for full fine-tuning)."))
     num_train_epochs: float = field(default=1.0, metadata=_help("Epochs over the training set (ignored if max_steps > 0)."))
     max_steps: int = field(default=-1, metadata=_help("Optimizer steps to run; -1 means use num_train_epochs."))
     per_device_train_batch_size: int = field(
@@ -202,10 +213,17 @@ class TrainConfig:
                        "would exceed it waits for the next due step)."),
     )
 
+    @property
+    def peak_learning_rate(self) -> float:
+        """``learning_rate``, or the documented default of the fine-tuning type."""
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.finetuning_type]
+
     def __post_init__(self) -> None:
         if self.max_seq_length < 16:
             raise ConfigError(f"--max_seq_length must be at least 16 tokens, got {self.max_seq_length}.")
-        if self.learning_rate <= 0:
+        if self.finetuning_type not in FINETUNING_TYPES:
+            raise ConfigError(f'--finetuning_type must be one of {", ".join(FINETUNING_TYPES)}, got "{self.finetuning_type}".')
+        if self.learning_rate is not None and self.learning_rate <= 0:
             raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}.")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
             if getattr(self, name) <= 0:
@@ -340,6 +358,9 @@ class SweepConfig:
     lora_alphas: list[float] = field(default_factory=lambda: [16, 32, 64], metadata=_help("Alphas to try."))
     lora_dropouts: list[float] = field(default_factory=lambda: [0.05, 0.1], metadata=_help("Dropouts to try."))
     replay_ratios: list[float] = field(default_factory=lambda: [0.0], metadata=_help("Replay ratios to try."))
+    methods: list[str] = field(default_factory=lambda: ["lora"], metadata=_help(
+        "Fine-tuning methods to try: lora, dora, rslora, pissa (LoRA variants, crossed with the rank/alpha/dropout "
+        "grid) and full (one trial per replay ratio, whatever the LoRA grid)."))
     # Where the trials run (docs/sweeps.md); none of these changes a trial's numbers.
     launcher: str = field(default="local", metadata=_help(
         "local (this process, trial after trial), ray (one Ray task per trial) or slurm (an sbatch array, one task per trial)."))
@@ -353,9 +374,13 @@ class SweepConfig:
     slurm_account: str | None = field(default=None, metadata=_help("SLURM account to charge (none: your default)."))
 
     def __post_init__(self) -> None:
-        for name in ("lora_ranks", "lora_alphas", "lora_dropouts", "replay_ratios"):
+        for name in ("lora_ranks", "lora_alphas", "lora_dropouts", "replay_ratios", "methods"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name} must list at least one value.")
+        for method in self.methods:
+            if method not in SWEEP_METHODS:
+                raise ConfigError(f'--methods: unknown method "{method}"; use {", ".join(SWEEP_METHODS)}.'
+                                  f"{did_you_mean(method, SWEEP_METHODS)}")
         if self.launcher not in LAUNCHERS:
             raise ConfigError(f'--launcher must be one of {", ".join(LAUNCHERS)}, got "{self.launcher}".')
         if self.cpus_per_trial < 1:
@@ -379,6 +404,16 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.finetuning_type == "full":
+            if self.model.load_in_4bit:
+                raise ConfigError("--load_in_4bit (QLoRA) trains an adapter on a frozen 4-bit model; full fine-tuning "
+                                  "needs trainable weights. Drop --load_in_4bit, or use --finetuning_type lora.")
+            if list(self.eval.adapter_scales) != [1.0]:
+                raise ConfigError(f"--adapter_scales {','.join(f'{s:g}' for s in self.eval.adapter_scales)} scale a LoRA "
+                                  "adapter; a fully fine-tuned model has none. Drop --adapter_scales with "
+                                  "--finetuning_type full.")
 
 
 GROUPS: dict[str, type] = {
@@ -598,4 +633,9 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
             raw[name] = value
         else:
             raw[group][name] = value
-    return config_from_dict(raw, where="command line")
+    cfg = config_from_dict(raw, where="command line")
+    lora_flags = sorted(f"--{name}" for group, name in given if group == "lora")
+    if cfg.train.finetuning_type == "full" and lora_flags:
+        raise ConfigError(f"--finetuning_type full trains every weight, so {', '.join(lora_flags)} would have no effect. "
+                          "Drop them, or train an adapter with --finetuning_type lora.")
+    return cfg

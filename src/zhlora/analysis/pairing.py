@@ -41,7 +41,9 @@ def settings_differences(base: dict, tuned: dict) -> list[str]:
             differences.append(
                 f"settings.{key} (base {base['settings'].get(key)!r}, tuned {tuned['settings'].get(key)!r})"
             )
-    base_sha, tuned_sha = base["model"].get("base_sha256"), tuned["model"].get("base_sha256")
+    base_sha = base["model"].get("base_sha256")
+    # a fully fine-tuned model is paired with the model it was trained from
+    tuned_sha = (tuned["model"].get("finetuned_from") or {}).get("weights_sha256") or tuned["model"].get("base_sha256")
     if base_sha and tuned_sha and base_sha != tuned_sha:
         differences.append(f"the base model (sha256 {base_sha[:12]}… vs {tuned_sha[:12]}…)")
     only_base = sorted(set(base["benchmarks"]) - set(tuned["benchmarks"]))

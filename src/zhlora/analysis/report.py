@@ -121,7 +121,8 @@ def training_charts(
                 charts.plot_probe_curves(training_log, out_dir / "report_probes.png", language=language, **marks),
             )
         )
-        series = trajectories.run_series(training_log.parent.name, training_log, forgetting)
+        series = trajectories.run_series(training_log.parent.name, training_log, forgetting,
+                                         _run_manifest(training_log.parent).get("finetuning_type", "lora"))
         if series["points"]:
             budget = analysis_budget((forgetting or {}).get("budget", {}).get("text"))
             drawn.append((

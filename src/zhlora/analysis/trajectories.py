@@ -65,18 +65,7 @@ def final_point(forgetting: dict) -> dict | None:
     return {"learning_pct": -100.0 * zh["relative_change"], "forgetting_pct": 100.0 * en["relative_change"]}
 
 
-def method_of(lora: dict) -> str:
-    """A run's fine-tuning method from its resolved ``lora`` settings: lora, dora, rslora or pissa."""
-    if lora.get("use_dora"):
-        return "dora"
-    if str(lora.get("init_lora_weights", "")).startswith("pissa"):
-        return "pissa"
-    if lora.get("use_rslora"):
-        return "rslora"
-    return "lora"
-
-
-def run_series(name: str, training_log: str | os.PathLike, forgetting: dict | None, lora: dict | None = None) -> dict:
+def run_series(name: str, training_log: str | os.PathLike, forgetting: dict | None, method: str = "lora") -> dict:
     """One run's entry for :func:`zhlora.analysis.charts.plot_learning_forgetting`."""
-    return {"name": name, "method": method_of(lora or {}), "points": probe_trajectory(training_log),
+    return {"name": name, "method": method, "points": probe_trajectory(training_log),
             "final": final_point(forgetting) if forgetting else None}

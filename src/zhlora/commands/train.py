@@ -60,7 +60,8 @@ def main(args: argparse.Namespace) -> int:
         return 130
     else:
         loss = "none logged" if outcome.last_loss is None else f"{outcome.last_loss:.4f}"
-        print(f"{output_dir}: adapter after {outcome.step} steps (last logged loss {loss}).")
+        what = "fine-tuned model" if cfg.train.finetuning_type == "full" else "adapter"
+        print(f"{output_dir}: {what} after {outcome.step} steps (last logged loss {loss}).")
         if outcome.monitoring:
             print(_monitoring_lines(outcome.monitoring, outcome.step))
     return 0

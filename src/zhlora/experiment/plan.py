@@ -107,11 +107,12 @@ def _model_stamp(folder: Path) -> Callable[[], str | None]:
 
 
 def _adapter_stamp(run_dir: Path) -> Callable[[], str | None]:
-    """The sha256 of the run's ``manifest.json`` (written last) when the adapter is there too."""
-    from zhlora.filenames import ADAPTER_WEIGHTS, RUN_MANIFEST
+    """The sha256 of the run's ``manifest.json`` (written last) when its weights (adapter or full model) are there too."""
+    from zhlora.filenames import RUN_MANIFEST
+    from zhlora.training.weights import final_weights
 
     def stamp() -> str | None:
-        if not (run_dir / ADAPTER_WEIGHTS).is_file():
+        if final_weights(run_dir) is None:
             return None
         return _file_stamp(run_dir / RUN_MANIFEST)()
 
@@ -208,6 +209,10 @@ def _evaluate_step(
             "--data_dir", str(layout.data_dir), "--results_dir", str(layout.eval_dir(name))]
     if run_name is None:
         argv += ["--adapter_scales", "1"]  # the config's scales are for the adapter; the base model has none
+    elif cfg.train.finetuning_type == "full":  # the run folder is the fine-tuned model
+        inputs.append(f"train.{run_name}")
+        argv[argv.index("--model_path") + 1] = str(layout.run_dir(run_name))
+        argv += ["--adapter_scales", "1", "--no_compare"]
     else:
         inputs.append(f"train.{run_name}")
         argv += ["--lora_model_path", str(layout.run_dir(run_name)), "--adapter_scale", number_tag(scale),
@@ -221,7 +226,7 @@ def _evaluate_step(
 
 def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[float]) -> list[Step]:
     """Preprocess, train, and per adapter scale evaluate + compare, of one training seed's run."""
-    from zhlora.training.outputs import identity_train_settings
+    from zhlora.training.outputs import identity_lora_settings, identity_train_settings
 
     raw = config_to_dict(cfg)
     run, ratio = cfg.run_name, cfg.data.replay_ratio
@@ -247,7 +252,7 @@ def _seed_run_steps(cfg: ExperimentConfig, layout: WorkLayout, scales: Sequence[
     steps.append(Step(
         id=f"train.{run}",
         settings={
-            "lora": raw["lora"],
+            "lora": identity_lora_settings(raw["lora"], raw["train"]),
             "train": identity_train_settings(raw["train"]),
             "model": _pick(raw["model"], MODEL_LOAD_FIELDS),
         },

@@ -217,7 +217,7 @@ def _heatmaps(summary: dict, done: list[dict], out_dir: Path, language: str) -> 
     charts = []
     for dropout, replay in itertools.product(grid["lora_dropouts"], grid["replay_ratios"]):
         cells = {(r["lora_rank"], r["lora_alpha"]): r for r in done
-                 if r["lora_dropout"] == dropout and r["replay_ratio"] == replay}
+                 if r.get("method", "lora") == "lora" and r["lora_dropout"] == dropout and r["replay_ratio"] == replay}
         if not cells:
             continue
         suffix = f"dropout {number_tag(dropout)}" + (f", replay {number_tag(replay)}" if replay else "")
@@ -281,10 +281,13 @@ def write_sweep_summary(summary: dict, out_dir: Path, language: str = "auto") ->
                                              out_dir / "tradeoff.png", language=language)))
     charts += _heatmaps(summary, done, out_dir, language)
     table = Table(
-        ["trial", "rank", "alpha", "dropout", "replay", *_tradeoff_headers(summary["confidence"], done), "Pareto", "status"],
-        [[row["name"], str(row["lora_rank"]), number_tag(row["lora_alpha"]), number_tag(row["lora_dropout"]),
+        ["trial", "method", "rank", "alpha", "dropout", "replay", *_tradeoff_headers(summary["confidence"], done),
+         "rank at 90% of ΔW", "Pareto", "status"],
+        [[row["name"], row.get("method", "lora"), *(("—", "—", "—") if row["lora_rank"] is None else (
+            str(row["lora_rank"]), number_tag(row["lora_alpha"]), number_tag(row["lora_dropout"]))),
           number_tag(row["replay_ratio"]),
           *(_tradeoff_cells(row) if row["status"].startswith("complete") else ["—"] * 6),
+          "—" if row.get("rank90_median") is None else f"{row['rank90_median']:g}",
           "★" if row["name"] in front else "", row["status"]] for row in summary["trials"]],
     )
     intro = (f"{len(done)} of {len(summary['trials'])} trials complete in {summary['work_dir']}, each compared with the "

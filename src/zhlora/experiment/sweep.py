@@ -29,29 +29,46 @@ LAUNCH_FIELDS = ("launcher", "ray_address", "cpus_per_trial", "gpus_per_trial", 
 
 @dataclass(frozen=True)
 class Trial:
-    """One point of the LoRA grid; ``index`` is its position in the full grid (for sharding)."""
+    """One point of the grid; ``index`` is its position in the full grid (for sharding).
+
+    ``method`` is lora, dora, rslora, pissa or full; a full fine-tuning trial has no LoRA settings
+    (None).
+    """
 
     index: int
     name: str
-    lora_rank: int
-    lora_alpha: float
-    lora_dropout: float
+    lora_rank: int | None
+    lora_alpha: float | None
+    lora_dropout: float | None
     replay_ratio: float
+    method: str = "lora"
 
 
 def sweep_trials(cfg: ExperimentConfig) -> list[Trial]:
-    """The grid ``lora_ranks x lora_alphas x lora_dropouts x replay_ratios``, in that nesting order.
+    """The grid ``methods x lora_ranks x lora_alphas x lora_dropouts x replay_ratios``, in that nesting order.
 
-    A trial's run is ``<run_name>-r<rank>-a<alpha>-d<dropout>`` (plus ``-replay<r>`` when r > 0).
+    A LoRA trial's run is ``<run_name>-r<rank>-a<alpha>-d<dropout>`` (plus ``-replay<r>`` when r > 0);
+    another LoRA method's inserts its name (``<run_name>-dora-r8-...``); full fine-tuning is one trial
+    per replay ratio, ``<run_name>-full[-replay<r>]``, whatever the LoRA grid.
     """
     sweep = cfg.sweep
-    grid = itertools.product(sweep.lora_ranks, sweep.lora_alphas, sweep.lora_dropouts, sweep.replay_ratios)
+    points = []
+    for method in sweep.methods:
+        if method == "full":
+            points += [(method, None, None, None, replay) for replay in sweep.replay_ratios]
+        else:
+            points += [(method, *point) for point in itertools.product(
+                sweep.lora_ranks, sweep.lora_alphas, sweep.lora_dropouts, sweep.replay_ratios)]
     trials = []
-    for index, (rank, alpha, dropout, replay) in enumerate(grid):
-        name = f"{cfg.run_name}-r{rank}-a{number_tag(alpha)}-d{number_tag(dropout)}"
+    for index, (method, rank, alpha, dropout, replay) in enumerate(points):
+        if method == "full":
+            name = f"{cfg.run_name}-full"
+        else:
+            prefix = "" if method == "lora" else f"-{method}"
+            name = f"{cfg.run_name}{prefix}-r{rank}-a{number_tag(alpha)}-d{number_tag(dropout)}"
         if replay > 0:
             name += f"-replay{number_tag(replay)}"
-        trials.append(Trial(index, name, rank, alpha, dropout, replay))
+        trials.append(Trial(index, name, rank, alpha, dropout, replay, method))
     names = [t.name for t in trials]
     if len(set(names)) != len(names):
         raise ConfigError("The sweep lists a value twice (e.g. --lora_ranks 8,8); each trial must be distinct.")
@@ -98,9 +115,17 @@ def trial_config(cfg: ExperimentConfig, trial: Trial) -> ExperimentConfig:
     """``cfg`` with the trial's run name, LoRA settings and replay ratio."""
     out = copy.deepcopy(cfg)
     out.run_name = trial.name
-    out.lora = dataclasses.replace(out.lora, lora_rank=trial.lora_rank, lora_alpha=trial.lora_alpha,
-                                   lora_dropout=trial.lora_dropout)
     out.data = dataclasses.replace(out.data, replay_ratio=trial.replay_ratio)
+    if trial.method == "full":
+        out.train = dataclasses.replace(out.train, finetuning_type="full")
+        return out
+    out.train = dataclasses.replace(out.train, finetuning_type="lora")
+    out.lora = dataclasses.replace(
+        out.lora, lora_rank=trial.lora_rank, lora_alpha=trial.lora_alpha, lora_dropout=trial.lora_dropout,
+        use_dora=trial.method == "dora" or (trial.method == "lora" and out.lora.use_dora),
+        use_rslora=trial.method == "rslora" or (trial.method == "lora" and out.lora.use_rslora),
+        init_lora_weights="pissa" if trial.method == "pissa" else out.lora.init_lora_weights,
+    )
     return out
 
 
@@ -166,6 +191,16 @@ def _start_en_ppl(training_log: Path) -> float | None:
                  if row.get("step") == 0 and row.get("probes")), None)
 
 
+def _rank90(path: Path) -> float | None:
+    """The run's median rank at 90% of ‖ΔW‖² from its weight_change.json (None without one)."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("rank90_median")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def summarize_sweep(cfg: ExperimentConfig) -> dict:
     """The state of every trial of ``cfg``'s grid in its work folder, with learning/forgetting of complete ones.
 
@@ -173,8 +208,8 @@ def summarize_sweep(cfg: ExperimentConfig) -> dict:
     and left out of the charts.
     """
     from zhlora.analysis.results_io import load_forgetting
-    from zhlora.analysis.trajectories import method_of, probe_trajectory
-    from zhlora.filenames import FORGETTING_FILE, TRAINING_LOG
+    from zhlora.analysis.trajectories import probe_trajectory
+    from zhlora.filenames import FORGETTING_FILE, TRAINING_LOG, WEIGHT_CHANGE
 
     trials = sweep_trials(cfg)
     layout, steps, _ = plan_sweep(cfg, trials)
@@ -195,7 +230,7 @@ def summarize_sweep(cfg: ExperimentConfig) -> dict:
                 log = layout.run_dir(trial.name) / TRAINING_LOG
                 row["trajectory"] = probe_trajectory(log)
                 row["en_ppl_start"] = _start_en_ppl(log)
-                row["method"] = method_of(config_to_dict(trial_config(cfg, trial))["lora"])
+                row["rank90_median"] = _rank90(layout.run_dir(trial.name) / WEIGHT_CHANGE)
             except DataError as exc:
                 logger.warning("%s", exc)
                 row["status"] = "unreadable forgetting.json (rerun the trial)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,20 @@ def is_weight_file(name: str) -> bool:
     return name.endswith(".safetensors")
 
 
-def hash_folder_files(folder: Path) -> tuple[dict[str, str], dict[str, int]]:
+def hash_folder_files(folder: Path, only: Collection[str] | None = None) -> tuple[dict[str, str], dict[str, int]]:
     """sha256 and size in bytes of every regular file under ``folder`` except the manifest.
 
     Names are POSIX paths relative to ``folder``; hidden entries (``.cache`` of the hub
-    client) are skipped. Returns ``(sha256 by name, bytes by name)``, sorted by name.
+    client) are skipped; ``only`` limits it to those names (a fine-tuning run's model files, not
+    its logs and checkpoints). Returns ``(sha256 by name, bytes by name)``, sorted by name.
     """
     hashes: dict[str, str] = {}
     sizes: dict[str, int] = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
         if not path.is_file() or rel == MODEL_MANIFEST or any(part.startswith(".") for part in rel.split("/")):
+            continue
+        if only is not None and rel not in only:
             continue
         hashes[rel] = sha256_file(path)
         sizes[rel] = path.stat().st_size
@@ -52,13 +56,14 @@ def weights_digest(file_hashes: dict[str, str]) -> str:
     return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
 
 
-def write_manifest(folder: Path, source: str, model_name_or_path: str, revision: str | None, **extra: Any) -> dict:
+def write_manifest(folder: Path, source: str, model_name_or_path: str, revision: str | None, *,
+                   only: Collection[str] | None = None, **extra: Any) -> dict:
     """Hash every file of ``folder`` and write its manifest; return the manifest dict.
 
     ``revision`` is the resolved revision (a hub commit sha) or None when there is none.
     ``extra`` holds source-specific facts (requested revision, tiny-model spec, merge inputs).
     """
-    hashes, sizes = hash_folder_files(folder)
+    hashes, sizes = hash_folder_files(folder, only)
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "source": source,

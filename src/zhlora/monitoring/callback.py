@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from zhlora.errors import ZhloraError
-from zhlora.filenames import ADAPTER_WEIGHTS, PROBE_SETS_NAME, SNAPSHOT_DIRNAME
+from zhlora.filenames import PROBE_SETS_NAME, SNAPSHOT_DIRNAME
 from zhlora.forgetting_budget import ForgettingBudget
 from zhlora.io_utils import atomic_write_json, replace_folder
 from zhlora.monitoring.budget import (
@@ -333,23 +333,18 @@ class ForgettingMonitor:
         """
         if not self.is_main_process or self.budget is None or self.selection is None or self.selection.step == current_step:
             return None
-        from peft import get_peft_model_state_dict, set_peft_model_state_dict
-        from safetensors.torch import load_file
+        from zhlora.training.weights import load_trained_weights, weight_files
 
         step = self.selection.step
-        candidates = [self._snapshot_dir(step) / ADAPTER_WEIGHTS, checkpoint_path(self.output_dir, step) / ADAPTER_WEIGHTS]
-        source = next((path for path in candidates if path.is_file()), None)
+        candidates = [self._snapshot_dir(step), checkpoint_path(self.output_dir, step)]
+        source = next((folder for folder in candidates if weight_files(folder)), None)
         if source is None:
             raise ZhloraError(
-                f"The adapter of step {step}, chosen by the forgetting budget, is missing ({candidates[0]}). "
+                f"The weights of step {step}, chosen by the forgetting budget, are missing ({candidates[0]}). "
                 "Rerun with --overwrite to train again."
             )
-        saved = load_file(str(source))
-        set_peft_model_state_dict(model, saved)
-        loaded = get_peft_model_state_dict(model)
-        if set(loaded) != set(saved) or any(not torch.equal(loaded[k].cpu(), saved[k].cpu()) for k in saved):
-            raise ZhloraError(f"{source} does not fit this model's adapter; rerun with --overwrite.")
-        logger.info("Exporting the adapter of step %d (%s) from %s", step, self.selection.reason, source)
+        load_trained_weights(model, source)
+        logger.info("Exporting the weights of step %d (%s) from %s", step, self.selection.reason, source)
         return source
 
     # ------------------------------------------------------------------ manifest

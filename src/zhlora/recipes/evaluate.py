@@ -305,13 +305,17 @@ def finished_results(results_dir: Path, expected: dict) -> dict | None:
 def model_identity(model_path: str, adapter_dir: Path | None) -> dict:
     """The ``model`` entry of results.json, without the scale: base path and fingerprint, adapter and its sha256."""
     from zhlora.io_utils import sha256_file
-    from zhlora.models.manifest import model_fingerprint
+    from zhlora.models.manifest import model_fingerprint, read_model_manifest
 
+    local = Path(model_path).is_dir()
+    origin = (read_model_manifest(Path(model_path)) or {}).get("finetuned_from") if local else None
     return {
         "base_path": model_path,
-        "base_sha256": model_fingerprint(model_path) if Path(model_path).is_dir() else None,
+        "base_sha256": model_fingerprint(model_path) if local else None,
         "adapter_path": str(adapter_dir) if adapter_dir else None,
         "adapter_sha256": sha256_file(adapter_dir / ADAPTER_WEIGHTS) if adapter_dir else None,
+        # a fully fine-tuned model: the model it was trained from, which its results pair with
+        **({"finetuned_from": origin} if origin else {}),
     }
 
 

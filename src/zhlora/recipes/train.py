@@ -193,7 +193,7 @@ def prepare(inputs: TrainInputs, probe_data_dir: Path | None = None) -> TrainRun
                     "epoch's sequences trained twice), so every step has the same shape on every process",
                     plan.repeated_per_epoch, 100 * plan.repeated_per_epoch / len(bins))
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.learning_rate,
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.peak_learning_rate,
                                   weight_decay=tcfg.weight_decay)
     scheduler = build_lr_scheduler(optimizer, tcfg.lr_scheduler_type, plan.warmup_steps, plan.total_steps)
     _configure_sharding(accelerator, model, tcfg.per_device_train_batch_size, tcfg.max_grad_norm)
@@ -243,6 +243,7 @@ def fit(run: TrainRun, callbacks: Sequence = ()):
 def finish(run: TrainRun, result) -> TrainOutcome:
     """After the loop: the adapter, curves and manifest (last), or only the trackers after an interruption."""
     from zhlora.training import lora
+    from zhlora.training.weights import save_full_model
 
     inputs = run.inputs
     accelerator, output_dir = inputs.accelerator, inputs.output_dir
@@ -254,8 +255,12 @@ def finish(run: TrainRun, result) -> TrainOutcome:
     monitor = run.monitor
     if monitor is not None and monitor.restore_selected(accelerator.unwrap_model(run.model), result.step) is not None:
         adapter_step = monitor.selection.step  # an earlier step, chosen by the forgetting budget
-    mutating = lora.is_mutating_init(inputs.init_weights)
-    _write_final_adapter(accelerator, run.model, output_dir, run.initial_adapter if mutating else None)
+    if inputs.cfg.train.finetuning_type == "full":
+        save_full_model(accelerator, run.model, inputs.tokenizer, output_dir,
+                        {"path": str(inputs.model_path), "weights_sha256": inputs.base_sha})
+    else:
+        mutating = lora.is_mutating_init(inputs.init_weights)
+        _write_final_adapter(accelerator, run.model, output_dir, run.initial_adapter if mutating else None)
     monitoring = None
     if accelerator.is_main_process:
         monitoring = None if monitor is None else monitor.summary()
@@ -280,9 +285,17 @@ def _build_model(inputs: TrainInputs) -> tuple[Any, int, int]:
         trust_remote_code=cfg.model.trust_remote_code,
     )
     model.set_attn_implementation(_attention_implementation())
-    lora.check_target_modules(model, lcfg.target_modules)
     data.check_rows_fit(inputs.rows, tcfg.max_seq_length, model.get_input_embeddings().weight.shape[0],
                         inputs.dataset_path)
+    if tcfg.finetuning_type == "full":
+        if tcfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.requires_grad_(True)
+        trainable, total = lora.count_parameters(model)
+        logger.info("Full fine-tuning: all %.1fM parameters trainable, learning rate %g", total / 1e6,
+                    tcfg.peak_learning_rate)
+        return model, trainable, total
+    lora.check_target_modules(model, lcfg.target_modules)
     if cfg.model.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
@@ -435,23 +448,26 @@ def write_weight_change(inputs: TrainInputs) -> None:
     from zhlora.models import weight_change
 
     started = time.perf_counter()
+    full = inputs.cfg.train.finetuning_type == "full"
     try:
-        rows = weight_change.lora_weight_change(inputs.model_path, inputs.output_dir)
+        rows = (weight_change.full_weight_change(inputs.model_path, inputs.output_dir) if full
+                else weight_change.lora_weight_change(inputs.model_path, inputs.output_dir))
     except ZhloraError as exc:
         logger.info("No weight-change spectrum: %s", exc)
         return
-    summary = weight_change.summarize(rows, "lora", inputs.cfg.lora.lora_rank)
+    summary = weight_change.summarize(rows, "full" if full else "lora", None if full else inputs.cfg.lora.lora_rank)
     atomic_write_json(inputs.output_dir / WEIGHT_CHANGE, summary)
     plot_weight_change(summary, inputs.output_dir / WEIGHT_CHANGE_CHART)
-    logger.info("Weight change: the median matrix needs rank %s of %d for 90%% of its update (%.1f s; %s)",
-                summary["rank90_median"], inputs.cfg.lora.lora_rank, time.perf_counter() - started, WEIGHT_CHANGE)
+    logger.info("Weight change: the median matrix needs rank %s for 90%% of its update (%.1f s; %s)",
+                summary["rank90_median"], time.perf_counter() - started, WEIGHT_CHANGE)
 
 
 def write_run_manifest(run: TrainRun, result, adapter_step: int, monitoring: dict | None) -> None:
     """The loss (and probe) curves, then ``manifest.json``: the run's record, written last (main process)."""
     from zhlora.analysis.charts import plot_loss_curve
-    from zhlora.filenames import ADAPTER_WEIGHTS, LOSS_CURVE, PROBE_CURVES_NAME, RUN_MANIFEST, TRAINING_LOG
+    from zhlora.filenames import ADAPTER_WEIGHTS, LOSS_CURVE, MODEL_MANIFEST, PROBE_CURVES_NAME, RUN_MANIFEST, TRAINING_LOG
     from zhlora.io_utils import atomic_write_json, provenance, sha256_file
+    from zhlora.models.manifest import model_fingerprint
 
     inputs, plan = run.inputs, run.plan
     output_dir, rows, meta = inputs.output_dir, inputs.rows, inputs.meta
@@ -473,8 +489,13 @@ def write_run_manifest(run: TrainRun, result, adapter_step: int, monitoring: dic
             # how the prompts were rendered: evaluation renders ppl_zh the same way (recipes/evaluate.py checks)
             "template": meta.get("template_identity") or {"name": meta.get("template", "alpaca"), "chat_template_sha256": None},
         },
+        "finetuning_type": inputs.cfg.train.finetuning_type,
+        "learning_rate": inputs.cfg.train.peak_learning_rate,
+        # the trained weights: the adapter file, or (full fine-tuning) the model folder's weight fingerprint
         "adapter": {
-            "file": ADAPTER_WEIGHTS, "sha256": sha256_file(output_dir / ADAPTER_WEIGHTS),
+            **({"file": ADAPTER_WEIGHTS, "sha256": sha256_file(output_dir / ADAPTER_WEIGHTS)}
+               if inputs.cfg.train.finetuning_type == "lora"
+               else {"file": MODEL_MANIFEST, "weights_sha256": model_fingerprint(output_dir)}),
             "trainable_parameters": run.trainable, "total_parameters": run.total,
             "step": adapter_step,  # the last step, unless a forgetting budget chose an earlier one
         },

@@ -3,7 +3,8 @@
 ``<output_dir>/checkpoint-<step>/`` holds
 
 - ``adapter_model.safetensors`` + ``adapter_config.json``: the adapter at that step, a standard
-  PEFT folder (so an intermediate checkpoint can be evaluated like a final adapter);
+  PEFT folder (so an intermediate checkpoint can be evaluated like a final adapter); with
+  ``--finetuning_type full``, the whole model's ``model*.safetensors`` + ``config.json`` instead;
 - ``optimizer.bin``, ``custom_checkpoint_0.pkl`` (the LR scheduler) and one
   ``random_states_<process>.pkl`` per process (python, numpy, torch and CUDA RNG states), written
   by ``accelerate``'s ``save_state``, which also knows how DeepSpeed and FSDP shard optimizers;
@@ -31,7 +32,7 @@ import shutil
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
-from zhlora.filenames import ADAPTER_WEIGHTS, TRAINER_STATE
+from zhlora.filenames import TRAINER_STATE
 from zhlora.io_utils import atomic_write_json, replace_folder, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -192,9 +193,7 @@ def load_checkpoint(accelerator, model, checkpoint: str | Path) -> dict:
         ZhloraError: the checkpoint was written by a different number of processes, or its
             adapter does not fit the model (different LoRA settings).
     """
-    import torch
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from zhlora.training.weights import load_trained_weights
 
     checkpoint = Path(checkpoint)
     state = read_trainer_state(checkpoint)
@@ -212,20 +211,12 @@ def load_checkpoint(accelerator, model, checkpoint: str | Path) -> dict:
         raise ZhloraError(f"{checkpoint} is damaged ({problem}). Delete it and rerun to resume from the one before.")
     try:
         accelerator.load_state(str(checkpoint), **_engine_kwargs(accelerator, saving=False))
-        saved = None if _engine_holds_weights(accelerator) else load_file(str(checkpoint / ADAPTER_WEIGHTS))
+        if not _engine_holds_weights(accelerator):
+            load_trained_weights(accelerator.unwrap_model(model), checkpoint)  # the adapter, or the full model
     except (OSError, RuntimeError, ValueError, EOFError) as exc:
         raise ZhloraError(
             f"Could not load {checkpoint} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
             "Delete it and rerun to resume from the checkpoint before, or pass --overwrite to start over."
         ) from None
-    if saved is not None:
-        peft_model = accelerator.unwrap_model(model)
-        set_peft_model_state_dict(peft_model, saved)
-        loaded = get_peft_model_state_dict(peft_model)
-        if set(loaded) != set(saved) or any(not torch.equal(loaded[k].cpu(), saved[k].cpu()) for k in saved):
-            raise ZhloraError(
-                f"The adapter in {checkpoint} does not fit this model (different --target_modules or --lora_rank?). "
-                "Resume with the settings of that run, or start over with --overwrite."
-            )
     logger.info("Resumed from %s (step %d)", checkpoint, state["step"])
     return state

@@ -16,6 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from zhlora.config import DEFAULT_LEARNING_RATES
 from zhlora.errors import ZhloraError
 from zhlora.filenames import (
     ADAPTER_CONFIG,
@@ -32,6 +33,7 @@ from zhlora.filenames import (
     WEIGHT_CHANGE_CHART,
 )
 from zhlora.training.checkpoint import newest_intact_checkpoint, read_trainer_state
+from zhlora.training.weights import FULL_MODEL_FILES, final_weights
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +53,29 @@ BUDGET_IDENTITY_FIELDS = ("save_steps", "monitor_every", "forgetting_budget", "b
 
 
 def identity_train_settings(train: dict) -> dict:
-    """The train settings (config group as a dict) that determine the adapter a run produces."""
+    """The train settings (config group as a dict) that determine the weights a run produces.
+
+    The learning rate is the one used (the type's default when none is given); ``finetuning_type``
+    counts only when it is not LoRA, so runs made before the full-fine-tuning control keep their
+    fingerprints.
+    """
     counted = set(BUDGET_IDENTITY_FIELDS) if train.get("forgetting_budget") else set()
-    return {k: v for k, v in train.items() if k not in NON_IDENTITY_TRAIN_FIELDS or k in counted}
+    settings = {k: v for k, v in train.items() if k not in NON_IDENTITY_TRAIN_FIELDS or k in counted}
+    kind = settings.pop("finetuning_type", "lora") or "lora"
+    if settings.get("learning_rate") is None:
+        settings["learning_rate"] = DEFAULT_LEARNING_RATES[kind]
+    return settings if kind == "lora" else {**settings, "finetuning_type": kind}
+
+
+def identity_lora_settings(lora: dict, train: dict) -> dict | None:
+    """The LoRA settings that shape the weights: all of them for an adapter, none for full fine-tuning."""
+    return None if train.get("finetuning_type") == "full" else lora
 
 
 def run_fingerprint(lora: dict, train: dict, model: dict, base_weights_sha256: str, dataset_sha256: str) -> str:
-    """sha256 of the settings that determine the adapter (config groups as dicts, plus data and weights)."""
+    """sha256 of the settings that determine the trained weights (config groups as dicts, plus data and weights)."""
     identity = {
-        "lora": lora,
+        "lora": identity_lora_settings(lora, train),
         "train": identity_train_settings(train),
         "model": {k: model.get(k) for k in ("torch_dtype", "load_in_4bit")},
         "base_weights_sha256": base_weights_sha256,
@@ -100,7 +116,8 @@ def decide_start(output_dir: str | Path, fingerprint: str, resume: bool, overwri
         f"in {folder}."
     )
     manifest = folder / RUN_MANIFEST
-    if (folder / ADAPTER_WEIGHTS).is_file():
+    weights = final_weights(folder)
+    if weights is not None:
         recorded = _recorded_fingerprint(manifest) if manifest.is_file() else None
         if recorded == fingerprint:
             return RunStart("complete")
@@ -112,7 +129,7 @@ def decide_start(output_dir: str | Path, fingerprint: str, resume: bool, overwri
                         "from %s.", folder, RUN_MANIFEST, newest[1].name)
             return RunStart("resume", newest[1])
         what = "a different run (other settings, base model or data)" if recorded else "an adapter zhlora did not record"
-        raise ZhloraError(f"{folder} already holds {what}: {folder / ADAPTER_WEIGHTS}. {refuse}")
+        raise ZhloraError(f"{folder} already holds {what}: {weights}. {refuse}")
     newest = newest_intact_checkpoint(folder)
     if newest is not None:
         step, latest = newest
@@ -140,5 +157,8 @@ def clear_run_artefacts(output_dir: str | Path) -> None:
     if not folder.is_dir():
         return
     for child in folder.iterdir():
-        if child.is_dir() and re.fullmatch(r"\.?checkpoint-\d+(\.tmp)?|\.adapter\.tmp", child.name):
+        if child.is_dir() and re.fullmatch(r"\.?checkpoint-\d+(\.tmp)?|\.adapter\.tmp|\.model\.tmp", child.name):
             shutil.rmtree(child)
+        elif child.is_file() and (child.name in FULL_MODEL_FILES or re.fullmatch(r"model(-\d+-of-\d+)?\.safetensors",
+                                                                                 child.name)):
+            child.unlink()  # a full fine-tuning run's model
