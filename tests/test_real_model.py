@@ -66,14 +66,18 @@ def baseline_en(smollm2_model_dir, sample_data_dir, tmp_path_factory) -> Path:
 
 
 def _train_evaluate_compare(name: str, learning_rate: str, model: Path, processed: Path, data: Path,
-                            baseline: Path, flags: list[str]) -> dict:
-    """Train a LoRA with ``learning_rate``, evaluate it like the baseline (``flags``), compare; the forgetting.json."""
+                            baseline: Path, flags: list[str], full: bool = False) -> dict:
+    """Train a LoRA (or, ``full``, every weight) with ``learning_rate``, evaluate it like the baseline
+    (``flags``), compare; the forgetting.json."""
     run = baseline.parent / "results" / name
+    train_flags = [f for f in TRAIN_FLAGS if f not in ("--lora_rank", "8", "--lora_alpha", "16")] if full else TRAIN_FLAGS
     assert run_command("train", ["--model_path", str(model), "--dataset_path", str(processed / "train_dataset"),
-                                 "--output_dir", str(run), "--learning_rate", learning_rate, *TRAIN_FLAGS]) == 0
+                                 "--output_dir", str(run), "--learning_rate", learning_rate, *train_flags,
+                                 *(["--finetuning_type", "full"] if full else [])]) == 0
     tuned = baseline.parent / name
-    assert run_command("evaluate", ["--model_path", str(model), "--lora_model_path", str(run), "--data_dir", str(data),
-                                    "--results_dir", str(tuned), "--no_compare", *flags]) == 0
+    weights = ["--model_path", str(run)] if full else ["--model_path", str(model), "--lora_model_path", str(run)]
+    assert run_command("evaluate", [*weights, "--data_dir", str(data), "--results_dir", str(tuned), "--no_compare",
+                                    *flags]) == 0
     assert run_command("compare", [str(baseline), str(tuned), "--no-report", "--bootstrap_samples", "2000"]) == 0
     return json.loads((tuned / "forgetting.json").read_text(encoding="utf-8"))
 
@@ -137,3 +141,19 @@ def test_a_harmful_run_shows_a_significant_english_perplexity_rise(smollm2_model
     assert en["n_documents"] == 22 and en["relative_change"] > 0.2, en
     assert en["ci_low"] is not None and en["ci_low"] > 0, en  # significant: the CI excludes 0
     assert forgetting["headline"]["english"]["perplexity_relative_change"] > 0
+    # ... and the verdict: forgetting beyond the default budget (ppl:5%), shown, so H2 is rejected
+    assert en["margin_verdicts"]["perplexity"]["outcome"] == "beyond"
+    assert forgetting["hypotheses"]["H2"]["verdict"] == "rejected"
+
+
+def test_full_fine_tuning_lowers_chinese_loss_with_a_high_rank_update(smollm2_model_dir, processed, sample_data_dir,
+                                                                     baseline_zh):
+    """The control arm on real weights: 3 full fine-tuning steps lower the held-out Chinese loss, and the
+    update's rank at 90% of ‖ΔW‖² exceeds the LoRA rank of the other runs (8): full fine-tuning uses
+    many more directions (Biderman et al. 2024)."""
+    forgetting = _train_evaluate_compare("full", "5e-5", smollm2_model_dir, processed, sample_data_dir, baseline_zh,
+                                         ZH_FLAGS, full=True)
+    zh = _perplexity_row(forgetting, "ppl_zh")
+    assert zh["tuned_loss"] < zh["base_loss"] and zh["ci_high"] is not None and zh["ci_high"] < 0, zh
+    spectrum = json.loads((baseline_zh.parent / "results" / "full" / "weight_change.json").read_text())
+    assert spectrum["method"] == "full" and spectrum["rank90_median"] > 8, spectrum["by_type"]
