@@ -361,6 +361,8 @@ class SweepConfig:
     methods: list[str] = field(default_factory=lambda: ["lora"], metadata=_help(
         "Fine-tuning methods to try: lora, dora, rslora, pissa (LoRA variants, crossed with the rank/alpha/dropout "
         "grid) and full (one trial per replay ratio, whatever the LoRA grid)."))
+    full_learning_rate: float | None = field(default=None, metadata=_help(
+        "Peak learning rate of the full fine-tuning trials (default 1e-5; train.learning_rate is the LoRA trials')."))
     # Where the trials run (docs/sweeps.md); none of these changes a trial's numbers.
     launcher: str = field(default="local", metadata=_help(
         "local (this process, trial after trial), ray (one Ray task per trial) or slurm (an sbatch array, one task per trial)."))
@@ -377,6 +379,8 @@ class SweepConfig:
         for name in ("lora_ranks", "lora_alphas", "lora_dropouts", "replay_ratios", "methods"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name} must list at least one value.")
+        if self.full_learning_rate is not None and self.full_learning_rate <= 0:
+            raise ConfigError(f"--full_learning_rate must be positive, got {self.full_learning_rate}.")
         for method in self.methods:
             if method not in SWEEP_METHODS:
                 raise ConfigError(f'--methods: unknown method "{method}"; use {", ".join(SWEEP_METHODS)}.'

@@ -57,6 +57,8 @@ def tradeoff_numbers(forgetting: dict) -> dict:
     final = final_point(forgetting)
     out["learning_pct"], out["forgetting_pct"] = (final["learning_pct"], final["forgetting_pct"]) if final else (None, None)
     out["budget"] = (forgetting.get("budget") or {}).get("text")
+    answers = forgetting.get("hypotheses") or {}
+    out["H1"], out["H2"] = (answers.get("H1") or {}).get("verdict"), (answers.get("H2") or {}).get("verdict")
     return out
 
 
@@ -282,12 +284,13 @@ def write_sweep_summary(summary: dict, out_dir: Path, language: str = "auto") ->
     charts += _heatmaps(summary, done, out_dir, language)
     table = Table(
         ["trial", "method", "rank", "alpha", "dropout", "replay", *_tradeoff_headers(summary["confidence"], done),
-         "rank at 90% of ΔW", "Pareto", "status"],
+         "rank at 90% of ΔW", "H1", "H2", "Pareto", "status"],
         [[row["name"], row.get("method", "lora"), *(("—", "—", "—") if row["lora_rank"] is None else (
             str(row["lora_rank"]), number_tag(row["lora_alpha"]), number_tag(row["lora_dropout"]))),
           number_tag(row["replay_ratio"]),
           *(_tradeoff_cells(row) if row["status"].startswith("complete") else ["—"] * 6),
           "—" if row.get("rank90_median") is None else f"{row['rank90_median']:g}",
+          row.get("H1") or "—", row.get("H2") or "—",
           "★" if row["name"] in front else "", row["status"]] for row in summary["trials"]],
     )
     intro = (f"{len(done)} of {len(summary['trials'])} trials complete in {summary['work_dir']}, each compared with the "

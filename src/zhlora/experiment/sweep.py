@@ -117,7 +117,7 @@ def trial_config(cfg: ExperimentConfig, trial: Trial) -> ExperimentConfig:
     out.run_name = trial.name
     out.data = dataclasses.replace(out.data, replay_ratio=trial.replay_ratio)
     if trial.method == "full":
-        out.train = dataclasses.replace(out.train, finetuning_type="full")
+        out.train = dataclasses.replace(out.train, finetuning_type="full", learning_rate=cfg.sweep.full_learning_rate)
         return out
     out.train = dataclasses.replace(out.train, finetuning_type="lora")
     out.lora = dataclasses.replace(

@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +97,13 @@ class ProbeSizes:
         if limit is None:
             return self
         return dataclasses.replace(self, **{s.name: min(getattr(self, s.name), limit) for s in PROBE_SOURCES})
+
+    def evaluated(self, benchmarks: Sequence[str], required: Sequence[str] = ()) -> ProbeSizes:
+        """These sizes with the probes of benchmarks the final evaluation leaves out set to 0 (not drawn),
+        except the probes a forgetting budget reads (``required``; ``en_acc`` keeps MMLU and GSM8K)."""
+        keep = set(required) | ({"mmlu_acc", "gsm8k_acc"} if "en_acc" in required else set())
+        return dataclasses.replace(self, **{s.name: 0 for s in PROBE_SOURCES
+                                            if s.benchmark not in benchmarks and s.name not in keep})
 
 
 @dataclass

@@ -404,9 +404,10 @@ def _start_monitor(run: TrainRun, probe_data_dir: Path | None):
             "is not a folder (the processed data does not record where it came from). Pass --probe_data_dir DATA_DIR."
         )
     budget = parse_budget(tcfg.forgetting_budget)
-    suite = select_probe_sets(data_dir, ProbeSizes().capped(tcfg.probe_limit), prompt_template=meta.get("template", "alpaca"),
-                              tokenizer=inputs.tokenizer,
-                              required=tuple(budget.probes) if budget else ())
+    required = tuple(budget.probes) if budget else ()
+    sizes = ProbeSizes().capped(tcfg.probe_limit).evaluated(cfg.eval.benchmarks, required)  # probes mirror the evaluation
+    suite = select_probe_sets(data_dir, sizes, prompt_template=meta.get("template", "alpaca"), tokenizer=inputs.tokenizer,
+                              required=required)
     log_metrics = None if tcfg.report_to == "none" else lambda values, step: accelerator.log(values, step=step)
     monitor = ForgettingMonitor(
         suite, inputs.tokenizer, budget, tcfg.budget_action, monitor_every=tcfg.monitor_every,
