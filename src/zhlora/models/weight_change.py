@@ -82,8 +82,10 @@ def _module_type(module: str) -> str | None:
 
 def lora_weight_change(base_model_dir: str | Path, adapter_dir: str | Path) -> list[dict]:
     """One row per adapted matrix: ``{module, type, rank90, singular_values, relative_norm}``."""
-    adapter_dir, base_model_dir = Path(adapter_dir), Path(base_model_dir)
+    import torch
     from safetensors import safe_open
+
+    adapter_dir, base_model_dir = Path(adapter_dir), Path(base_model_dir)
 
     config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     if config.get("use_dora"):
@@ -102,6 +104,9 @@ def lora_weight_change(base_model_dir: str | Path, adapter_dir: str | Path) -> l
     rows = []
     for module, sides in sorted(pairs.items()):
         if set(sides) != {"A", "B"}:
+            continue
+        if not all(bool(torch.isfinite(t).all()) for t in sides.values()):
+            rows.append(_diverged(module))
             continue
         values = lora_singular_values(sides["A"], sides["B"], scale)
         weight_key = f"{module}.weight"
@@ -122,8 +127,17 @@ def full_weight_change(base_model_dir: str | Path, tuned_model_dir: str | Path) 
             continue
         before = _read(base, key).double()
         delta = _read(tuned, key).double() - before
+        if not bool(torch.isfinite(delta).all()):
+            rows.append(_diverged(module))
+            continue
         rows.append(_row(module, torch.linalg.svdvals(delta), float(before.norm())))
     return rows
+
+
+def _diverged(module: str) -> dict:
+    """A matrix whose update holds NaN or inf (a diverged run): no spectrum."""
+    return {"module": module, "type": _module_type(module) or module.rsplit(".", 1)[-1], "rank90": None,
+            "max_rank": None, "delta_norm": None, "relative_norm": None, "non_finite": True}
 
 
 def _row(module: str, values, base_norm: float | None) -> dict:
@@ -135,13 +149,16 @@ def _row(module: str, values, base_norm: float | None) -> dict:
 
 def summarize(rows: list[dict], method: str, lora_rank: int | None) -> dict:
     """Per module type: median and max rank at 90%, mean ‖ΔW‖/‖W‖; the run's overall median."""
+    diverged = sum(1 for r in rows if r.get("non_finite"))
+    rows_ok = [r for r in rows if not r.get("non_finite")]
     by_type = {}
-    for kind in [t for t in MODULE_TYPES if any(r["type"] == t for r in rows)]:
-        members = [r for r in rows if r["type"] == kind]
+    for kind in [t for t in MODULE_TYPES if any(r["type"] == t for r in rows_ok)]:
+        members = [r for r in rows_ok if r["type"] == kind]
         norms = [r["relative_norm"] for r in members if r["relative_norm"] is not None]
         by_type[kind] = {"matrices": len(members), "rank90_median": statistics.median(r["rank90"] for r in members),
                          "rank90_max": max(r["rank90"] for r in members),
                          "relative_norm_mean": statistics.fmean(norms) if norms else None}
-    return {"method": method, "lora_rank": lora_rank, "energy": ENERGY, "matrices": len(rows),
-            "rank90_median": statistics.median(r["rank90"] for r in rows) if rows else None,
+    return {"method": method, "lora_rank": lora_rank, "energy": ENERGY, "matrices": len(rows_ok),
+            "non_finite_matrices": diverged,
+            "rank90_median": statistics.median(r["rank90"] for r in rows_ok) if rows_ok else None,
             "by_type": by_type, "rows": rows}

@@ -457,6 +457,11 @@ def write_weight_change(inputs: TrainInputs) -> None:
         logger.info("No weight-change spectrum: %s", exc)
         return
     summary = weight_change.summarize(rows, "full" if full else "lora", None if full else inputs.cfg.lora.lora_rank)
+    if summary["non_finite_matrices"]:
+        logger.warning("Weight change: %d matrices hold NaN or inf (the run diverged; lower --learning_rate)",
+                       summary["non_finite_matrices"])
+    if not summary["by_type"]:
+        return
     atomic_write_json(inputs.output_dir / WEIGHT_CHANGE, summary)
     plot_weight_change(summary, inputs.output_dir / WEIGHT_CHANGE_CHART)
     logger.info("Weight change: the median matrix needs rank %s for 90%% of its update (%.1f s; %s)",
