@@ -61,6 +61,17 @@ def sample_data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def processed(tmp_path_factory, tiny_model_dir, sample_data_dir) -> Path:
+    """``zhlora preprocess`` output of the bundled samples for the tiny model (rows up to 256 tokens)."""
+    from zhlora.data.preprocess import preprocess_data
+    from zhlora.models.loading import load_tokenizer
+
+    out = tmp_path_factory.mktemp("processed") / "processed_data"
+    preprocess_data(sample_data_dir, out, load_tokenizer(tiny_model_dir), max_seq_length=256)
+    return out
+
+
+@pytest.fixture(scope="session")
 def shared_eval_data(shared_data, tmp_path_factory) -> Path:
     """``download-data --source local:../shared/data`` of the benchmark sources (real items), built once."""
     from zhlora.data.sources import download_data

@@ -27,16 +27,6 @@ FLAGS = ["--finetuning_type", "full", "--max_seq_length", "256", "--per_device_t
          "--max_steps", "6", "--save_steps", "2", "--seed", "3"]
 
 
-@pytest.fixture(scope="module")
-def processed(tmp_path_factory, tiny_model_dir, sample_data_dir) -> Path:
-    from zhlora.data.preprocess import preprocess_data
-    from zhlora.models.loading import load_tokenizer
-
-    out = tmp_path_factory.mktemp("processed") / "processed_data"
-    preprocess_data(sample_data_dir, out, load_tokenizer(tiny_model_dir), max_seq_length=256)
-    return out
-
-
 def _paths(model: Path, processed: Path, output: Path) -> list[str]:
     return ["--model_path", str(model), "--dataset_path", str(processed / "train_dataset"), "--output_dir", str(output)]
 

@@ -33,16 +33,6 @@ AGGRESSIVE = [
 
 
 @pytest.fixture(scope="module")
-def processed(tmp_path_factory, tiny_model_dir, sample_data_dir) -> Path:
-    from zhlora.data.preprocess import preprocess_data
-    from zhlora.models.loading import load_tokenizer
-
-    out = tmp_path_factory.mktemp("processed") / "processed_data"
-    preprocess_data(sample_data_dir, out, load_tokenizer(tiny_model_dir), max_seq_length=256)
-    return out
-
-
-@pytest.fixture(scope="module")
 def probe_data(tmp_path_factory, sample_data_dir) -> Path:
     """Only the data of the probes the budget runs need (zh_loss, en_ppl, mmlu_acc); the others are skipped."""
     data = tmp_path_factory.mktemp("probe_data") / "data"

@@ -29,17 +29,6 @@ BASE_FLAGS = [
 REFERENCE_FLAGS = [*BASE_FLAGS, "--max_steps", "8", "--save_steps", "2", "--lora_dropout", "0.1", "--seed", "3"]
 
 
-@pytest.fixture(scope="module")
-def processed(tmp_path_factory, tiny_model_dir, sample_data_dir) -> Path:
-    """``zhlora preprocess`` output for the tiny model: processed/{train_dataset, meta.json}."""
-    from zhlora.data.preprocess import preprocess_data
-    from zhlora.models.loading import load_tokenizer
-
-    out = tmp_path_factory.mktemp("processed") / "processed_data"
-    preprocess_data(sample_data_dir, out, load_tokenizer(tiny_model_dir), max_seq_length=256)
-    return out
-
-
 def _paths(model: Path, processed: Path, output: Path) -> list[str]:
     return ["--model_path", str(model), "--dataset_path", str(processed / "train_dataset"), "--output_dir", str(output)]
 
