@@ -189,5 +189,11 @@ def _write_summary(cfg) -> None:
     complete = [row for row in summary["trials"] if row["status"].startswith("complete")]
     print(f"\n{len(complete)} of {len(summary['trials'])} trials complete. Summary: {html}")
     for row in complete:
-        zh, en = ("—" if v is None else f"{v:+.1f}" for v in (row["zh_delta_points"], row["en_delta_points"]))
-        print(f"  {row['name']:<40} accuracy change: Chinese {zh}, English {en} points")
+        parts = []
+        if row["zh_delta_points"] is not None or row["en_delta_points"] is not None:
+            zh, en = ("—" if v is None else f"{v:+.1f}" for v in (row["zh_delta_points"], row["en_delta_points"]))
+            parts.append(f"accuracy Chinese {zh}, English {en} points")
+        if row.get("learning_pct") is not None:
+            parts.append(f"bits/byte Chinese {-row['learning_pct']:+.1f}%, English {row['forgetting_pct']:+.1f}%")
+        verdicts = f"H1 {row.get('H1') or '—'}, H2 {row.get('H2') or '—'}"
+        print(f"  {row['name']:<40} {'; '.join(parts) or 'no changes recorded'}; {verdicts}")

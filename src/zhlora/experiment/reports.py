@@ -275,6 +275,8 @@ def write_sweep_summary(summary: dict, out_dir: Path, language: str = "auto") ->
     charts = []
     by_bytes = [row for row in done if row.get("learning_pct") is not None]
     at_chance = bool(done) and all(row.get("accuracy_at_chance") for row in done)
+    if by_bytes and (at_chance or not plotted):  # the front in the units that carry the signal: bits per byte
+        front = {by_bytes[i]["name"] for i in pareto_front([(r["learning_pct"], -r["forgetting_pct"]) for r in by_bytes])}
     if by_bytes:
         charts.append(learning_forgetting_chart(summary, by_bytes, out_dir, language))
     if plotted and not (at_chance and by_bytes):  # accuracy at chance is noise: the bits-per-byte chart replaces it
