@@ -186,3 +186,28 @@ def test_monitoring_without_benchmark_data_says_where_to_point_it(tmp_path, tiny
     assert code == 2
     message = capsys.readouterr().err
     assert "--monitor_every needs the benchmark data" in message and "--probe_data_dir" in message
+
+
+def test_full_fine_tuning_under_a_budget_exports_the_chosen_steps_whole_model(tmp_path, tiny_model_dir, processed,
+                                                                               probe_data):
+    """Monitoring works for --finetuning_type full as for LoRA: stop at the crossing, export the chosen step's weights."""
+    import contextlib
+    import io
+
+    out = tmp_path / "full-budget"
+    flags = ["--max_seq_length", "256", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+             "--learning_rate", "0.05", "--lr_scheduler_type", "constant", "--warmup_ratio", "0.25", "--logging_steps", "1",
+             "--max_steps", "8", "--probe_limit", "2", "--seed", "42"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert run_command("train", ["--model_path", str(tiny_model_dir), "--dataset_path",
+                                     str(processed / "train_dataset"), "--output_dir", str(out), "--probe_data_dir",
+                                     str(probe_data), *flags, "--finetuning_type", "full", "--monitor_every", "1",
+                                     "--forgetting_budget", "ppl:2%", "--save_steps", "100", "--probe_overhead", "0"]) == 0
+    stop = _stop_step(printed.getvalue())
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    chosen = manifest["monitoring"]["selected_step"]
+    assert 1 <= chosen < stop and manifest["adapter"]["step"] == chosen and manifest["finetuning_type"] == "full"
+    final = load_file(str(out / "model.safetensors"))
+    snapshot = load_file(str(out / "probe_snapshots" / f"step-{chosen}" / "model.safetensors"))
+    assert _same(final, snapshot)
