@@ -127,3 +127,25 @@ def test_zhlora_run_with_full_fine_tuning_end_to_end(tmp_path):
     results = json.loads((work / "evaluation_results" / "full-demo" / "results.json").read_text())
     assert results["model"]["base_path"].endswith("results/full-demo") and results["model"]["adapter_path"] is None
     assert (work / "evaluation_results" / "full-demo" / "report.html").is_file()
+
+
+def test_a_sweep_with_a_method_axis_runs_lora_and_full_side_by_side(tmp_path):
+    """lora x 1 rank and full: two trials sharing one baseline; the summary has both methods, their
+    spectra (full's rank above LoRA's) and their verdicts."""
+    work = tmp_path / "work"
+    fast = ["--max_steps", "3", "--save_steps", "3", "--benchmarks", "ppl_zh,ppl_en", "--ppl_zh_documents", "20",
+            "--ppl_en_documents", "20", "--max_new_tokens", "8", "--bootstrap_samples", "100", "--sample_max_new_tokens",
+            "0", "--monitor_every", "1", "--probe_overhead", "0", "--probe_limit", "4"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["sweep", "--work_dir", str(work), "--run_name", "m", "--methods", "lora,full", "--lora_ranks", "4",
+                       "--lora_alphas", "8", "--lora_dropouts", "0.05", "--full_learning_rate", "1e-3", *fast])
+    assert status == 0, out.getvalue()
+    summary = json.loads((work / "sweeps" / "m" / "summary.json").read_text())
+    rows = {row["name"]: row for row in summary["trials"]}
+    assert set(rows) == {"m-r4-a8-d0.05", "m-full"} and all(r["status"] == "complete" for r in rows.values())
+    assert rows["m-full"]["method"] == "full" and rows["m-full"]["rank90_median"] > rows["m-r4-a8-d0.05"]["rank90_median"]
+    assert all(r["H1"] and r["H2"] and len(r["trajectory"]) == 4 for r in rows.values())  # steps 0..3
+    assert (work / "sweeps" / "m" / "learning_forgetting.png").stat().st_size > 0
+    html = (work / "sweeps" / "m" / "report.html").read_text()
+    assert "m-full" in html and "rank at 90% of ΔW" in html
