@@ -15,7 +15,7 @@ from pathlib import Path
 
 from zhlora.analysis.labels import benchmark_label
 from zhlora.analysis.stats import MIN_DOCUMENTS
-from zhlora.analysis.verdicts import verdict_lines
+from zhlora.analysis.verdicts import row_verdict, verdict_lines
 
 FLIPPED_SHOWN = 10  # per benchmark and direction; forgetting.json has them all
 VERDICT_MARK = {"improved": "▲ improved", "forgot": "▼ forgot", "no significant change": "– no significant change"}
@@ -109,7 +109,7 @@ def accuracy_table(rows: Sequence[dict], confidence: float) -> Table:
                 f"{row['right_to_wrong']} / {row['wrong_to_right']}",
                 _p(row["p_value"]),
                 _p(row["p_holm"]),
-                VERDICT_MARK[row["verdict"]],
+                VERDICT_MARK[row["verdict"]] + (f"; H2: {row_verdict(row)}" if row.get("margin_verdict") else ""),
             ]
         )
         classes.append(row["verdict"].replace(" ", "-"))
