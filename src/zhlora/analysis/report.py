@@ -128,7 +128,7 @@ def training_charts(
             drawn.append((
                 "Learning vs forgetting at each monitored step (bits per byte, % change from step 0; star: final evaluation)",
                 charts.plot_learning_forgetting([series], out_dir / "report_trajectory.png", language=language,
-                                                budget_pct=trajectories.budget_line_pct(budget, training_log)),
+                                                budget_pct=trajectories.budget_line_pct(budget, trajectories.start_en_ppl(training_log))),
             ))
     return drawn
 

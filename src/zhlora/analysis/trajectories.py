@@ -44,14 +44,20 @@ def probe_trajectory(training_log: str | os.PathLike) -> list[dict]:
     return points
 
 
-def budget_line_pct(budget: ForgettingBudget, training_log: str | os.PathLike) -> float | None:
-    """The forgetting axis value of the budget's ``ppl`` bound for this run (None without one)."""
-    limit = next((limit.limit for limit in budget.limits if limit.metric == "ppl"), None)
-    start = next((row["probes"] for row in read_jsonl(Path(training_log))
-                  if row.get("step") == 0 and row.get("probes")), None) if Path(training_log).is_file() else None
-    if limit is None or not start or not start.get("en_ppl") or start["en_ppl"] <= 1.0:
+def start_en_ppl(training_log: str | os.PathLike) -> float | None:
+    """The English perplexity probe at step 0 of a monitored run (None without monitoring)."""
+    if not Path(training_log).is_file():
         return None
-    return 100.0 * math.log1p(limit) / math.log(start["en_ppl"])
+    return next((row["probes"].get("en_ppl") for row in read_jsonl(Path(training_log))
+                 if row.get("step") == 0 and row.get("probes")), None)
+
+
+def budget_line_pct(budget: ForgettingBudget, en_ppl_at_start: float | None) -> float | None:
+    """The forgetting axis value of the budget's ``ppl`` bound, ln(1 + r) / ln(en_ppl at step 0) (None without one)."""
+    limit = next((limit.limit for limit in budget.limits if limit.metric == "ppl"), None)
+    if limit is None or not en_ppl_at_start or en_ppl_at_start <= 1.0:
+        return None
+    return 100.0 * math.log1p(limit) / math.log(en_ppl_at_start)
 
 
 def final_point(forgetting: dict) -> dict | None:

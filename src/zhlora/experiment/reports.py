@@ -240,18 +240,15 @@ def _heatmaps(summary: dict, done: list[dict], out_dir: Path, language: str) -> 
 
 def learning_forgetting_chart(summary: dict, rows: list[dict], out_dir: Path, language: str) -> tuple[str, Path]:
     """Every trial's trajectory through its monitored steps (and its final evaluation) in bits per byte."""
-    import math
-
     from zhlora.analysis.charts import plot_learning_forgetting
+    from zhlora.analysis.trajectories import budget_line_pct
     from zhlora.forgetting_budget import analysis_budget
 
     series = [{"name": row["name"].removeprefix(f"{summary['run_name']}-"), "method": row.get("method", "lora"),
                "points": row.get("trajectory") or [],
                "final": {"learning_pct": row["learning_pct"], "forgetting_pct": row["forgetting_pct"]}} for row in rows]
-    budget = analysis_budget(rows[0].get("budget"))
-    limit = next((limit.limit for limit in budget.limits if limit.metric == "ppl"), None)
-    start = [row["en_ppl_start"] for row in rows if row.get("en_ppl_start")]
-    budget_pct = 100.0 * math.log1p(limit) / math.log(start[0]) if limit is not None and start and start[0] > 1 else None
+    start = next((row["en_ppl_start"] for row in rows if row.get("en_ppl_start")), None)  # the same probe set in every trial
+    budget_pct = budget_line_pct(analysis_budget(rows[0].get("budget")), start)
     path = plot_learning_forgetting(series, out_dir / "learning_forgetting.png", budget_pct=budget_pct, language=language)
     return ("Learning vs forgetting, bits per byte: each trial's monitored steps joined, its final evaluation a star; "
             "the Pareto front over every point; shaded: beyond the forgetting budget", path)

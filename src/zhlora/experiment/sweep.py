@@ -181,16 +181,6 @@ def trial_status(layout: WorkLayout, trial_name: str, planned: str | None, recor
     return "not started"
 
 
-def _start_en_ppl(training_log: Path) -> float | None:
-    """The English perplexity probe at step 0 of a monitored run (None without monitoring)."""
-    from zhlora.io_utils import read_jsonl
-
-    if not training_log.is_file():
-        return None
-    return next((row["probes"].get("en_ppl") for row in read_jsonl(training_log)
-                 if row.get("step") == 0 and row.get("probes")), None)
-
-
 def _rank90(path: Path) -> float | None:
     """The run's median rank at 90% of ‖ΔW‖² from its weight_change.json (None without one)."""
     import json
@@ -208,7 +198,7 @@ def summarize_sweep(cfg: ExperimentConfig) -> dict:
     and left out of the charts.
     """
     from zhlora.analysis.results_io import load_forgetting
-    from zhlora.analysis.trajectories import probe_trajectory
+    from zhlora.analysis.trajectories import probe_trajectory, start_en_ppl
     from zhlora.filenames import FORGETTING_FILE, TRAINING_LOG, WEIGHT_CHANGE
 
     trials = sweep_trials(cfg)
@@ -229,7 +219,7 @@ def summarize_sweep(cfg: ExperimentConfig) -> dict:
                 row["seeds_compared"] = len(seeds)
                 log = layout.run_dir(trial.name) / TRAINING_LOG
                 row["trajectory"] = probe_trajectory(log)
-                row["en_ppl_start"] = _start_en_ppl(log)
+                row["en_ppl_start"] = start_en_ppl(log)
                 row["rank90_median"] = _rank90(layout.run_dir(trial.name) / WEIGHT_CHANGE)
             except DataError as exc:
                 logger.warning("%s", exc)
