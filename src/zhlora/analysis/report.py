@@ -114,7 +114,8 @@ def training_charts(
             ("Training loss", charts.plot_loss_curve(training_log, out_dir / "report_loss.png", language=language))
         )
     if any(row.get("probes") for row in rows):
-        marks = charts.probe_chart_marks(_run_manifest(training_log.parent).get("monitoring"))
+        manifest = _run_manifest(training_log.parent)
+        marks = charts.probe_chart_marks(manifest.get("monitoring"))
         drawn.append(
             (
                 "Probes during training",
@@ -122,7 +123,7 @@ def training_charts(
             )
         )
         series = trajectories.run_series(training_log.parent.name, training_log, forgetting,
-                                         _run_manifest(training_log.parent).get("finetuning_type", "lora"))
+                                         manifest.get("finetuning_type", "lora"))
         if series["points"]:
             budget = analysis_budget((forgetting or {}).get("budget", {}).get("text"))
             drawn.append((
@@ -134,7 +135,7 @@ def training_charts(
 
 
 def _run_manifest(run_dir: Path) -> dict:
-    """The LoRA run's ``manifest.json`` beside its training log, or {} when absent or unreadable."""
+    """The training run's ``manifest.json`` beside its training log, or {} when absent or unreadable."""
     try:
         manifest = json.loads((run_dir / RUN_MANIFEST).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):

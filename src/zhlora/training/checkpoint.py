@@ -112,9 +112,10 @@ def newest_intact_checkpoint(output_dir: str | Path) -> tuple[int, Path] | None:
 
 
 def register_adapter_only_hooks(accelerator) -> None:
-    """Keep ``save_state``/``load_state`` away from the model weights; zhlora saves the adapter itself.
+    """Keep ``save_state``/``load_state`` away from the model weights; zhlora saves the trained weights itself.
 
-    accelerate would otherwise write the full model (13 GB for Llama-2-7B) into every checkpoint.
+    accelerate would otherwise write the full model (13 GB for Llama-2-7B) into every LoRA checkpoint; a full
+    fine-tuning checkpoint gets the model once, from :func:`save_adapter` (``save_pretrained`` of the whole model).
     DeepSpeed and FSDP models never reach these hooks: their engines save their own shards.
     """
 
