@@ -71,6 +71,28 @@ def processed(tmp_path_factory, tiny_model_dir, sample_data_dir) -> Path:
     return out
 
 
+TRAIN_FLAGS = ["--max_seq_length", "256", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
+               "--lora_rank", "4", "--learning_rate", "1e-2", "--warmup_ratio", "0", "--logging_steps", "1",
+               "--max_steps", "2", "--save_steps", "1", "--num_threads", "1"]
+EVAL_FLAGS = ["--benchmarks", "ceval,ppl_zh", "--limit", "1", "--ppl_zh_documents", "2", "--shots", "0",
+              "--batch_size", "4", "--sample_max_new_tokens", "0", "--num_threads", "1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_results(tmp_path_factory, tiny_model_dir, sample_data_dir, processed):
+    """A 2-step adapter of the tiny model and its ``base``/``tuned`` evaluation folders (C-Eval, Chinese perplexity)."""
+    from zhlora.cli import run_command
+
+    root = tmp_path_factory.mktemp("tiny_results")
+    assert run_command("train", ["--model_path", str(tiny_model_dir), "--dataset_path", str(processed / "train_dataset"),
+                                 "--output_dir", str(root / "adapter"), *TRAIN_FLAGS]) == 0
+    for name in ("base", "tuned"):
+        adapter = ["--lora_model_path", str(root / "adapter")] if name == "tuned" else []
+        assert run_command("evaluate", ["--model_path", str(tiny_model_dir), *adapter, "--data_dir", str(sample_data_dir),
+                                        "--results_dir", str(root / name), *EVAL_FLAGS]) == 0
+    return root
+
+
 @pytest.fixture(scope="session")
 def shared_eval_data(shared_data, tmp_path_factory) -> Path:
     """``download-data --source local:../shared/data`` of the benchmark sources (real items), built once."""

@@ -272,3 +272,26 @@ def test_unreachable_hub_fails_fast_naming_mirror_and_alternatives(tmp_path):
     assert time.monotonic() - start < 30
     for hint in (endpoint, "HF_ENDPOINT=https://hf-mirror.com", "--model_source modelscope", "--model_source local"):
         assert hint in out.stderr
+
+
+def test_a_hub_download_too_big_for_the_disk_is_refused_before_it_starts(tiny_model_dir, tmp_path):
+    """The hub says how big the files are: a disk with less free space is refused up front, naming both sizes."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True,
+                             check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        with HubServer() as hub:
+            hub.add_repo("zhlora-test/tiny-llama", _repo_folder(tiny_model_dir, tmp_path / "served"))
+            out = _cli(["--model_name_or_path", "zhlora-test/tiny-llama", "--output_dir", str(disk / "models")],
+                       hub.url, tmp_path)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert f"The disk holding {disk / 'models'}" in out.stderr and "is too full" in out.stderr
+        assert "downloading zhlora-test/tiny-llama needs about" in out.stderr
+        assert "model.safetensors" not in _downloads(hub)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from zhlora.evaluation.distributed import assign_units
 
@@ -75,19 +76,31 @@ def _env() -> dict:
             "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
 
 
-def test_two_cpu_processes_under_torchrun_write_byte_identical_results(tiny_model_dir, sample_data_dir, tmp_path):
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_cpu_processes_without_a_device_flag_write_byte_identical_results(tiny_model_dir, sample_data_dir,
+                                                                               tmp_path, launcher):
+    """The documented command as typed (no --device): on a machine without CUDA the processes join one gloo group."""
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU default of --device auto")
     flags = ["--model_path", str(tiny_model_dir), "--data_dir", str(sample_data_dir), "--results_dir", "out",
-             "--limit", "2", "--shots", "1", "--max_new_tokens", "4", "--batch_size", "8", "--device", "cpu"]
+             "--limit", "2", "--shots", "1", "--max_new_tokens", "4", "--batch_size", "8"]
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     single = subprocess.run([sys.executable, "-m", "zhlora", "evaluate", *flags], cwd=one, env=_env(),
                             capture_output=True, text=True, timeout=600, check=False)
     assert single.returncode == 0, single.stderr[-3000:]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              "-m", "zhlora", "evaluate", *flags]
+    launch = [sys.executable, *LAUNCHERS[launcher], "-m", "zhlora", "evaluate", *flags]
     double = subprocess.run(launch, cwd=two, env=_env(), capture_output=True, text=True, timeout=600, check=False)
     assert double.returncode == 0, double.stderr[-3000:]
     assert double.stdout.count("out:") == 1  # one process printed and wrote the results
+    assert "2 processes" in double.stderr, double.stderr[-2000:]  # both joined one group (rank 0 of 2 logs it)
     files = ["results.json", *(f"predictions/{name}.jsonl" for name in BENCHMARKS)]
     for name in files:
         assert (one / "out" / name).read_bytes() == (two / "out" / name).read_bytes(), name

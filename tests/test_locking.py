@@ -94,3 +94,21 @@ def test_a_late_write_into_a_folder_deleted_and_taken_by_another_run_is_refused(
         with pytest.raises(FolderLockedError, match="held by pid 1 on host elsewhere"):
             check_still_held(folder)
     check_still_held(tmp_path / "never-locked")  # library use without a lock passes
+
+
+def test_a_second_zhlora_run_of_the_same_run_is_refused_at_once_naming_the_first(tmp_path, capsys):
+    """docs/errors.md: two `zhlora run`s of one run name in one work folder — the second is refused (never
+    interleaved, never waiting silently); sweep shards and runs of other names share steps and wait instead."""
+    from zhlora.cli import main
+
+    holder = _start_holder(tmp_path / "work" / "results" / "lora-demo", 60)
+    try:
+        started = time.monotonic()
+        assert main(["run", "--work_dir", str(tmp_path / "work")]) == 2
+        assert time.monotonic() - started < 30
+        err = capsys.readouterr().err
+        assert f"is being written by another zhlora process: pid {holder.pid}" in err and "Traceback" not in err
+        assert not (tmp_path / "work" / "models").exists()  # refused before any step ran
+    finally:
+        holder.kill()
+        holder.wait()

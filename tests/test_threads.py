@@ -18,6 +18,7 @@ def test_default_threads_leave_busy_cores_alone(cores, load, expected):
 
 
 def test_flag_then_environment_then_default(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads.resolve_threads(2) == (2, "--num_threads")
     assert threads.resolve_threads(None) == (3, "OMP_NUM_THREADS")
@@ -59,3 +60,31 @@ def test_apply_sets_torch_and_warns_once_when_oversubscribed(monkeypatch, caplog
 def test_num_threads_flag_is_checked(capsys):
     assert main(["evaluate", "--num_threads", "0", "--model_path", "nowhere"]) == 2
     assert "--num_threads must be a positive number of threads" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+    ({}, None),
+])
+def test_cgroup_quota_is_read_from_v2_and_v1_files(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert threads.cgroup_cpu_limit(tmp_path) == expected
+
+
+def test_more_threads_than_usable_cores_are_refused(monkeypatch, capsys):
+    """A container with a 1.5-CPU quota on a 4-core affinity mask may use 2 cores: 999 threads are refused, by flag or env."""
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: 1.5)
+    assert threads.available_cores() == 2
+    assert threads.resolve_threads(2) == (2, "--num_threads")
+    assert main(["evaluate", "--num_threads", "999", "--model_path", "nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert "--num_threads 999 is more than the 2 CPU core(s) this process may use" in err and "Traceback" not in err
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    with pytest.raises(ZhloraError, match="OMP_NUM_THREADS 8 is more than the 2 CPU core"):
+        threads.resolve_threads(None)

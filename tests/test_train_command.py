@@ -243,7 +243,15 @@ def test_every_checkpoint_damaged_is_a_clear_error(tmp_path, reference_run, tiny
 # ---------------------------------------------------------------------------------------
 # two processes (gloo on CPU)
 # ---------------------------------------------------------------------------------------
-def test_two_processes_train_the_same_adapter_as_one_with_accumulation(tmp_path, tiny_model_dir, processed):
+LAUNCHERS = {  # as docs/training.md types them: no device flag; on a machine without CUDA both run gloo on CPU
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_processes_train_the_same_adapter_as_one_with_accumulation(tmp_path, tiny_model_dir, processed, launcher):
     """World 2 x 1 micro-batch sees the same bins per step as world 1 x 2 micro-batches; with no
     dropout the adapters must agree, which checks the loss normalisation across processes."""
     flags = [*BASE_FLAGS[:4], "--lora_rank", "8", "--learning_rate", "1e-2", "--warmup_ratio", "0",
@@ -252,8 +260,7 @@ def test_two_processes_train_the_same_adapter_as_one_with_accumulation(tmp_path,
     with _torch_threads(1):  # as each of the two processes below
         assert run_command("train", [*_paths(tiny_model_dir, processed, single), *flags,
                                      "--gradient_accumulation_steps", "2"]) == 0
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              "-m", "zhlora", "train", *_paths(tiny_model_dir, processed, double), *flags,
+    launch = [sys.executable, *LAUNCHERS[launcher], "-m", "zhlora", "train", *_paths(tiny_model_dir, processed, double), *flags,
               "--gradient_accumulation_steps", "1"]
     done = subprocess.run(launch, env=_env(threads=1), capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -73,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# flags naming the folders a verb writes, most specific first (for the disk-full message)
+OUTPUT_FOLDER_FLAGS = ("output_dir", "results_dir", "work_dir", "path")
+
+
+def output_folders(args: argparse.Namespace) -> list:
+    """The folders ``args`` says the verb writes."""
+    from pathlib import Path
+
+    return [Path(value) for flag in OUTPUT_FOLDER_FLAGS if isinstance(value := getattr(args, flag, None), str)]
+
+
 def run_command(verb: str, argv: list[str], prog: str | None = None) -> int:
     """Parse ``argv`` for ``verb`` and run it, turning user errors into one-paragraph messages."""
     module = load_command(verb)
@@ -107,6 +118,14 @@ def run_command(verb: str, argv: list[str], prog: str | None = None) -> int:
     except BrokenPipeError:  # `zhlora ls | head`: the reader left; not an error
         sys.stderr.close()
         return 0
+    except Exception as exc:  # a full disk or read-only folder, whichever library noticed it
+        from zhlora.storage import storage_error
+
+        translated = storage_error(exc, output_folders(args))
+        if translated is None:
+            raise
+        print(f"zhlora {verb}: error: {translated}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -261,7 +261,10 @@ class EvalConfig:
         default="lm-eval", metadata=_help("Prompt format: lm-eval (comparable with the field) or official.")
     )
     shots: int | None = field(
-        default=None, metadata=_help("Few-shot examples (multiple choice: 0 or 5, default 5; GSM8K keeps its spec's).")
+        default=None, metadata=_help(
+            "Few-shot examples per multiple-choice question, the first k of the subject's dev split, as lm-eval's "
+            "num_fewshot: any k from 0 to the dev split's size (5 for C-Eval, CMMLU and MMLU); default 5. Recorded "
+            "in results.json; GSM8K keeps its spec's shots.")
     )
     gsm8k_variant: str = field(default="gsm8k_cot", metadata=_help("gsm8k_cot (8-shot chain of thought) or gsm8k (5-shot)."))
     limit: int | None = field(

@@ -43,12 +43,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        os.chmod(tmp_path, 0o666 & ~_current_umask())
+        share_per_umask(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def share_per_umask(path: str | os.PathLike) -> Path:
+    """Give ``path`` (a file, or a folder and everything in it) the modes a plain ``open``/``mkdir`` would.
+
+    Temporary files and folders (``mkstemp``, ``mkdtemp``) are private (0600/0700) and so are the
+    files safetensors writes; results on a shared cluster disk must be readable by the user's
+    colleagues, so each finished artefact gets 0666/0777 minus the umask (0644/0755 by default).
+    """
+    path = Path(path)
+    mask = _current_umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+    return path
+
+
+def staging_folder(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new empty folder in ``parent`` (created if missing) for a step to fill before it is renamed into place."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    return share_per_umask(tempfile.mkdtemp(prefix=prefix, dir=parent))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -66,6 +86,7 @@ def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> Pat
     ``staging`` must be on the same filesystem (make it beside ``target``).
     """
     staging, target = Path(staging), Path(target)
+    share_per_umask(staging)
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

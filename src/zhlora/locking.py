@@ -161,6 +161,9 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool = False, poll_seconds: 
         finally:
             _held[folder] -= 1
         return
+    if folder.exists() and not folder.is_dir():
+        raise ZhloraError(f"{folder} is a file, not a folder, so zhlora cannot write its outputs there. "
+                          "Pass a folder (it is created if missing), or move the file away.")
     folder.mkdir(parents=True, exist_ok=True)
     lock_file = folder / LOCK_FILENAME
     waited_since = None

@@ -11,8 +11,10 @@ number of cores not already busy (1-minute load average), at least 1; see perf/R
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from pathlib import Path
 
 from zhlora.errors import ZhloraError
 
@@ -24,12 +26,43 @@ _warned = False
 _STARTED_WALL, _STARTED_CPU = time.monotonic(), time.process_time()
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, else ``os.cpu_count()``)."""
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs the container's cgroup quota allows (``cpu.max`` of cgroup v2, ``cfs_quota_us`` of v1), None when unlimited.
+
+    A container limited to 1.5 CPUs on a 64-core host sees 64 cores in its affinity mask; 64 threads
+    would each get a sliver of 1.5 CPUs and wait for each other at every operator.
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        quota, period = (root / "cpu.max").read_text().split()[:2]  # cgroup v2: "max 100000" or "150000 100000"
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())  # cgroup v1: -1 when unlimited
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity (else ``os.cpu_count()``), capped by the cgroup quota (rounded up)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return cores if limit is None else max(1, min(cores, math.ceil(limit)))
+
+
+def check_not_above_cores(threads: int, source: str) -> None:
+    """Refuse more threads than cores this process may use: they only wait for each other (10x slower, load 290 on 2 cores)."""
+    cores = available_cores()
+    if threads > cores:
+        fix = f"Pass --num_threads {cores} or fewer" if source == "--num_threads" else \
+            f"Set OMP_NUM_THREADS to {cores} or fewer (or unset it, or pass --num_threads)"
+        raise ZhloraError(f"{source} {threads} is more than the {cores} CPU core(s) this process may use (its CPU "
+                          f"affinity and cgroup quota); the extra threads would only wait for each other. {fix}.")
 
 
 def default_threads(cores: int, load: float) -> int:
@@ -52,6 +85,7 @@ def resolve_threads(requested: int | None) -> tuple[int, str]:
     if requested is not None:
         if requested <= 0:
             raise ZhloraError(f"--num_threads must be a positive number of threads, got {requested}.")
+        check_not_above_cores(requested, "--num_threads")
         return requested, "--num_threads"
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env:
@@ -61,6 +95,7 @@ def resolve_threads(requested: int | None) -> tuple[int, str]:
             raise ZhloraError(f'OMP_NUM_THREADS must be a positive integer, got "{env}". Unset it or pass --num_threads.') from None
         if value <= 0:
             raise ZhloraError(f'OMP_NUM_THREADS must be a positive integer, got "{env}". Unset it or pass --num_threads.')
+        check_not_above_cores(value, "OMP_NUM_THREADS")
         return value, "OMP_NUM_THREADS"
     cores, load, own = available_cores(), os.getloadavg()[0], own_busy_cores()
     return default_threads(cores, max(0.0, load - own)), f"{cores} cores, load average {load:.1f} ({own:.1f} of it this process)"

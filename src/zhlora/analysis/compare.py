@@ -379,15 +379,14 @@ def compare_results(
     data_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     budget: str | None = None,
+    write: bool = True,
 ) -> dict:
-    """Compare two ``evaluate`` folders; write ``forgetting.json`` and ``forgetting.md`` to ``out_dir``.
+    """Compare two ``evaluate`` folders; write ``forgetting.json`` and ``forgetting.md`` to ``out_dir`` (unless not ``write``).
 
     ``data_dir`` (the normalized data folder) supplies question text for flipped items when
     the predictions do not carry it. An existing forgetting.json is only replaced with
     ``overwrite=True``. Returns the forgetting dict.
     """
-    from zhlora.analysis.sections import forgetting_markdown
-
     base_dir, tuned_dir, out_dir = results_dir_of(base_dir), results_dir_of(tuned_dir), Path(out_dir)
     if base_dir.resolve() == tuned_dir.resolve():
         raise ConfigError(f"BASE and TUNED are the same folder ({base_dir}); pass the baseline and the tuned results.")
@@ -436,9 +435,18 @@ def compare_results(
     )
     for side, folder in (("base", base_dir), ("tuned", tuned_dir)):
         forgetting[side].update(dir=str(folder), created_at=evaluated_at(folder))
-    atomic_write_json(out_dir / FORGETTING_FILE, forgetting)
-    atomic_write_text(out_dir / FORGETTING_MD, forgetting_markdown(forgetting))
+    if write:
+        write_forgetting(out_dir, forgetting)
     return forgetting
+
+
+def write_forgetting(out_dir: Path, forgetting: dict) -> Path:
+    """Write ``forgetting.md``, then ``forgetting.json``: the JSON is the comparison's last file and its completion
+    marker, so a full disk or a kill before it leaves no forgetting.json that a rerun would refuse to replace."""
+    from zhlora.analysis.sections import forgetting_markdown
+
+    atomic_write_text(Path(out_dir) / FORGETTING_MD, forgetting_markdown(forgetting))
+    return atomic_write_json(Path(out_dir) / FORGETTING_FILE, forgetting)
 
 
 def compare_and_report(
@@ -462,11 +470,11 @@ def compare_and_report(
     forgetting = compare_results(
         base_dir, tuned_dir, out_dir, bootstrap_samples=report.bootstrap_samples, confidence=report.confidence,
         significance=report.significance, seed=report.stats_seed, data_dir=data_dir, overwrite=overwrite, budget=budget,
+        write=False,
     )
-    if not write_html:
-        return forgetting, None
     html = write_report(out_dir, forgetting, base_dir=base_dir, tuned_dir=tuned_dir, training_log=training_log,
-                        language=report.chart_language)
+                        language=report.chart_language) if write_html else None
+    write_forgetting(out_dir, forgetting)  # last: its presence says the comparison is complete
     return forgetting, html
 
 

@@ -35,6 +35,12 @@ def results_dir_of(path: str | os.PathLike) -> Path:
     return path.parent if path.name == RESULTS_FILE else path
 
 
+def regenerate_results_hint(folder: Path) -> str:
+    """The command that writes an evaluation folder again."""
+    return (f"Evaluate again into it: `zhlora evaluate --model_path MODEL [--lora_model_path ADAPTER] "
+            f"--results_dir {folder} --overwrite` (or rerun the `zhlora run` that made it).")
+
+
 def load_results(path: str | os.PathLike) -> dict:
     """Load and check ``results.json`` of an evaluation folder (schema in docs/architecture.md)."""
     file = results_dir_of(path) / RESULTS_FILE
@@ -46,9 +52,10 @@ def load_results(path: str | os.PathLike) -> dict:
     try:
         results = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise DataError(f"{file}: not valid JSON ({exc.msg}, line {exc.lineno}). Rerun `zhlora evaluate`.") from None
+        raise DataError(f"{file}: not valid JSON ({exc.msg}, line {exc.lineno}; truncated or damaged). "
+                        f"{regenerate_results_hint(file.parent)}") from None
     except UnicodeDecodeError:
-        raise DataError(f"{file}: not UTF-8 text (damaged?). Rerun `zhlora evaluate --overwrite` for that folder.") from None
+        raise DataError(f"{file}: not UTF-8 text (damaged). {regenerate_results_hint(file.parent)}") from None
     if not isinstance(results, dict) or results.get("schema_version") != SCHEMA_VERSION:
         found = results.get("schema_version") if isinstance(results, dict) else None
         raise DataError(
@@ -57,7 +64,8 @@ def load_results(path: str | os.PathLike) -> dict:
         )
     for key in ("model", "settings", "benchmarks"):
         if not isinstance(results.get(key), dict):
-            raise DataError(f'{file}: the "{key}" object is missing. Rerun `zhlora evaluate`.')
+            raise DataError(f'{file}: the key "{key}" is missing or not an object; the file is damaged or incomplete. '
+                            f"{regenerate_results_hint(file.parent)}")
     for name, entry in results["benchmarks"].items():
         _check_benchmark(file, name, entry)
     return results
@@ -78,7 +86,8 @@ def _check_benchmark(file: Path, name: str, entry: dict) -> None:
         raise DataError(f'{file}: benchmark "{name}" has unknown kind {kind!r} (known: {", ".join(KNOWN_KINDS)}).')
     for key in _REQUIRED_KEYS[kind]:
         if key not in entry:
-            raise DataError(f'{file}: benchmark "{name}" lacks "{key}". Rerun `zhlora evaluate`.')
+            raise DataError(f'{file}: the key "benchmarks.{name}.{key}" is missing; the file is damaged or incomplete. '
+                            f"{regenerate_results_hint(file.parent)}")
     if kind in ACCURACY_KINDS:
         accuracy = entry["accuracy_micro"]
         if not isinstance(accuracy, (int, float)) or not 0.0 <= accuracy <= 1.0:
@@ -147,20 +156,54 @@ def default_training_log(results_dir: str | os.PathLike) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+# What the report reads of forgetting.json: top-level keys and their types, keys of each row and the headline.
+FORGETTING_KEYS = {"base": dict, "tuned": dict, "settings": dict, "statistics": dict, "hypotheses": dict,
+                   "headline": dict, "rows": list, "perplexity": list, "flipped": dict}
+FORGETTING_ROW_KEYS = ("benchmark", "level", "name")
+HEADLINE_KEYS = ("text", "text_zh")
+
+
+def regenerate_forgetting_hint(path: Path, forgetting: object = None) -> str:
+    """The command that writes ``path`` again, with the two results folders when the file still names them."""
+    sides = [forgetting.get(side, {}).get("dir") if isinstance(forgetting, dict) and isinstance(forgetting.get(side), dict)
+             else None for side in ("base", "tuned")]
+    base, tuned = (sides[0] or "BASE_RESULTS", sides[1] or "TUNED_RESULTS")
+    return f"Write it again with `zhlora compare {base} {tuned} --output_dir {path.parent} --overwrite`."
+
+
 def load_forgetting(path: str | os.PathLike) -> dict:
-    """Load a ``forgetting.json`` written by ``zhlora compare`` (checks its schema version)."""
+    """Load a ``forgetting.json`` written by ``zhlora compare``: schema version, then every key the report reads.
+
+    A truncated, non-JSON or incomplete file is a :class:`DataError` naming the file, the key and
+    the ``zhlora compare`` command that writes it again.
+    """
     path = Path(path)
     try:
         forgetting = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path} does not exist. Run `zhlora compare BASE TUNED` first.") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}). Rerun `zhlora compare`.") from None
+        raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}; truncated or damaged). "
+                        f"{regenerate_forgetting_hint(path)}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text (damaged). {regenerate_forgetting_hint(path)}") from None
+    hint = regenerate_forgetting_hint(path, forgetting)
     if not isinstance(forgetting, dict) or forgetting.get("schema_version") != FORGETTING_SCHEMA_VERSION:
         raise DataError(
             f"{path} was written by another zhlora version (schema_version "
-            f"{forgetting.get('schema_version') if isinstance(forgetting, dict) else None!r}); rerun `zhlora compare`."
+            f"{forgetting.get('schema_version') if isinstance(forgetting, dict) else None!r}). {hint}"
         )
+    for key, kind in FORGETTING_KEYS.items():
+        if not isinstance(forgetting.get(key), kind):
+            state = "is missing" if key not in forgetting else f"is not a{'n object' if kind is dict else ' list'}"
+            raise DataError(f'{path}: the key "{key}" {state}; the file is damaged or incomplete. {hint}')
+    for key in HEADLINE_KEYS:
+        if not isinstance(forgetting["headline"].get(key), str):
+            raise DataError(f'{path}: the key "headline.{key}" is missing; the file is damaged or incomplete. {hint}')
+    for number, row in enumerate(forgetting["rows"]):
+        missing = [key for key in FORGETTING_ROW_KEYS if not isinstance(row, dict) or key not in row]
+        if missing:
+            raise DataError(f'{path}: rows[{number}] lacks "{missing[0]}"; the file is damaged or incomplete. {hint}')
     return forgetting
 
 

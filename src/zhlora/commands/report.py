@@ -54,18 +54,23 @@ def find_forgetting_files(path: Path) -> list[Path]:
 def main(args: argparse.Namespace) -> int:
     """Render one report per forgetting.json found."""
     from zhlora.analysis.report import write_report
-    from zhlora.analysis.results_io import default_training_log, load_forgetting
+    from zhlora.analysis.results_io import default_training_log, load_forgetting, regenerate_forgetting_hint
+    from zhlora.errors import DataError
 
     for file in find_forgetting_files(Path(args.path)):
         forgetting = load_forgetting(file)
         training_log = args.training_log or default_training_log(file.parent)
-        html = write_report(
-            file.parent,
-            forgetting,
-            base_dir=forgetting["base"].get("dir", "?"),
-            tuned_dir=forgetting["tuned"].get("dir", file.parent),
-            training_log=training_log,
-            language=args.chart_language,
-        )
+        try:
+            html = write_report(
+                file.parent,
+                forgetting,
+                base_dir=forgetting["base"].get("dir", "?"),
+                tuned_dir=forgetting["tuned"].get("dir", file.parent),
+                training_log=training_log,
+                language=args.chart_language,
+            )
+        except (KeyError, TypeError) as exc:  # a row or entry of a hand-edited or damaged file lacks what the report reads
+            raise DataError(f"{file}: {type(exc).__name__} {exc} while rendering the report; the file is damaged "
+                            f"or incomplete. {regenerate_forgetting_hint(file, forgetting)}") from None
         print(f"{html}: {forgetting['headline']['text']}")
     return 0

@@ -18,7 +18,6 @@ import random
 import re
 import shutil
 import statistics
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from typing import Any
 from zhlora.data.templates import CHAT_TEMPLATE, render_prompt, template_identity
 from zhlora.errors import DataError, ZhloraError
 from zhlora.filenames import PROCESSED_META, PROCESSED_STATS, TRAIN_DIRNAME
-from zhlora.io_utils import atomic_write_json, provenance, read_jsonl, replace_folder, sha256_file
+from zhlora.io_utils import atomic_write_json, provenance, read_jsonl, replace_folder, sha256_file, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +281,7 @@ def _write_outputs(output_dir: Path, datasets: dict[str, dict[str, list]], stats
     """Save the datasets, then stats.json, then meta.json (the completion marker)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / PROCESSED_META).unlink(missing_ok=True)  # incomplete until meta.json is back
-    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=output_dir))
+    staging = staging_folder(output_dir, ".partial-")
     try:
         for dirname, columns in datasets.items():
             _save_dataset(columns, staging / dirname)

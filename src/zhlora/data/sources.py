@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,15 @@ from zhlora.data.catalog import ALL_DATA_SOURCES, OPTIONAL_DATA_SOURCES
 from zhlora.differences import differences
 from zhlora.errors import DataError, ZhloraError, did_you_mean, unknown_name_error
 from zhlora.filenames import DATA_MANIFEST
-from zhlora.io_utils import atomic_write_json, atomic_write_jsonl, provenance, replace_folder, sha256_file, utc_now
+from zhlora.io_utils import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    provenance,
+    replace_folder,
+    sha256_file,
+    staging_folder,
+    utc_now,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +156,7 @@ def source_is_complete(data_dir: Path, name: str, entry: dict[str, Any] | None) 
 
 def _write_source(data_dir: Path, name: str, built: BuiltSource) -> dict[str, dict[str, Any]]:
     """Write the split files of one source into place atomically; return rows and sha256 per split."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=data_dir))
+    staging = staging_folder(data_dir, f".{name}.partial-")
     try:
         splits = {}
         for split in SOURCE_SPLITS[name]:

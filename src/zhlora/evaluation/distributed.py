@@ -63,13 +63,17 @@ def launched_world_size() -> int:
 def init_eval_processes(cpu: bool) -> EvalProcesses:
     """Join the process group the launcher prepared (gloo on CPU, nccl on GPUs), or stay alone.
 
-    ``cpu``: evaluate on CPU even where GPUs are visible (``--device cpu``).
+    ``cpu``: evaluate on CPU even where GPUs are visible (``--device cpu``). Without a GPU every
+    launch is a CPU run whatever the flag says: accelerate's ``PartialState(cpu=False)`` would
+    otherwise not join the launcher's group, each process would think it is rank 0 of 1, and the
+    second would be refused the results folder's lock.
     """
     if launched_world_size() <= 1:
         return EvalProcesses()
+    import torch
     from accelerate import PartialState
 
-    state = PartialState(cpu=cpu)
+    state = PartialState(cpu=cpu or not torch.cuda.is_available())
     return EvalProcesses(state.process_index, state.num_processes, state.local_process_index, state)
 
 

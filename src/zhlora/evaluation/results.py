@@ -104,15 +104,25 @@ def results_markdown(results: Mapping) -> str:
     return "\n".join(lines)
 
 
-def write_results(results_dir: Path, results: Mapping, benchmarks: Mapping[str, BenchmarkResult], timings: Mapping) -> list[Path]:
-    """Write predictions, ``results.json``, ``results.md`` and ``timings.json`` atomically; return the paths."""
+def write_result_files(results_dir: Path, results: Mapping, benchmarks: Mapping[str, BenchmarkResult],
+                       timings: Mapping) -> list[Path]:
+    """Write predictions, ``results.md`` and ``timings.json`` atomically; return the paths.
+
+    ``results.json`` is not among them: :func:`mark_results_complete` writes it after every other
+    file of the folder, so a folder with a results.json is complete (a full disk or a kill before
+    it leaves a folder that says it is unfinished, and the rerun resumes from the cache).
+    """
     results_dir = Path(results_dir)
     written = []
     for name, result in benchmarks.items():
         path = results_dir / PREDICTIONS_DIRNAME / f"{name}.jsonl"
         atomic_write_jsonl(path, result.predictions)
         written.append(path)
-    written.append(atomic_write_json(results_dir / RESULTS_FILE, results))
     written.append(atomic_write_text(results_dir / RESULTS_MD, results_markdown(results)))
     written.append(atomic_write_json(results_dir / TIMINGS_FILE, timings))
     return written
+
+
+def mark_results_complete(results_dir: Path, results: Mapping) -> Path:
+    """Write ``results.json``, the folder's last file and its completion marker."""
+    return atomic_write_json(Path(results_dir) / RESULTS_FILE, results)

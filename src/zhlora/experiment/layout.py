@@ -84,6 +84,9 @@ class WorkLayout:
     def of(cls, cfg: ExperimentConfig) -> WorkLayout:
         """The layout of ``cfg.work_dir``; a relative ``data.data_dir`` is taken inside it."""
         root = Path(cfg.work_dir)
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"--work_dir {root} is a file, not a folder. Pass a folder for the experiment (it is "
+                              "created if missing), or move the file away.")
         return cls(root=root, data_dir=_inside(root, cfg.data.data_dir))
 
     @property

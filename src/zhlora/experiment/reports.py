@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from zhlora.analysis.results_io import load_forgetting, load_results
 from zhlora.analysis.trajectories import final_point
-from zhlora.errors import ZhloraError
+from zhlora.errors import DataError, ZhloraError
 from zhlora.experiment.layout import WorkLayout, number_tag, scale_results_name
 from zhlora.filenames import (
     BASELINE_NAME,
@@ -325,12 +326,16 @@ def runs_overview(work_dir: str | os.PathLike) -> list[dict]:
         row: dict[str, Any] = {"name": name, "headline": None}
         if (eval_dir / FORGETTING_FILE).is_file():
             try:
-                row["headline"] = json.loads((eval_dir / FORGETTING_FILE).read_text(encoding="utf-8"))["headline"]["text"]
+                row["headline"] = load_forgetting(eval_dir / FORGETTING_FILE)["headline"]["text"]
                 row["status"] = "compared"
-            except (OSError, json.JSONDecodeError, KeyError, TypeError):
-                row["status"] = "compared (unreadable forgetting.json)"
+            except DataError as exc:  # one damaged run must not hide the others: its row says what is wrong
+                row["status"], row["headline"] = "compared, but its forgetting.json is damaged", str(exc)
         elif (eval_dir / RESULTS_FILE).is_file():
-            row["status"] = "evaluated"
+            try:
+                load_results(eval_dir)
+                row["status"] = "evaluated"
+            except DataError as exc:
+                row["status"], row["headline"] = "evaluated, but its results.json is damaged", str(exc)
         elif eval_dir.is_dir():
             row["status"] = "evaluation incomplete"
         elif (run_dir / RUN_MANIFEST).is_file():

@@ -16,17 +16,17 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
 from zhlora.filenames import BASE_MODEL_DIRNAME
-from zhlora.io_utils import replace_folder
+from zhlora.io_utils import replace_folder, staging_folder
 from zhlora.models.builtin import BUILTIN_GGUF_MODELS, builtin_gguf_file
 from zhlora.models.gguf import import_gguf, is_gguf_path
 from zhlora.models.loading import looks_like_path, missing_path_hint
 from zhlora.models.manifest import manifest_files_present, read_model_manifest, write_manifest
 from zhlora.models.tiny import TINY_MODEL_NAME, build_tiny_model
+from zhlora.storage import check_free_space
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +159,8 @@ def _fill_from_hub(repo_id: str, staging: Path, revision: str | None, token: str
         siblings = {s.rfilename: s for s in info.siblings or []}
         names = select_model_files(list(siblings), f"Hub model {repo_id}")
         logger.info("Downloading %s @ %s: %s", repo_id, info.sha, ", ".join(names))
+        missing = sum((siblings[name].size or 0) for name in names if not (staging / name).is_file())
+        check_free_space(staging.parent, missing, f"downloading {repo_id}")
         snapshot_download(repo_id, revision=info.sha, allow_patterns=names, local_dir=staging, token=token)
     except failures as exc:
         raise _hub_error(repo_id, revision, exc) from None
@@ -278,7 +280,7 @@ def download_model(
     target.parent.mkdir(parents=True, exist_ok=True)
     if kind in ("tiny", "gguf"):
         # Built beside the target (same filesystem) and renamed into place once complete.
-        scratch = Path(tempfile.mkdtemp(prefix=f".{BASE_MODEL_DIRNAME}.{kind}-", dir=target.parent))
+        scratch = staging_folder(target.parent, f".{BASE_MODEL_DIRNAME}.{kind}-")
         built = scratch / BASE_MODEL_DIRNAME
         try:
             if kind == "tiny":

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
 from zhlora.filenames import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from zhlora.io_utils import replace_folder, sha256_file
+from zhlora.io_utils import replace_folder, sha256_file, staging_folder
 from zhlora.models.adapter_files import check_adapter_folder
 
 logger = logging.getLogger(__name__)
@@ -28,6 +27,22 @@ def _stored_dtype(base_model_path: Path) -> str:
     config = json.loads((base_model_path / "config.json").read_text(encoding="utf-8"))
     name = config.get("dtype") or config.get("torch_dtype") or "float32"
     return name if name in SAVE_DTYPES else "float32"
+
+
+def check_not_an_input(output_dir: Path, inputs: dict[str, Path]) -> None:
+    """Refuse (even with ``--overwrite``) an output folder that is, or contains, one of the merge's inputs.
+
+    Replacing it would destroy the base model or the adapter the merged model is made from.
+    """
+    target = output_dir.resolve()
+    for flag, path in inputs.items():
+        source = Path(path).resolve()
+        if target == source or target in source.parents:
+            where = "is" if target == source else "contains"
+            raise ZhloraError(
+                f"--output_dir {output_dir} {where} {flag} {path}: writing the merged model there would replace the "
+                f"{'base model' if 'base' in flag else 'adapter'} it is made from, so zhlora refuses it even with "
+                f"--overwrite. Choose a new folder, for example --output_dir {output_dir.parent / 'merged_model'}.")
 
 
 def merge_adapter(
@@ -54,6 +69,9 @@ def merge_adapter(
     base_model_path, lora_model_path, output_dir = Path(base_model_path), Path(lora_model_path), Path(output_dir)
     if save_dtype not in SAVE_DTYPES:
         raise ZhloraError(f'--save_dtype must be one of {", ".join(SAVE_DTYPES)}, got "{save_dtype}".')
+    check_not_an_input(output_dir, {"--base_model_path": base_model_path, "--lora_model_path": lora_model_path})
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ZhloraError(f"--output_dir {output_dir} is a file, not a folder. Pass a folder for the merged model.")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise ZhloraError(f"{output_dir} is not empty; pass --overwrite to replace it, or choose another --output_dir.")
     check_adapter_folder(lora_model_path)
@@ -68,7 +86,7 @@ def merge_adapter(
     dtype_name = _stored_dtype(base_model_path) if save_dtype == "auto" else save_dtype
     merged = merged.to(getattr(torch, dtype_name))
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    scratch = staging_folder(output_dir.parent, f".{output_dir.name}.")
     staging = scratch / output_dir.name
     try:
         merged.save_pretrained(staging, safe_serialization=True)

@@ -18,12 +18,12 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
+from zhlora.io_utils import share_per_umask, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +186,7 @@ def build_tiny_model(output_dir: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
+    staging = staging_folder(output_dir.parent, f".{output_dir.name}.")
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
@@ -199,7 +198,7 @@ def build_tiny_model(output_dir: str | Path, seed: int = 0) -> Path:
         )
         if output_dir.exists():
             output_dir.rmdir()
-        staging.rename(output_dir)
+        share_per_umask(staging).rename(output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

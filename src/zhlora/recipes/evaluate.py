@@ -94,6 +94,9 @@ def evaluate(cfg: ExperimentConfig, model_path: str | Path, adapter_dir: Path | 
     if cfg.eval.backend == "vllm" and adapter_dir and scales != [1.0]:
         raise ConfigError(f"--backend vllm applies a LoRA adapter at scale 1 only, not {scales}; use --backend hf.")
     processes = init_eval_processes(cpu=device == "cpu")
+    if processes.world_size > 1 and processes.is_main:
+        logger.info("Data-parallel evaluation: %d processes (%s).", processes.world_size,
+                    processes.state.distributed_type.value)
     if cfg.eval.backend == "vllm" and processes.world_size > 1:
         raise ConfigError(f"--backend vllm runs in one process (vLLM spreads a model over GPUs itself), but this "
                           f"evaluation was launched as {processes.world_size} processes; launch it once, or use --backend hf.")
@@ -380,7 +383,7 @@ def run_engine(inputs: EvalInputs, todo: list[_Todo], batch_size, device: str, p
     """Load the model (+ adapter) once and evaluate each remaining folder's scale; the main process writes."""
     from zhlora.evaluation.adapters import check_adapter_applied, load_adapter, set_adapter_scale
     from zhlora.evaluation.hf_model import HFEvalModel
-    from zhlora.evaluation.results import build_results, build_timings, write_results
+    from zhlora.evaluation.results import build_results, build_timings, write_result_files
     from zhlora.evaluation.runner import evaluate_benchmarks
     from zhlora.evaluation.samples import sample_generations
     from zhlora.io_utils import atomic_write_json
@@ -416,7 +419,8 @@ def run_engine(inputs: EvalInputs, todo: list[_Todo], batch_size, device: str, p
             samples = sample_generations(generator or HFEvalModel(model, tokenizer, batch_size=batch_size), tokenizer,
                                          cfg.data.prompt_template, ec.sample_max_new_tokens)
             atomic_write_json(job.results_dir / SAMPLES_NAME, samples)
-        write_results(job.results_dir, results, benchmarks, build_timings(benchmarks, time.perf_counter() - started))
+        write_result_files(job.results_dir, results, benchmarks,
+                           build_timings(benchmarks, time.perf_counter() - started))
         finish(job.results_dir, results)
         outcome.results[job.results_dir], outcome.fresh[job.results_dir] = results, True
 
@@ -424,16 +428,18 @@ def run_engine(inputs: EvalInputs, todo: list[_Todo], batch_size, device: str, p
 # --- 4. finish -----------------------------------------------------------------------------------------
 
 def finish(results_dir: Path, results: dict, rewrite_markdown: bool = False) -> None:
-    """Everything after ``results.json``: results.md (when reused), cache removal, charts.
+    """Everything after the predictions: results.md (when reused), charts, then ``results.json``, then cache removal.
 
-    Idempotent, so a finished results.json whose later files a kill cut short is completed here.
+    ``results.json`` comes last of the files, so a folder holding it is complete; idempotent, so a
+    folder whose results.json a kill left behind is finished here.
     """
     from zhlora.analysis.charts import plot_results_charts
-    from zhlora.evaluation.results import results_markdown
+    from zhlora.evaluation.results import mark_results_complete, results_markdown
     from zhlora.io_utils import atomic_write_text
 
     if rewrite_markdown:
         atomic_write_text(results_dir / RESULTS_MD, results_markdown(results))
-    shutil.rmtree(results_dir / CACHE_DIRNAME, ignore_errors=True)
     for path in plot_results_charts(results, results_dir):
         logger.info("chart: %s", path)
+    mark_results_complete(results_dir, results)
+    shutil.rmtree(results_dir / CACHE_DIRNAME, ignore_errors=True)

@@ -105,7 +105,10 @@ def train(
     run is refused unless ``overwrite``. Every process of a distributed launch calls this.
     """
     model_path, dataset_path, output_dir = Path(model_path), Path(dataset_path), Path(output_dir)
+    from zhlora.training.outputs import check_output_dir_is_a_run_folder
+
     probe_data_dir = Path(probe_data_dir) if probe_data_dir is not None else None
+    check_output_dir_is_a_run_folder(output_dir)
     # One writer per run folder; under `accelerate launch` the main process (rank 0) holds it for all.
     lock = folder_lock(output_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     with lock:
@@ -193,6 +196,12 @@ def prepare(inputs: TrainInputs, probe_data_dir: Path | None = None) -> TrainRun
                     "epoch's sequences trained twice), so every step has the same shape on every process",
                     plan.repeated_per_epoch, 100 * plan.repeated_per_epoch / len(bins))
 
+    if accelerator.is_main_process and inputs.start.kind == "fresh":
+        from zhlora.storage import check_free_space, checkpoint_bytes
+
+        planned = plan.total_steps // tcfg.save_steps if tcfg.save_steps > 0 else 0
+        kept = min(planned, tcfg.save_total_limit) if tcfg.save_total_limit > 0 else planned
+        check_free_space(output_dir, checkpoint_bytes(trainable, kept), f"{kept} checkpoint(s) and the trained weights")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.peak_learning_rate,
                                   weight_decay=tcfg.weight_decay)
     scheduler = build_lr_scheduler(optimizer, tcfg.lr_scheduler_type, plan.warmup_steps, plan.total_steps)
@@ -423,6 +432,7 @@ def _start_monitor(run: TrainRun, probe_data_dir: Path | None):
 def _write_final_adapter(accelerator, model, output_dir: Path, initial_adapter: Path | None) -> None:
     """Save the adapter beside the run files, moving each file into place once fully written."""
     from zhlora.filenames import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+    from zhlora.io_utils import share_per_umask
     from zhlora.training.checkpoint import save_adapter
 
     tmp = output_dir / ".adapter.tmp"
@@ -432,6 +442,7 @@ def _write_final_adapter(accelerator, model, output_dir: Path, initial_adapter: 
     kwargs = {"path_initial_model_for_weight_conversion": str(initial_adapter)} if initial_adapter else {}
     save_adapter(accelerator, model, tmp, **kwargs)
     if accelerator.is_main_process:
+        share_per_umask(tmp)
         for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md"):
             if (tmp / name).exists():
                 os.replace(tmp / name, output_dir / name)

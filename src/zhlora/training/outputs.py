@@ -21,13 +21,18 @@ from zhlora.errors import ZhloraError
 from zhlora.filenames import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    FORGETTING_FILE,
     INITIAL_ADAPTER_DIR,
     LOSS_CURVE,
+    MODEL_MANIFEST,
     PROBE_CURVES_NAME,
     PROBE_SETS_NAME,
+    PROCESSED_META,
+    RESULTS_FILE,
     RUN_CONFIG,
     RUN_MANIFEST,
     SNAPSHOT_DIRNAME,
+    TRAIN_DIRNAME,
     TRAINING_LOG,
     WEIGHT_CHANGE,
     WEIGHT_CHANGE_CHART,
@@ -97,6 +102,50 @@ def _recorded_fingerprint(manifest_path: Path) -> str | None:
         return json.loads(manifest_path.read_text(encoding="utf-8")).get("run_fingerprint")
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
+
+
+def foreign_contents(folder: Path) -> str | None:
+    """What ``folder`` holds that a training run must never write into, or None.
+
+    A base model (``config.json`` or a zhlora model manifest not written by a full fine-tuning run),
+    a dataset (``download-data``'s or ``preprocess``'s folder, a ``save_to_disk`` dataset) or an
+    evaluation folder: the run's adapter, checkpoints and ``--overwrite`` clean-up would mix into it.
+    """
+    if not folder.is_dir():
+        return None
+    model_manifest = folder / MODEL_MANIFEST
+    if model_manifest.is_file():
+        try:
+            source = json.loads(model_manifest.read_text(encoding="utf-8")).get("source")
+        except (OSError, ValueError, AttributeError):
+            source = None
+        if source != "finetune":
+            return f"a model ({MODEL_MANIFEST} from {source or 'an unknown source'})"
+    elif (folder / "config.json").is_file() and not (folder / RUN_MANIFEST).is_file():
+        return "a model (config.json)"
+    if (folder / PROCESSED_META).is_file() or (folder / TRAIN_DIRNAME).is_dir():
+        return f"a processed dataset ({PROCESSED_META} or {TRAIN_DIRNAME}/, written by zhlora preprocess)"
+    if (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file():
+        return "a dataset (datasets.save_to_disk)"
+    if any((folder / name / "train.jsonl").is_file() for name in ("belle", "alpaca")) or (folder / "ceval").is_dir():
+        return "downloaded data (written by zhlora download-data)"
+    for name in (RESULTS_FILE, FORGETTING_FILE):
+        if (folder / name).is_file():
+            return f"evaluation results ({name})"
+    return None
+
+
+def check_output_dir_is_a_run_folder(output_dir: Path) -> None:
+    """Refuse an ``--output_dir`` that is a file or holds a model, a dataset or results (even with ``--overwrite``)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ZhloraError(f"--output_dir {output_dir} is a file, not a folder. Pass a folder for the run "
+                          "(it is created if missing).")
+    found = foreign_contents(output_dir)
+    if found is not None:
+        raise ZhloraError(
+            f"--output_dir {output_dir} holds {found}, not a training run; training would mix its adapter, "
+            f"checkpoints and logs into it (and --overwrite would delete some of its files). Choose a folder of "
+            f"its own, for example {output_dir.parent / 'results' / 'my-run'}.")
 
 
 def decide_start(output_dir: str | Path, fingerprint: str, resume: bool, overwrite: bool) -> RunStart:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from zhlora.errors import ZhloraError
 from zhlora.filenames import ADAPTER_WEIGHTS, MODEL_MANIFEST
+from zhlora.io_utils import share_per_umask
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def save_full_model(accelerator, model, tokenizer, output_dir: Path, finetuned_f
     accelerator.unwrap_model(model).save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True,
                                                     max_shard_size="5GB")
     tokenizer.save_pretrained(str(tmp))
+    share_per_umask(tmp)
     names = sorted(path.name for path in tmp.iterdir() if path.is_file())
     for name in names:
         os.replace(tmp / name, output_dir / name)
