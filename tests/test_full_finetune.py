@@ -149,3 +149,33 @@ def test_a_sweep_with_a_method_axis_runs_lora_and_full_side_by_side(tmp_path):
     assert (work / "sweeps" / "m" / "learning_forgetting.png").stat().st_size > 0
     html = (work / "sweeps" / "m" / "report.html").read_text()
     assert "m-full" in html and "rank at 90% of ΔW" in html
+    # A full disk while the summary is written (its last file): one paragraph, no summary that looks complete,
+    # and the same command writes it after space is freed.
+    import errno
+    import os
+
+    from test_storage_faults import FailingWrites
+
+    sweep_dir = work / "sweeps" / "m"
+    for name in ("summary.json", "summary.md", "report.html"):
+        (sweep_dir / name).unlink()
+    counter = FailingWrites(sweep_dir)
+    real_replace = os.replace
+    os.replace = counter
+    try:
+        assert main(["sweep", "--work_dir", str(work), "--run_name", "m", "--methods", "lora,full", "--lora_ranks", "4",
+                     "--lora_alphas", "8", "--lora_dropouts", "0.05", "--full_learning_rate", "1e-3", *fast]) == 0
+        writes = counter.calls
+        (sweep_dir / "summary.json").unlink()
+        os.replace = FailingWrites(sweep_dir, at=writes, code=errno.ENOSPC)
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            status = main(["sweep", "--work_dir", str(work), "--run_name", "m", "--methods", "lora,full", "--lora_ranks",
+                           "4", "--lora_alphas", "8", "--lora_dropouts", "0.05", "--full_learning_rate", "1e-3", *fast])
+        assert status == 2 and "is full" in err.getvalue() and "Traceback" not in err.getvalue(), err.getvalue()
+        assert not (sweep_dir / "summary.json").exists()
+    finally:
+        os.replace = real_replace
+    assert main(["sweep", "--work_dir", str(work), "--run_name", "m", "--methods", "lora,full", "--lora_ranks", "4",
+                 "--lora_alphas", "8", "--lora_dropouts", "0.05", "--full_learning_rate", "1e-3", *fast]) == 0
+    assert json.loads((sweep_dir / "summary.json").read_text())["trials"] == summary["trials"]

@@ -27,6 +27,8 @@ from zhlora.filenames import (
     RESULTS_FILE,
     RUN_MANIFEST,
     RUNS_DIRNAME,
+    SWEEP_SUMMARY,
+    SWEEP_SUMMARY_MD,
     TRAINING_LOG,
 )
 from zhlora.io_utils import atomic_write_json, atomic_write_text, provenance
@@ -303,9 +305,10 @@ def write_sweep_summary(summary: dict, out_dir: Path, language: str = "auto") ->
                              f'<h2 id="trials">Trials</h2>\n<p>{intro}</p>\n{table.html()}', "trials")
     sections = [trials_section] + ([charts_section("Charts", charts, out_dir)] if charts else [])
     title = f"zhlora sweep: {summary['run_name']}"
-    atomic_write_json(out_dir / "summary.json", summary)
-    atomic_write_text(out_dir / "summary.md", render_markdown(title, sections))
-    return atomic_write_text(out_dir / REPORT_HTML, render_html(title, sections))
+    atomic_write_text(out_dir / SWEEP_SUMMARY_MD, render_markdown(title, sections))
+    html = atomic_write_text(out_dir / REPORT_HTML, render_html(title, sections))
+    atomic_write_json(out_dir / SWEEP_SUMMARY, summary)  # last: the sweep's summary is complete once it exists
+    return html
 
 
 def runs_overview(work_dir: str | os.PathLike) -> list[dict]:
