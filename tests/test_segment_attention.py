@@ -102,3 +102,67 @@ def test_segment_attention_takes_one_flattened_row(tiny_model_dir):
     ids = torch.tensor([[5, 9, 11], [4, 7, 8]])
     with pytest.raises(ValueError, match="one flattened row"):
         model(input_ids=ids, cu_seq_lens_q=torch.tensor([0, 3], dtype=torch.int32))
+
+
+# ---------------------------------------------------------------------------------------
+# Sliding-window layers (Gemma 2/3): packed rows longer than the window
+# ---------------------------------------------------------------------------------------
+def _tiny_gemma3_lora():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from zhlora.training.lora import apply_lora, build_lora_config
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+                              layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                              max_position_embeddings=256, attn_implementation="sdpa")
+    model = Gemma3ForCausalLM(config).to(torch.float32)
+    lora = build_lora_config(4, 8, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                             False, False, False)
+    model = apply_lora(model, lora)
+    model.train()
+    return model
+
+
+def _unpacked_loss_and_grads(model, rows):
+    """Each row alone, with transformers' own masks (its sliding-window mask included): the reference."""
+    model.zero_grad(set_to_none=True)
+    total = torch.zeros(())
+    for ids, labels in rows:
+        logits = model(input_ids=torch.tensor(ids)[None]).logits[0, :-1]
+        total = total + torch.nn.functional.cross_entropy(logits, torch.tensor(labels[1:]), ignore_index=IGNORE_INDEX,
+                                                          reduction="sum")
+    total.backward()
+    return total.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("layout", ["segments", "sdpa"])
+def test_packed_rows_longer_than_the_sliding_window_equal_unpacked_rows(layout):
+    """Rows of up to 40 tokens with an 8-token window: packing changes neither the loss nor the LoRA gradients."""
+    model = _tiny_gemma3_lora()
+    rows = _rows(300, (40, 9, 23, 5, 31))
+    bins = [[rows[0], rows[1]], [rows[2], rows[3], rows[4]]]
+    reference_loss, reference_grads = _unpacked_loss_and_grads(model, rows)
+    if layout == "segments":
+        use_segment_attention(model)
+    loss, count, grads = _loss_and_grads(model, collate_bins(bins, pad_token_id=0, flatten=layout == "segments"),
+                                         layout)
+    assert count == sum(int((labels[1:] != IGNORE_INDEX).sum()) for _, labels in rows)
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-6, atol=1e-5)
+    for name, grad in reference_grads.items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-5 * float(grad.abs().max()), msg=name)
+
+
+def test_ignoring_the_window_would_be_caught():
+    """Negative control: the same packed rows with every layer attending to the whole row give another loss."""
+    from zhlora.training.loop import packed_forward
+
+    model = _tiny_gemma3_lora()
+    rows = _rows(300, (40, 31))
+    reference_loss, _ = _unpacked_loss_and_grads(model, rows)
+    model.base_model.model.config.sliding_window = 10_000  # no window anywhere
+    with torch.no_grad():
+        loss, _ = packed_forward(model, collate_bins([rows], pad_token_id=0), "sdpa", torch.float32, "cpu")
+    assert abs(float(loss) - float(reference_loss)) > 1e-3

@@ -126,13 +126,22 @@ def training_layout(model, device) -> str:
     return layout
 
 
-def packed_inputs(batch: PackedBatch, layout: str, mask_dtype: torch.dtype, device) -> dict:
+def sliding_window_of(config) -> int | None:
+    """The local layers' window of a model that mixes full and sliding-window attention (Gemma 2/3), else None."""
+    window = getattr(config, "sliding_window", None)
+    return window if window and "sliding_attention" in (getattr(config, "layer_types", None) or ()) else None
+
+
+def packed_inputs(batch: PackedBatch, layout: str, mask_dtype: torch.dtype, device,
+                  sliding_window: int | None = None) -> dict:
     """Model keyword arguments for one packed micro-batch.
 
     ``varlen`` expects a flattened batch (one row) whose ``position_ids`` resets mark the rows;
-    ``segments`` the same plus the row boundaries as ``cu_seq_lens_q``; ``sdpa`` gets a boolean and
-    ``eager`` an additive block-diagonal causal mask, which
-    transformers passes to the attention layers unchanged (a 4-D mask is taken as prepared).
+    ``segments`` the same plus the row boundaries as ``cu_seq_lens_q`` (the attention function
+    applies each layer's sliding window itself); ``sdpa`` gets a boolean and ``eager`` an additive
+    block-diagonal causal mask, which transformers passes to the attention layers unchanged (a 4-D
+    mask is taken as prepared). With a ``sliding_window`` (see :func:`sliding_window_of`) that mask is
+    a mapping per layer type, the local layers' one banded, as transformers builds for one row.
     """
     inputs = {
         "input_ids": batch.input_ids.to(device),
@@ -143,7 +152,11 @@ def packed_inputs(batch: PackedBatch, layout: str, mask_dtype: torch.dtype, devi
         inputs["cu_seq_lens_q"] = row_bounds(inputs["position_ids"])
     elif layout != "varlen":
         segment_ids = batch.segment_ids.to(device)
-        inputs["attention_mask"] = block_causal_mask(segment_ids, None if layout == "sdpa" else mask_dtype)
+        dtype = None if layout == "sdpa" else mask_dtype
+        inputs["attention_mask"] = block_causal_mask(segment_ids, dtype)
+        if sliding_window is not None:
+            inputs["attention_mask"] = {"full_attention": inputs["attention_mask"],
+                                        "sliding_attention": block_causal_mask(segment_ids, dtype, sliding_window)}
     return inputs
 
 
@@ -159,7 +172,7 @@ def packed_forward(model, batch: PackedBatch, layout: str, mask_dtype: torch.dty
     """
     targets = batch.targets.to(device)
     scored = targets != IGNORE_INDEX
-    inputs = packed_inputs(batch, layout, mask_dtype, device)
+    inputs = packed_inputs(batch, layout, mask_dtype, device, sliding_window_of(model.config))
     if _masked_logits_supported():
         logits = model(**inputs, logits_to_keep=scored).logits
     else:

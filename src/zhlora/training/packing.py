@@ -154,17 +154,21 @@ def collate_bins(
     )
 
 
-def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype | None = None,
+                      sliding_window: int | None = None) -> torch.Tensor:
     """The ``[batch, 1, tokens, tokens]`` attention mask of packed rows.
 
-    Position ``i`` may attend to ``j`` when ``j <= i`` and both are in the same segment. With
-    ``dtype=None`` the mask is boolean (True = attend), the form sdpa takes; with a float
-    ``dtype`` it is additive (0 or the dtype's minimum), the form eager attention adds to its
-    scores. transformers passes a 4-D mask to the attention layers unchanged.
+    Position ``i`` may attend to ``j`` when ``j <= i`` and both are in the same segment, and, with a
+    ``sliding_window`` (Gemma's local layers), ``i - j < sliding_window`` as transformers' own
+    sliding-window mask has it. With ``dtype=None`` the mask is boolean (True = attend), the form
+    sdpa takes; with a float ``dtype`` it is additive (0 or the dtype's minimum), the form eager
+    attention adds to its scores. transformers passes a 4-D mask to the attention layers unchanged.
     """
     width = segment_ids.shape[-1]
     same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
     causal = torch.ones(width, width, dtype=torch.bool, device=segment_ids.device).tril()
+    if sliding_window is not None:
+        causal = causal & ~torch.ones_like(causal).tril(-sliding_window)
     allowed = (same_segment & causal)[:, None]
     if dtype is None:
         return allowed

@@ -6,7 +6,9 @@ mask, so a 1,024-token bin of five ~200-token rows computes ~5x the pairs it kee
 registers an attention implementation, :data:`SEGMENTS`, that takes the micro-batch flattened
 into one row (as flash-attention's varlen path does) plus the row boundaries
 (``cu_seq_lens_q``), and runs ``scaled_dot_product_attention`` with ``is_causal=True`` on each
-row's slice: the same numbers (softmax over the same keys), only the kept pairs computed.
+row's slice: the same numbers (softmax over the same keys), only the kept pairs computed. A
+sliding-window layer (Gemma's local attention, ``sliding_window`` in the layer's kwargs) gets a
+banded causal mask on each row longer than its window, as transformers builds for one row.
 
 Without row boundaries (evaluation, generation, monitoring probes on the training model) it is
 plain sdpa with sdpa's masks, so switching a model to it changes nothing else.
@@ -38,16 +40,24 @@ def segment_attention_forward(
         raise ValueError(f"segment attention takes one flattened row, got a batch of {query.shape[0]}")
     dropout = dropout if module.training else 0.0
     gqa = key.shape[1] != query.shape[1]
+    window = kwargs.get("sliding_window")  # a local layer (Gemma): position i sees j when i - j < window
     edges = bounds.tolist()
-    outputs = [
-        F.scaled_dot_product_attention(
-            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
-            dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa,
-        )
-        for start, end in zip(edges[:-1], edges[1:])
-        if end > start
-    ]
+    outputs = []
+    for start, end in zip(edges[:-1], edges[1:]):
+        if end <= start:
+            continue
+        band = None if not window or end - start <= window else sliding_causal_mask(end - start, window, query.device)
+        outputs.append(F.scaled_dot_product_attention(
+            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], attn_mask=band,
+            dropout_p=dropout, scale=scaling, is_causal=band is None, enable_gqa=gqa,
+        ))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def sliding_causal_mask(length: int, window: int, device) -> torch.Tensor:
+    """``[length, length]`` boolean: ``j <= i`` and ``i - j < window`` (True = attend), transformers' sliding rule."""
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    return causal & ~torch.ones_like(causal).tril(-window)
 
 
 def row_bounds(position_ids: torch.Tensor) -> torch.Tensor:
