@@ -162,3 +162,11 @@ def smollm2_tokenizer(smollm2_model_dir):
     from zhlora.models.loading import load_tokenizer
 
     return load_tokenizer(smollm2_model_dir)
+
+
+@pytest.mark.shared_data
+def test_gemma3_sentencepiece_262k(gemma3_model_dir, benches):
+    """Gemma-3's SentencePiece vocabulary of 262,144 pieces: the prefix is shared by >= 90% of 5-shot items."""
+    from zhlora.models.loading import load_tokenizer
+
+    _check_sharing_and_equality(load_tokenizer(gemma3_model_dir), benches)
