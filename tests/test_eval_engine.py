@@ -226,3 +226,25 @@ def test_a_generation_engine_answers_generation_and_the_hf_engine_the_rest(tiny,
     assert generator.calls == [2]
     assert [row["predicted"] for row in routed["gsm8k"].predictions] == ["4", "4"]
     assert routed["ppl_en"].predictions == plain["ppl_en"].predictions  # scored by the HF engine
+
+
+@pytest.mark.parametrize("window", [16, 4096])
+def test_a_shared_prefix_longer_than_the_sliding_window_scores_like_the_full_prompt(tiny, window):
+    """Gemma's local layers keep only the last window - 1 keys of the prefix; the items after it must still get
+    their true positions and a banded mask, as the full prompt computed at once gives them."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    _, tokenizer = tiny
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=window,
+                              layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                              max_position_embeddings=4096, attn_implementation="sdpa")
+    model = Gemma3ForCausalLM(config).eval()
+    requests = _synthetic_requests()
+    encoded = [encode_choice(tokenizer, r) for r in requests]
+    prefix_ids = tokenizer(requests[0].prompt.prefix)["input_ids"]
+    assert len(prefix_ids) > 3 * 16  # the prefix alone is several windows long
+    scores = HFEvalModel(model, tokenizer, batch_size=3).choice_loglikelihoods(encoded, prefix_ids)
+    assert scores.prefix.shared_items == len(encoded)
+    assert _max_difference(scores.loglikelihoods, plain_loglikelihoods(model, encoded, 4096)) < TOLERANCE

@@ -23,6 +23,7 @@ per-token log-probabilities come from the training loss's own function
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -84,6 +85,25 @@ def _unwrap(model):
     """The transformers model inside a PEFT wrapper (LoRA layers stay injected in it)."""
     get_base_model = getattr(model, "get_base_model", None)
     return get_base_model() if callable(get_base_model) else model
+
+
+def expanded_cache(cache, batch: int):
+    """A copy of the batch-1 ``cache`` whose every layer holds its keys and values expanded to ``batch`` rows (views).
+
+    Each layer keeps its own bookkeeping: a sliding-window layer (Gemma) stores only its last
+    ``window - 1`` keys but counts every token it has seen (``cumulative_length``), from which the
+    model takes the positions and masks of the tokens that follow. Rebuilding a cache from the
+    tensors alone would lose that count, and every token after a prefix longer than the window
+    would get the wrong position.
+    """
+    twin = copy.copy(cache)
+    twin.layers = []
+    for layer in cache.layers:
+        copied = copy.copy(layer)
+        copied.keys = layer.keys.expand(batch, -1, -1, -1)
+        copied.values = layer.values.expand(batch, -1, -1, -1)
+        twin.layers.append(copied)
+    return twin
 
 
 def choice_rows(requests: Sequence[EncodedChoice], max_length: int) -> list[_Row]:
@@ -178,14 +198,14 @@ class HFEvalModel:
         self._score_rows([row for row in rows if row.scores[0].targets], results, offset=0, prefix_kv=None)
         return [(-logprob[0], len(row.scores[0].targets)) for logprob, row in zip(results, rows)]
 
-    def _prefix_kv(self, prefix_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Keys and values of every layer for the shared prefix (batch dimension 1)."""
+    def _prefix_kv(self, prefix_ids: list[int]):
+        """The key/value cache of the shared prefix (batch dimension 1), as the model's own cache object."""
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.causal_lm.config)
         ids = torch.tensor([prefix_ids], dtype=torch.long, device=self.device)
         self.decoder(input_ids=ids, use_cache=True, **{self._cache_kwarg: cache})
-        return [(layer.keys, layer.values) for layer in cache.layers]
+        return cache
 
     def _hidden_states(self, token_rows: list[list[int]], prefix_kv) -> torch.Tensor:
         """Final-norm hidden states ``[batch, longest row, hidden]`` of right-padded rows."""
@@ -196,13 +216,7 @@ class HFEvalModel:
         ids = ids.to(self.device)
         if prefix_kv is None:
             return self.decoder(input_ids=ids, use_cache=False).last_hidden_state
-        from transformers import DynamicCache
-
-        batch = len(token_rows)
-        cache = DynamicCache(
-            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix_kv],
-            config=self.causal_lm.config,
-        )
+        cache = expanded_cache(prefix_kv, len(token_rows))
         return self.decoder(input_ids=ids, use_cache=True, **{self._cache_kwarg: cache}).last_hidden_state
 
     def _score_batch(self, rows: list[_Row], results: list[list[float]], offset: int, prefix_kv) -> None:

@@ -310,7 +310,6 @@ def train_loop(
             window += stats[:4]
             totals += stats[:4]
             interrupted, stop = bool(stats[4] > 0), bool(stats[4] + stats[5] > 0)
-            progress.update(1)
 
             if step % settings.logging_steps == 0 or step == plan.total_steps or stop:
                 seconds = time.perf_counter() - window_start
@@ -332,6 +331,7 @@ def train_loop(
                         on_log(row)
                 window.zero_()
                 window_start = time.perf_counter()
+            progress.update(1)  # after the step's loss is set, so the progress line shows this step's loss
             if accelerator.is_main_process and log is not None:
                 for report in reports:
                     if report is not None and report.record:
