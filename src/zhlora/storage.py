@@ -104,8 +104,9 @@ def _folder_of(exc: BaseException, candidates: list[Path]) -> Path:
     for item in (exc, exc.__cause__, exc.__context__):
         name = getattr(item, "filename", None)
         if isinstance(name, (str, os.PathLike)) and str(name):
-            path = Path(name)
-            return path if path.is_dir() else path.parent
+            path = Path(name).absolute()
+            # a folder being created (mkdir) is named itself; a file being written, by its folder
+            return path if path.is_dir() or (not path.exists() and not path.suffix) else path.parent
     return candidates[0] if candidates else Path.cwd()
 
 
