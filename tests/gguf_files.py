@@ -1,6 +1,7 @@
 """Tiny random GGUF files written with gguf-py's ``GGUFWriter``, as llama.cpp lays them out, for import tests.
 
-``write_tiny_gguf(path, arch, qtype)`` writes a 2-layer model of ``arch`` (llama, qwen2, gemma3) whose
+``write_tiny_gguf(path, arch, qtype)`` writes a 2-layer model of ``arch`` (llama, qwen2, qwen3, gemma2,
+gemma3) whose
 matrices are stored as ``qtype`` and whose norms and biases stay float32, with a small SentencePiece
 (llama, gemma3) or byte-level BPE (qwen2) vocabulary. ``unpacked=True`` writes the same model with every
 matrix replaced by gguf-py's own dequantization of those bytes, stored as float32: the reference an
@@ -55,6 +56,7 @@ def write_tiny_gguf(path: Path, arch: str, qtype, *, unpacked: bool = False, see
     from gguf import GGMLQuantizationType as T
 
     rng = np.random.default_rng(seed)
+    head_dim = 128 if arch == "qwen3" else HEAD_DIM  # transformers reads no key_length for qwen3: its default 128
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(f"tiny-{arch}")
     writer.add_context_length(512)
@@ -66,11 +68,15 @@ def write_tiny_gguf(path: Path, arch: str, qtype, *, unpacked: bool = False, see
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_file_type(int(qtype) if qtype != T.F32 else 0)
-    if arch == "gemma3":
-        writer.add_key_length(HEAD_DIM)
-        writer.add_value_length(HEAD_DIM)
+    if arch in ("gemma2", "gemma3", "qwen3"):
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if arch in ("gemma2", "gemma3"):
         writer.add_sliding_window(64)
-    if arch == "qwen2":
+    if arch == "gemma2":
+        writer.add_attn_logit_softcapping(50.0)
+        writer.add_final_logit_softcapping(30.0)
+    if arch in ("qwen2", "qwen3"):
         tokens = [*(chr(c) for c in range(33, 127)), "Ġ", "Ġt", "he", "Ġthe", "Ġo", "Ġof",
                   "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
         writer.add_tokenizer_model("gpt2")
@@ -102,7 +108,7 @@ def write_tiny_gguf(path: Path, arch: str, qtype, *, unpacked: bool = False, see
         data = np.full(size, value, dtype=np.float32) if value is not None else (rng.standard_normal(size) * 0.05).astype(np.float32)
         writer.add_tensor(name, data)
 
-    q_dim, kv_dim = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
+    q_dim, kv_dim = HEADS * head_dim, KV_HEADS * head_dim
     add("token_embd.weight", vocab, HIDDEN)
     for layer in range(LAYERS):
         prefix = f"blk.{layer}."
@@ -118,9 +124,10 @@ def write_tiny_gguf(path: Path, arch: str, qtype, *, unpacked: bool = False, see
         if arch == "qwen2":
             for name, size in (("attn_q.bias", q_dim), ("attn_k.bias", kv_dim), ("attn_v.bias", kv_dim)):
                 add_vector(prefix + name, size)
-        if arch == "gemma3":
-            add_vector(prefix + "attn_q_norm.weight", HEAD_DIM, 1.0)
-            add_vector(prefix + "attn_k_norm.weight", HEAD_DIM, 1.0)
+        if arch in ("gemma3", "qwen3"):  # QK-norm
+            add_vector(prefix + "attn_q_norm.weight", head_dim, 1.0)
+            add_vector(prefix + "attn_k_norm.weight", head_dim, 1.0)
+        if arch in ("gemma2", "gemma3"):
             add_vector(prefix + "post_attention_norm.weight", HIDDEN, 1.0)
             add_vector(prefix + "post_ffw_norm.weight", HIDDEN, 1.0)
     add_vector("output_norm.weight", HIDDEN, 1.0)

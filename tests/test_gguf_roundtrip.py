@@ -1,4 +1,4 @@
-"""GGUF import for every ggml type gguf-py unpacks, on tiny files of three architectures, and damaged files.
+"""GGUF import for every ggml type gguf-py unpacks, on tiny files of five architectures, and damaged files.
 
 Each case writes the same tiny model twice with gguf-py's ``GGUFWriter`` (``tests/gguf_files.py``):
 once with its matrices in a quantized type, once with gguf-py's own dequantization of those bytes as
@@ -25,7 +25,8 @@ from zhlora.models.gguf_file import open_gguf, types_to_unpack
 from zhlora.models.loading import load_model
 
 CASES = [("llama", q) for q in (T.F16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K)] + [
-    (arch, q) for arch in ("qwen2", "gemma3") for q in (T.Q5_0, T.Q4_K, T.Q8_0)]
+    (arch, q) for arch in ("qwen2", "gemma3") for q in (T.Q5_0, T.Q4_K, T.Q8_0)] + [
+    ("qwen3", T.Q5_0), ("gemma2", T.Q8_0)]
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:

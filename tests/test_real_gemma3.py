@@ -68,7 +68,8 @@ def test_the_folder_is_a_normal_gemma3_model_with_its_terms_recorded(gemma3_mode
 
 
 def test_train_merge_and_adapter_check_on_gemma3(gemma3_model_dir, sample_data_dir, tmp_path, capsys):
-    """preprocess with the model's chat template, 2 LoRA steps, the adapter check in evaluate, merge, samples."""
+    """preprocess with the model's chat template, 2 LoRA steps probed by the forgetting monitor, the adapter check
+    in evaluate, sample generations, merge."""
     processed = tmp_path / "processed"
     assert run_command("preprocess", ["--data_dir", str(sample_data_dir), "--output_dir", str(processed),
                                       "--model_name_or_path", str(gemma3_model_dir), "--prompt_template", "chat",
@@ -77,7 +78,12 @@ def test_train_merge_and_adapter_check_on_gemma3(gemma3_model_dir, sample_data_d
                                  "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--max_seq_length", "256",
                                  "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
                                  "--learning_rate", "1e-3", "--lora_rank", "4", "--save_steps", "100",
-                                 "--num_threads", "1"]) == 0
+                                 "--monitor_every", "2", "--probe_limit", "2", "--probe_overhead", "0",
+                                 "--probe_data_dir", str(sample_data_dir), "--num_threads", "1"]) == 0
+    probed = [json.loads(line) for line in (tmp_path / "run" / "training_log.jsonl").read_text().splitlines()]
+    probed = {row["step"]: row["probes"] for row in probed if "probes" in row}
+    assert sorted(probed) == [0, 2] and all("zh_loss" in probes and "en_ppl" in probes for probes in probed.values())
+    assert probed[2]["zh_loss"] < probed[0]["zh_loss"]  # the monitor sees Gemma learn Chinese
     assert run_command("evaluate", ["--model_path", str(gemma3_model_dir), "--lora_model_path", str(tmp_path / "run"),
                                     "--data_dir", str(sample_data_dir), "--benchmarks", "ppl_zh",
                                     "--ppl_zh_documents", "4", "--prompt_template", "chat", "--sample_max_new_tokens", "8",

@@ -51,11 +51,12 @@ def supported_architectures() -> list[str]:
     return sorted(set(GGUF_SUPPORTED_ARCHITECTURES) | set(GGUF_ARCHS))
 
 
-def _load_dequantized(path: Path, architecture: str):
+def _load_dequantized(path: Path, architecture: str, named: Path | None = None):
     """transformers' own GGUF load, every weight unpacked to float32; the model and tokenizer.
 
     The config is parsed once and handed to the model load: each parse of the metadata by
-    transformers' legacy loader costs several seconds.
+    transformers' legacy loader costs several seconds. ``named``: the user's file, for messages
+    (``path`` may be the copy with unpacked tensors).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -68,9 +69,9 @@ def _load_dequantized(path: Path, architecture: str):
             quantization_config=GgufConfig(gguf_file=name, dequantize=True),
         )
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    except (ValueError, KeyError, NotImplementedError) as exc:
+    except (ValueError, KeyError, NotImplementedError, RuntimeError) as exc:  # RuntimeError: tensors that do not fit
         raise ZhloraError(
-            f"transformers cannot import {path} (architecture {architecture}): {str(exc).splitlines()[0]} "
+            f"transformers cannot import {named or path} (architecture {architecture}): {str(exc).splitlines()[0]} "
             "Use the model's safetensors release from the hub instead."
         ) from None
     return model, tokenizer
@@ -132,7 +133,7 @@ def import_gguf(path: str | Path, output_dir: str | Path, *, model_name_or_path:
                         ", ".join(f"{count} {name}" for name, count in unpack.items()))
             source = write_loadable_copy(gguf_file, scratch / path.name)
         del gguf_file
-        loaded, tokenizer = _load_dequantized(source, header["architecture"])
+        loaded, tokenizer = _load_dequantized(source, header["architecture"], named=path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     model = plain_model_from(loaded)

@@ -126,6 +126,13 @@ def training_layout(model, device) -> str:
     return layout
 
 
+def unwrapped(model):
+    """The model inside DDP's (and DeepSpeed's) wrapper, which holds the config."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 def sliding_window_of(config) -> int | None:
     """The local layers' window of a model that mixes full and sliding-window attention (Gemma 2/3), else None."""
     window = getattr(config, "sliding_window", None)
@@ -172,7 +179,7 @@ def packed_forward(model, batch: PackedBatch, layout: str, mask_dtype: torch.dty
     """
     targets = batch.targets.to(device)
     scored = targets != IGNORE_INDEX
-    inputs = packed_inputs(batch, layout, mask_dtype, device, sliding_window_of(model.config))
+    inputs = packed_inputs(batch, layout, mask_dtype, device, sliding_window_of(unwrapped(model).config))
     if _masked_logits_supported():
         logits = model(**inputs, logits_to_keep=scored).logits
     else:
