@@ -62,11 +62,13 @@ def checkpoint_bytes(trainable_parameters: int, kept: int) -> int:
 
 def human_bytes(count: float) -> str:
     """``1.5 GB``, ``12.0 MB``, ``512 B``: decimal units, as ``df -H`` and the hub show sizes."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(count) < 1000 or unit == "TB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+    if abs(count) < 1000:
+        return f"{count:.0f} B"
+    for unit in ("kB", "MB", "GB"):
         count /= 1000
-    raise AssertionError("unreachable")
+        if abs(count) < 1000:
+            return f"{count:.1f} {unit}"
+    return f"{count / 1000:.1f} TB"
 
 
 def _existing(path: Path) -> Path:
