@@ -8,7 +8,9 @@ computed chunk by chunk during the forward pass, as Liger's fused linear cross-e
 SmolLM2-135M's shapes by default (576 x 49,152 tied output layer, frozen; ~700 scored positions
 of a 1,024-token bin). One thread, float32, forward + backward to the hidden states, interleaved
 rounds with the load; prints seconds per path, the loss difference and the gradient difference.
-Not used by zhlora (see perf/README.md: it does not pay on this CPU).
+zhlora uses the fused path (``training.loss.fused_linear_token_loss_sum``) only for vocabularies of
+200,000 tokens and more (Gemma's 262k), for memory: at SmolLM2's shapes it does not pay in speed
+(perf/README.md).
 """
 
 from __future__ import annotations
@@ -21,30 +23,7 @@ import torch
 import torch.nn.functional as F
 from harness import load_average  # noqa: E402
 
-
-class FusedLinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``; ``weight`` frozen."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk):
-        total = hidden.new_zeros(())
-        grad = torch.empty_like(hidden)
-        for start in range(0, hidden.shape[0], chunk):
-            h = hidden[start : start + chunk]
-            logits = h @ weight.T
-            lse = torch.logsumexp(logits, dim=-1)
-            t = targets[start : start + chunk]
-            total += (lse - logits.gather(1, t[:, None])[:, 0]).sum()
-            probs = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place of the logits
-            probs[torch.arange(len(t)), t] -= 1.0
-            grad[start : start + chunk] = probs @ weight
-        ctx.save_for_backward(grad)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None, None
+from zhlora.training.loss import fused_linear_token_loss_sum
 
 
 def main() -> int:
@@ -65,7 +44,7 @@ def main() -> int:
         return F.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum")
 
     def fused():
-        return FusedLinearCrossEntropy.apply(hidden, weight, targets, args.chunk)
+        return fused_linear_token_loss_sum(hidden, weight, targets, args.chunk)[0]
 
     results = {}
     for name, fn in (("standard", standard), ("fused", fused)):

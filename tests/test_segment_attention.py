@@ -166,3 +166,63 @@ def test_ignoring_the_window_would_be_caught():
     with torch.no_grad():
         loss, _ = packed_forward(model, collate_bins([rows], pad_token_id=0), "sdpa", torch.float32, "cpu")
     assert abs(float(loss) - float(reference_loss)) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------
+# The fused output layer of very wide vocabularies (Gemma's 262k)
+# ---------------------------------------------------------------------------------------
+def test_the_fused_output_layer_gives_the_cross_entropy_and_its_gradient():
+    from zhlora.training.loss import fused_linear_token_loss_sum, token_loss_sum
+
+    torch.manual_seed(0)
+    weight = torch.randn(5000, 32) * 0.1
+    hidden = torch.randn(300, 32, requires_grad=True)
+    targets = torch.randint(0, 5000, (300,))
+    plain, count = token_loss_sum(hidden @ weight.T, targets)
+    (plain_grad,) = torch.autograd.grad(plain, hidden)
+    fused, fused_count = fused_linear_token_loss_sum(hidden, weight, targets, chunk=64)
+    (fused_grad,) = torch.autograd.grad(fused * 2.0, hidden)  # the outer gradient is applied
+    assert count == fused_count == 300
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(fused_grad, 2.0 * plain_grad, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="frozen weight"):
+        fused_linear_token_loss_sum(hidden, weight.requires_grad_(), targets)
+
+
+@pytest.mark.parametrize("layout", ["segments", "sdpa"])
+def test_a_wide_vocabulary_trains_through_the_fused_output_layer_with_the_same_loss_and_gradients(layout, monkeypatch):
+    """A tiny Gemma-3 with a 200,000-token vocabulary: packed_forward takes the fused path (no logits kept), and its
+    loss and LoRA gradients equal the plain path's."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from zhlora.training import loop
+    from zhlora.training.lora import apply_lora, build_lora_config
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=loop.FUSED_HEAD_MIN_VOCAB, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                              sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                              max_position_embeddings=256, attn_implementation="sdpa")
+    model = apply_lora(Gemma3ForCausalLM(config), build_lora_config(4, 8, 0.0, ["q_proj", "v_proj", "down_proj"],
+                                                                     False, False, False))
+    model.train()
+    assert loop.fused_head_weight(model) is not None
+    rows = _rows(1000, (30, 12, 21))
+    if layout == "segments":
+        use_segment_attention(model)
+    batch = collate_bins([rows], pad_token_id=0, flatten=layout == "segments")
+    fused = _loss_and_grads(model, batch, layout)
+    monkeypatch.setattr(loop, "fused_head_weight", lambda model: None)
+    plain = _loss_and_grads(model, batch, layout)
+    assert fused[1] == plain[1]
+    torch.testing.assert_close(fused[0], plain[0], rtol=1e-6, atol=1e-4)
+    for name, grad in plain[2].items():
+        torch.testing.assert_close(fused[2][name], grad, rtol=1e-5, atol=1e-5 * float(grad.abs().max()), msg=name)
+
+
+def test_narrower_vocabularies_and_trained_heads_keep_the_plain_output_layer(tiny_model_dir):
+    from zhlora.models.loading import load_model
+    from zhlora.training import loop
+
+    model = load_model(tiny_model_dir, torch_dtype="float32")
+    assert loop.fused_head_weight(model) is None  # 1,000-odd tokens

@@ -33,7 +33,7 @@ from zhlora.data.preprocess import IGNORE_INDEX
 from zhlora.training.checkpoint import save_checkpoint
 from zhlora.training.dataset import TokenRows
 from zhlora.training.logbook import TrainingLog
-from zhlora.training.loss import micro_batch_objective, token_loss_sum
+from zhlora.training.loss import fused_linear_token_loss_sum, micro_batch_objective, token_loss_sum
 from zhlora.training.packing import (
     PackedBatch,
     block_causal_mask,
@@ -133,6 +133,29 @@ def unwrapped(model):
     return model
 
 
+# Vocabularies from this size up (Gemma's 262,144) get the fused output layer: the float32 logits of ~800
+# scored positions are then 0.8 GB, with their softmax and gradient several times that. Below it (Llama's 32k,
+# SmolLM2's 49k, Llama-3's 128k) the plain path keeps results identical to earlier releases.
+FUSED_HEAD_MIN_VOCAB = 200_000
+
+
+def fused_head_weight(model) -> torch.Tensor | None:
+    """The frozen output-layer weight when the training loss should use :func:`fused_linear_token_loss_sum`, else None.
+
+    Only for a plain linear head (no bias, no logit soft-capping or scaling) that is frozen (LoRA; a
+    full fine-tuning run trains it) and at least :data:`FUSED_HEAD_MIN_VOCAB` wide.
+    """
+    inner = unwrapped(model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    head = inner.get_output_embeddings()
+    config = inner.config
+    if (head is None or not isinstance(head, torch.nn.Linear) or head.bias is not None or head.weight.requires_grad
+            or head.weight.shape[0] < FUSED_HEAD_MIN_VOCAB or getattr(config, "final_logit_softcapping", None)
+            or getattr(config, "logit_scale", None) not in (None, 1.0)):
+        return None
+    return head.weight
+
+
 def sliding_window_of(config) -> int | None:
     """The local layers' window of a model that mixes full and sliding-window attention (Gemma 2/3), else None."""
     window = getattr(config, "sliding_window", None)
@@ -180,6 +203,10 @@ def packed_forward(model, batch: PackedBatch, layout: str, mask_dtype: torch.dty
     targets = batch.targets.to(device)
     scored = targets != IGNORE_INDEX
     inputs = packed_inputs(batch, layout, mask_dtype, device, sliding_window_of(unwrapped(model).config))
+    head = fused_head_weight(model) if _masked_logits_supported() else None
+    if head is not None:  # a vocabulary so wide that the scored positions' logits would dominate memory
+        out = model(**inputs, logits_to_keep=torch.zeros_like(scored), output_hidden_states=True)
+        return fused_linear_token_loss_sum(out.hidden_states[-1][scored], head, targets[scored])
     if _masked_logits_supported():
         logits = model(**inputs, logits_to_keep=scored).logits
     else:

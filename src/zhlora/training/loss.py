@@ -46,6 +46,52 @@ def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     return token_nll(logits, targets, reduction="sum"), int((targets != IGNORE_INDEX).sum())
 
 
+# Positions per chunk of the fused output layer: 128 x 262,144 float32 scores = 134 MB at a time.
+HEAD_CHUNK = 128
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets`` for a frozen ``weight``, chunk by chunk.
+
+    The gradient with respect to ``hidden`` (``(softmax - onehot) @ weight``) is computed during the
+    forward pass, one chunk of positions at a time, so neither the logits nor their softmax are kept:
+    the memory of the output layer is one chunk's scores instead of every scored position's.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], chunk):
+            scores = (hidden[start:start + chunk] @ weight.T).float()
+            wanted = targets[start:start + chunk]
+            log_norm = torch.logsumexp(scores, dim=-1)
+            total += (log_norm - scores.gather(1, wanted[:, None])[:, 0]).sum()
+            probs = torch.exp(scores.sub_(log_norm[:, None]))  # the softmax, in place of the scores
+            probs[torch.arange(len(wanted), device=probs.device), wanted] -= 1.0
+            grad[start:start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None, None
+
+
+def fused_linear_token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                chunk: int = HEAD_CHUNK) -> tuple[torch.Tensor, int]:
+    """:func:`token_loss_sum` of ``hidden @ weight.T`` without materialising those logits (frozen ``weight``).
+
+    ``hidden``: ``[positions, hidden]`` final-norm states of the scored positions; ``targets``:
+    their next-token ids (all scored). The same float32 cross-entropy as :func:`token_nll`, summed
+    in another order (differences of float rounding only).
+    """
+    if weight.requires_grad:
+        raise ValueError("the fused output layer needs a frozen weight (it computes no weight gradient)")
+    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk), int(targets.numel())
+
+
 def micro_batch_objective(
     loss_sum: torch.Tensor, step_target_tokens: int, world_size: int, backward_divisor: int
 ) -> torch.Tensor:
