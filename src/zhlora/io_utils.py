@@ -65,6 +65,16 @@ def share_per_umask(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_not_a_file(folder: str | os.PathLike, flag: str = "") -> None:
+    """Refuse an output folder that exists as a file (``flag`` names the option it came from, for the message)."""
+    from zhlora.errors import ZhloraError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ZhloraError(f"{flag + ' ' if flag else ''}{folder} is a file, not a folder, so zhlora cannot write its "
+                          "outputs there. Pass a folder (it is created if missing), or move the file away.")
+
+
 def staging_folder(parent: str | os.PathLike, prefix: str) -> Path:
     """A new empty folder in ``parent`` (created if missing) for a step to fill before it is renamed into place."""
     Path(parent).mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from zhlora.errors import ZhloraError
 from zhlora.filenames import LOCK_FILENAME
+from zhlora.io_utils import check_not_a_file
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +162,7 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool = False, poll_seconds: 
         finally:
             _held[folder] -= 1
         return
-    if folder.exists() and not folder.is_dir():
-        raise ZhloraError(f"{folder} is a file, not a folder, so zhlora cannot write its outputs there. "
-                          "Pass a folder (it is created if missing), or move the file away.")
+    check_not_a_file(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock_file = folder / LOCK_FILENAME
     waited_since = None

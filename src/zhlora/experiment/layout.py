@@ -20,7 +20,7 @@ from zhlora.filenames import (
     STATE_DIRNAME,
     SWEEPS_DIRNAME,
 )
-from zhlora.io_utils import atomic_write_text
+from zhlora.io_utils import atomic_write_text, check_not_a_file
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,7 @@ class WorkLayout:
     def of(cls, cfg: ExperimentConfig) -> WorkLayout:
         """The layout of ``cfg.work_dir``; a relative ``data.data_dir`` is taken inside it."""
         root = Path(cfg.work_dir)
-        if root.exists() and not root.is_dir():
-            raise ConfigError(f"--work_dir {root} is a file, not a folder. Pass a folder for the experiment (it is "
-                              "created if missing), or move the file away.")
+        check_not_a_file(root, "--work_dir")
         return cls(root=root, data_dir=_inside(root, cfg.data.data_dir))
 
     @property

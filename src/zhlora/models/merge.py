@@ -14,7 +14,7 @@ from pathlib import Path
 
 from zhlora.errors import ZhloraError
 from zhlora.filenames import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from zhlora.io_utils import replace_folder, sha256_file, staging_folder
+from zhlora.io_utils import check_not_a_file, replace_folder, sha256_file, staging_folder
 from zhlora.models.adapter_files import check_adapter_folder
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ def merge_adapter(
     if save_dtype not in SAVE_DTYPES:
         raise ZhloraError(f'--save_dtype must be one of {", ".join(SAVE_DTYPES)}, got "{save_dtype}".')
     check_not_an_input(output_dir, {"--base_model_path": base_model_path, "--lora_model_path": lora_model_path})
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ZhloraError(f"--output_dir {output_dir} is a file, not a folder. Pass a folder for the merged model.")
+    check_not_a_file(output_dir, "--output_dir")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise ZhloraError(f"{output_dir} is not empty; pass --overwrite to replace it, or choose another --output_dir.")
     check_adapter_folder(lora_model_path)

@@ -37,6 +37,7 @@ from zhlora.filenames import (
     WEIGHT_CHANGE,
     WEIGHT_CHANGE_CHART,
 )
+from zhlora.io_utils import check_not_a_file
 from zhlora.training.checkpoint import newest_intact_checkpoint, read_trainer_state
 from zhlora.training.weights import FULL_MODEL_FILES, final_weights
 
@@ -137,9 +138,7 @@ def foreign_contents(folder: Path) -> str | None:
 
 def check_output_dir_is_a_run_folder(output_dir: Path) -> None:
     """Refuse an ``--output_dir`` that is a file or holds a model, a dataset or results (even with ``--overwrite``)."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ZhloraError(f"--output_dir {output_dir} is a file, not a folder. Pass a folder for the run "
-                          "(it is created if missing).")
+    check_not_a_file(output_dir, "--output_dir")
     found = foreign_contents(output_dir)
     if found is not None:
         raise ZhloraError(
