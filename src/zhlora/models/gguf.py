@@ -108,7 +108,8 @@ def import_gguf(path: str | Path, output_dir: str | Path, *, model_name_or_path:
     (e.g. the PyPI wheel). The manifest's ``gguf`` section holds the file name, its sha256 and
     size, its architecture and quantization (``file_type`` and the count of tensors per
     type), the types gguf-py unpacked, and where the chat template came from; ``licence`` (the
-    model's terms) is recorded beside it. ``chat_template`` is used when the file carries none. Memory: about 8 bytes per parameter while converting (1.1 GB for 135M).
+    model's terms) is recorded beside it. ``chat_template`` is used when the file carries none.
+    Memory: about 8 bytes per parameter while converting (1.1 GB for 135M).
     """
     from zhlora.models.manifest import write_manifest
 

@@ -104,9 +104,9 @@ def train(
     with checkpoints of the same run is resumed (``resume`` insists on one); one holding another
     run is refused unless ``overwrite``. Every process of a distributed launch calls this.
     """
-    model_path, dataset_path, output_dir = Path(model_path), Path(dataset_path), Path(output_dir)
     from zhlora.training.outputs import check_output_dir_is_a_run_folder
 
+    model_path, dataset_path, output_dir = Path(model_path), Path(dataset_path), Path(output_dir)
     probe_data_dir = Path(probe_data_dir) if probe_data_dir is not None else None
     check_output_dir_is_a_run_folder(output_dir)
     # One writer per run folder; under `accelerate launch` the main process (rank 0) holds it for all.
